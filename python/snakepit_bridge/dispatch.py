@@ -1,0 +1,224 @@
+"""Running contract requests against an adapter, independent of the transport.
+
+The gRPC server (server.py) is a thin shell around `Dispatcher`; a second transport
+can reuse it unchanged. Every failure becomes a WorkerError: nothing raised by user
+code escapes, and nothing is swallowed.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import sys
+import threading
+import time
+from typing import Callable, Dict, Iterator, Optional, Tuple, Union
+
+from . import errors
+from ._proto import (
+    CommandInfo,
+    DescribeResponse,
+    ExecuteResponse,
+    HealthResponse,
+    SessionAck,
+    StreamChunk,
+    WorkerError,
+)
+from .adapter import Adapter, Command, Context, Session
+
+REQUEST_ID_KEY = "x-snakepit-request-id"
+CORRELATION_ID_KEY = "x-correlation-id"
+
+Prepared = Tuple[Command, inspect.BoundArguments]
+
+
+def encode_json(value: object) -> bytes:
+    # allow_nan=False: NaN/Infinity are not JSON and the Rust side would reject them.
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class Dispatcher:
+    def __init__(self, adapter: Adapter) -> None:
+        self.adapter = adapter
+        self.started = time.monotonic()
+        self.requests_handled = 0
+        self._sessions: Dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    # -- requests ---------------------------------------------------------------
+
+    def _prepare(
+        self, req, metadata: Dict[str, str], deadline: Optional[float]
+    ) -> Union[Prepared, "WorkerError"]:
+        """Decode, look up and bind a request; a WorkerError if any step fails."""
+        cmd = self.adapter.lookup(req.command)
+        if cmd is None:
+            known = ", ".join(sorted(self.adapter.commands())) or "none"
+            return errors.plain(
+                WorkerError.UNKNOWN_COMMAND,
+                "UnknownCommand",
+                f"unknown command {req.command!r}; this adapter offers: {known}",
+            )
+        try:
+            text = bytes(req.args_json).decode("utf-8") if req.args_json else "{}"
+        except UnicodeDecodeError as exc:
+            return errors.plain(
+                WorkerError.INVALID_ARGS, "InvalidArgs", f"arguments are not valid UTF-8: {exc}"
+            )
+        try:
+            args = json.loads(text)
+        except ValueError as exc:
+            return errors.plain(
+                WorkerError.INVALID_ARGS, "InvalidArgs", f"arguments are not valid JSON: {exc}"
+            )
+        if not isinstance(args, dict):
+            return errors.plain(
+                WorkerError.INVALID_ARGS,
+                "InvalidArgs",
+                f"arguments must be a JSON object of keyword arguments, got {type(args).__name__}",
+            )
+        ctx = Context(
+            request_id=metadata.get(REQUEST_ID_KEY, ""),
+            correlation_id=metadata.get(CORRELATION_ID_KEY, ""),
+            deadline_seconds=deadline,
+            session=self._session_for(req.session_id),
+            metadata=metadata,
+        )
+        try:
+            bound = cmd.bind(args, ctx)
+        except TypeError as exc:
+            return errors.plain(
+                WorkerError.INVALID_ARGS,
+                "InvalidArgs",
+                f"{req.command}: {exc} (parameters: {', '.join(cmd.params) or 'none'})",
+            )
+        return cmd, bound
+
+    def execute(self, req, metadata: Dict[str, str], deadline: Optional[float]):
+        self.requests_handled += 1
+        prepared = self._prepare(req, metadata, deadline)
+        if isinstance(prepared, WorkerError):
+            return ExecuteResponse(error=prepared)
+        cmd, bound = prepared
+        try:
+            result = cmd.fn(*bound.args, **bound.kwargs)
+            if cmd.streaming:
+                result = list(result)  # a unary call of a generator gets all chunks
+        except BaseException as exc:  # noqa: BLE001 - user code may raise anything
+            # skip_frames=1 drops this frame: the traceback starts at the user's code.
+            return ExecuteResponse(error=errors.from_exception(exc, skip_frames=1))
+        try:
+            return ExecuteResponse(result_json=encode_json(result))
+        except (TypeError, ValueError) as exc:
+            return ExecuteResponse(
+                error=errors.from_exception(exc, kind=WorkerError.INVALID_RESULT)
+            )
+
+    def execute_stream(
+        self,
+        req,
+        metadata: Dict[str, str],
+        deadline: Optional[float],
+        is_active: Callable[[], bool] = lambda: True,
+    ) -> Iterator[object]:
+        """Yield StreamChunks; the last one has final=True, with an error if one occurred."""
+        self.requests_handled += 1
+        prepared = self._prepare(req, metadata, deadline)
+        if isinstance(prepared, WorkerError):
+            yield StreamChunk(final=True, error=prepared)
+            return
+        cmd, bound = prepared
+        try:
+            produced = cmd.fn(*bound.args, **bound.kwargs)
+            items = produced if cmd.streaming else iter([produced])
+            for item in items:
+                try:
+                    data = encode_json(item)
+                except (TypeError, ValueError) as exc:
+                    yield StreamChunk(
+                        final=True,
+                        error=errors.from_exception(exc, kind=WorkerError.INVALID_RESULT),
+                    )
+                    return
+                yield StreamChunk(data_json=data)
+                if not is_active():
+                    close = getattr(items, "close", None)
+                    if close is not None:
+                        close()
+                    return
+        except BaseException as exc:  # noqa: BLE001
+            yield StreamChunk(final=True, error=errors.from_exception(exc, skip_frames=1))
+            return
+        yield StreamChunk(final=True)
+
+    # -- sessions ---------------------------------------------------------------
+
+    def _session_for(self, session_id: str) -> Optional[Session]:
+        if not session_id:
+            return None
+        with self._lock:
+            session = self._sessions.get(session_id)
+        if session is None:
+            # The pool initialises sessions before routing to a worker; should it not
+            # have, start the session empty rather than fail the call.
+            self.init_session(session_id, b"")
+            with self._lock:
+                session = self._sessions[session_id]
+        session.requests += 1
+        return session
+
+    def init_session(self, session_id: str, metadata_json: bytes):
+        try:
+            metadata = json.loads(bytes(metadata_json).decode("utf-8")) if metadata_json else {}
+        except ValueError:
+            metadata = {}
+        if not isinstance(metadata, dict):
+            metadata = {"value": metadata}
+        with self._lock:
+            if session_id in self._sessions:
+                return SessionAck(changed=False)
+            session = Session(id=session_id, metadata=metadata)
+            self._sessions[session_id] = session
+        self.adapter.on_session_start(session)
+        return SessionAck(changed=True)
+
+    def close_session(self, session_id: str):
+        with self._lock:
+            session = self._sessions.pop(session_id, None)
+        if session is None:
+            return SessionAck(changed=False)
+        self.adapter.on_session_end(session)
+        return SessionAck(changed=True)
+
+    # -- introspection ----------------------------------------------------------
+
+    def health(self):
+        with self._lock:
+            active = len(self._sessions)
+        return HealthResponse(
+            status="ok",
+            pid=os.getpid(),
+            rss_bytes=_rss_bytes(),
+            uptime_ms=int((time.monotonic() - self.started) * 1000),
+            requests_handled=self.requests_handled,
+            active_sessions=active,
+            python_version=sys.version.split()[0],
+            adapter=self.adapter.name,
+        )
+
+    def describe(self):
+        return DescribeResponse(
+            adapter=self.adapter.name,
+            commands=[
+                CommandInfo(name=c.name, streaming=c.streaming, params=c.params, doc=c.doc)
+                for c in sorted(self.adapter.commands().values(), key=lambda c: c.name)
+            ],
+        )

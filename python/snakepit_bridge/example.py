@@ -1,0 +1,118 @@
+"""The bundled example adapter (SPEC §6): small commands that exercise every path of the
+pool — results, streaming, sessions, Python errors, crashes, hangs and memory growth.
+
+Serve it with `--adapter snakepit_bridge.example:ExampleAdapter`.
+"""
+from __future__ import annotations
+
+import builtins
+import os
+import time
+from typing import Any, Dict, List
+
+from .adapter import Adapter, command
+
+MIB = 1024 * 1024
+
+
+class ExampleAdapter(Adapter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._held: List[bytes] = []
+
+    @command
+    def ping(self) -> str:
+        """Answer "pong"; the cheapest possible round trip."""
+        return "pong"
+
+    @command
+    def echo(self, **kwargs: Any) -> Dict[str, Any]:
+        """Return the keyword arguments it was given."""
+        return kwargs
+
+    @command
+    def sleep(self, ms: float = 0) -> Dict[str, float]:
+        """Sleep `ms` milliseconds without holding the CPU."""
+        time.sleep(ms / 1000.0)
+        return {"slept_ms": ms}
+
+    @command
+    def spin(self, ms: float = 1) -> Dict[str, Any]:
+        """Burn `ms` milliseconds of CPU (for benchmarks)."""
+        end = time.perf_counter() + ms / 1000.0
+        loops = 0
+        while time.perf_counter() < end:
+            loops += 1
+        return {"spun_ms": ms, "loops": loops}
+
+    @command
+    def fail(self, type: str = "RuntimeError", message: str = "requested failure") -> None:
+        """Raise an exception of the named type (a builtin, else a new Exception subclass)."""
+        exc_type = getattr(builtins, type, None)
+        if not (isinstance(exc_type, builtins.type) and issubclass(exc_type, BaseException)):
+            exc_type = builtins.type(type, (Exception,), {"__module__": "snakepit_bridge.example"})
+        raise exc_type(message)
+
+    @command
+    def crash(self, code: int = 1) -> None:
+        """Exit the worker process at once with `code` (no cleanup, no reply)."""
+        os._exit(code)
+
+    @command
+    def hang(self) -> None:
+        """Never return (until the pool kills the worker)."""
+        while True:
+            time.sleep(1)
+
+    @command
+    def stream(self, n: int = 3, delay_ms: float = 0):
+        """Yield `n` chunks {"i": 0..n-1}, `delay_ms` apart."""
+        for i in range(n):
+            if delay_ms:
+                time.sleep(delay_ms / 1000.0)
+            yield {"i": i}
+
+    @command
+    def alloc(self, mb: int = 10) -> Dict[str, int]:
+        """Allocate and hold `mb` MiB (touched, so it counts in RSS) until the worker exits."""
+        self._held.append(b"\x01" * (mb * MIB))
+        return {"held_mb": sum(len(b) for b in self._held) // MIB}
+
+    @command
+    def describe(self) -> List[Dict[str, Any]]:
+        """List this adapter's commands with their parameters and docs."""
+        return [
+            {"name": c.name, "streaming": c.streaming, "params": c.params, "doc": c.doc}
+            for c in sorted(self.commands().values(), key=lambda c: c.name)
+        ]
+
+    @command
+    def session_put(self, key: str, value: Any, ctx) -> Dict[str, Any]:
+        """Store `value` under `key` in the session's state; returns the state and worker pid."""
+        if ctx.session is None:
+            raise ValueError("session_put needs a session_id")
+        ctx.session.state[key] = value
+        return {"state": ctx.session.state, "pid": os.getpid()}
+
+    @command
+    def session_get(self, ctx) -> Dict[str, Any]:
+        """Return the session's state, metadata and the worker pid that holds it."""
+        if ctx.session is None:
+            raise ValueError("session_get needs a session_id")
+        return {
+            "state": ctx.session.state,
+            "metadata": ctx.session.metadata,
+            "requests": ctx.session.requests,
+            "pid": os.getpid(),
+        }
+
+    @command
+    def whoami(self, ctx) -> Dict[str, Any]:
+        """The worker pid and the ids this request arrived with."""
+        return {
+            "pid": os.getpid(),
+            "request_id": ctx.request_id,
+            "correlation_id": ctx.correlation_id,
+            "deadline_seconds": ctx.deadline_seconds,
+            "traceparent": ctx.metadata.get("traceparent"),
+        }

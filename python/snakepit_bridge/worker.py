@@ -1,0 +1,145 @@
+"""Worker process entry point: `python -m snakepit_bridge --adapter module:Class --socket PATH`.
+
+Start-up protocol with the pool: load the adapter, bind the gRPC server, then print
+one line `SNAKEPIT_READY {json}` on stdout. Anything printed before or after is
+treated as log output by the pool.
+
+Exit rules, so a worker never outlives its pool:
+  * stdin reaches EOF (the pool holds its write end; the kernel closes it when the pool
+    process dies, even by SIGKILL) -> exit at once;
+  * the parent pid changes (re-parented to init or a subreaper) -> exit at once;
+  * SIGTERM/SIGINT -> stop accepting, give in-flight calls a short grace, exit 0.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+
+from .adapter import Adapter
+from .dispatch import Dispatcher
+from .server import build_server
+
+READY_MARKER = "SNAKEPIT_READY"
+PROTOCOL_VERSION = 1
+EXIT_BAD_ADAPTER = 3
+EXIT_BIND_FAILED = 4
+PARENT_POLL_SECONDS = 0.5
+
+log = logging.getLogger("snakepit_bridge")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="snakepit_bridge", description=__doc__.splitlines()[0])
+    p.add_argument("--adapter", required=True, help="module:Class of the adapter to serve")
+    p.add_argument("--socket", help="Unix socket path to serve on")
+    p.add_argument("--address", help="gRPC address instead of --socket, e.g. 127.0.0.1:0")
+    p.add_argument("--worker-id", default="worker")
+    p.add_argument("--pool", default="default")
+    p.add_argument("--run-id", default="", help="the pool run this worker belongs to")
+    p.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
+    p.add_argument("--threads", type=int, default=4, help="gRPC handler threads")
+    p.add_argument("--watch-stdin", action="store_true", help="exit when stdin closes")
+    p.add_argument("--stop-grace", type=float, default=2.0, help="seconds to finish on SIGTERM")
+    return p.parse_args(argv)
+
+
+def load_adapter(spec: str) -> Adapter:
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"adapter must be 'module:Class', got {spec!r}")
+    obj = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    adapter = obj() if isinstance(obj, type) else obj
+    if not isinstance(adapter, Adapter):
+        raise TypeError(f"{spec} is not a snakepit_bridge.Adapter (got {type(adapter).__name__})")
+    return adapter
+
+
+def _watch_stdin() -> None:
+    try:
+        while os.read(0, 4096):
+            pass
+    except OSError:
+        pass
+    os._exit(0)
+
+
+def _watch_parent(original_ppid: int) -> None:
+    while True:
+        time.sleep(PARENT_POLL_SECONDS)
+        if os.getppid() != original_ppid:
+            os._exit(0)
+
+
+def _configure_logging(worker_id: str) -> None:
+    # One line per record, level first: the pool maps the level onto its own log.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(levelname)s %(name)s [{worker_id}]: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(os.environ.get("SNAKEPIT_PYTHON_LOG_LEVEL", "INFO").upper())
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    _configure_logging(args.worker_id)
+    if args.watch_stdin:
+        threading.Thread(target=_watch_stdin, name="snakepit-stdin-watch", daemon=True).start()
+    ppid = os.getppid()
+    if ppid != 1:
+        threading.Thread(
+            target=_watch_parent, args=(ppid,), name="snakepit-parent-watch", daemon=True
+        ).start()
+
+    try:
+        adapter = load_adapter(args.adapter)
+    except BaseException:  # noqa: BLE001 - any import-time failure is the adapter's fault
+        print(f"cannot load adapter {args.adapter!r}:", file=sys.stderr)
+        traceback.print_exc()
+        sys.stderr.flush()
+        return EXIT_BAD_ADAPTER
+
+    address = args.address or (f"unix:{args.socket}" if args.socket else None)
+    if address is None:
+        print("one of --socket or --address is required", file=sys.stderr)
+        return EXIT_BIND_FAILED
+    dispatcher = Dispatcher(adapter)
+    try:
+        server = build_server(dispatcher, address, args.max_message_bytes, args.threads)
+    except (OSError, RuntimeError) as exc:
+        print(f"cannot serve on {address}: {exc}", file=sys.stderr)
+        return EXIT_BIND_FAILED
+
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    ready = {
+        "pid": os.getpid(),
+        "protocol": PROTOCOL_VERSION,
+        "python": sys.version.split()[0],
+        "adapter": adapter.name,
+        "worker_id": args.worker_id,
+    }
+    print(f"{READY_MARKER} {json.dumps(ready)}", flush=True)
+    while not stop.wait(timeout=1.0):
+        pass
+    server.stop(grace=args.stop_grace).wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

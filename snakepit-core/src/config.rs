@@ -1,0 +1,444 @@
+//! Configuration types (serde) for pools, workers, sessions and the event stream.
+//!
+//! Every field has a default, so `PoolConfig::default()` is a working pool serving the
+//! bundled example adapter. Durations carry their unit in the key (`_ms`, `_secs`) so a
+//! TOML file or an environment override is never ambiguous. [`PoolConfig::validate`]
+//! names the bad key, the bad value and what is allowed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::EventKind;
+
+/// A configuration value that is not allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key} = {value} is not allowed: {allowed}")]
+pub struct ConfigError {
+    /// Dotted path of the key, e.g. `pools.default.size`.
+    pub key: String,
+    pub value: String,
+    pub allowed: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, value: impl ToString, allowed: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            value: value.to_string(),
+            allowed: allowed.into(),
+        }
+    }
+}
+
+/// What `poll_ready` does when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Fail at once with `QueueFull` (and emit `pool.saturated`): what an HTTP edge
+    /// wants, so it can answer 429.
+    #[default]
+    Reject,
+    /// Make `poll_ready` return `Pending` until a slot frees up: classic tower
+    /// backpressure for callers that would rather wait.
+    Wait,
+}
+
+/// How the pool talks to its workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportKind {
+    /// gRPC over a Unix socket per worker (tonic ↔ grpcio).
+    #[default]
+    Grpc,
+}
+
+/// Where the worker's Python comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PythonConfig {
+    /// A Python with `snakepit_bridge` installed. When unset, `SNAKEPIT_PYTHON` is used,
+    /// else the bootstrapped environment (see [`crate::python_env`]).
+    pub interpreter: Option<PathBuf>,
+    /// Extra environment for worker processes.
+    pub env: BTreeMap<String, String>,
+    /// Directories prepended to the workers' `PYTHONPATH` (where your adapter lives).
+    pub pythonpath: Vec<PathBuf>,
+    /// Pin numeric libraries (OpenBLAS, OpenMP, MKL, numexpr) to one thread per worker so
+    /// N workers do not fight over N×cores threads. On by default.
+    pub limit_threads: bool,
+    /// gRPC handler threads inside each worker (requests run one at a time; the others
+    /// answer health checks and session calls meanwhile).
+    pub rpc_threads: usize,
+}
+
+impl Default for PythonConfig {
+    fn default() -> Self {
+        PythonConfig {
+            interpreter: None,
+            env: BTreeMap::new(),
+            pythonpath: Vec::new(),
+            limit_threads: true,
+            rpc_threads: 4,
+        }
+    }
+}
+
+/// Session behaviour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Idle time after which a session expires, when its creator gives no TTL.
+    pub default_ttl_secs: u64,
+    /// How often expired sessions are swept.
+    pub cleanup_interval_ms: u64,
+    /// Creating more sessions than this fails with `InvalidArgs`.
+    pub max_sessions: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            default_ttl_secs: 3600,
+            cleanup_interval_ms: 60_000,
+            max_sessions: 100_000,
+        }
+    }
+}
+
+/// One pool of identical workers serving one adapter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    /// `module:Class` of a `snakepit_bridge.Adapter` subclass.
+    pub adapter: String,
+    pub size: usize,
+    pub transport: TransportKind,
+    /// Requests that may wait for a worker beyond those being served.
+    pub max_queue_size: usize,
+    pub when_full: WhenFull,
+    /// Longest a request may wait for a worker.
+    pub queue_timeout_ms: u64,
+    /// Default per-request timeout (sent to Python as the gRPC deadline); 0 = none.
+    pub request_timeout_ms: u64,
+    pub startup_timeout_ms: u64,
+    /// Recycle a worker after this many requests; 0 = never.
+    pub max_requests: u64,
+    /// Recycle a worker after this long; 0 = never.
+    pub max_lifetime_secs: u64,
+    /// Recycle a worker whose Python process RSS exceeds this; 0 = never.
+    pub max_memory_mb: u64,
+    pub memory_check_interval_ms: u64,
+    pub health_check_interval_ms: u64,
+    pub health_check_timeout_ms: u64,
+    /// Consecutive failed health checks before the worker is replaced.
+    pub health_check_failures: u32,
+    /// After SIGTERM, how long a worker may take to exit before SIGKILL.
+    pub stop_grace_ms: u64,
+    pub restart_backoff_initial_ms: u64,
+    pub restart_backoff_max_ms: u64,
+    /// A worker that ran this long resets the crash backoff.
+    pub restart_backoff_reset_secs: u64,
+    /// Largest accepted request arguments, in bytes.
+    pub max_payload_bytes: usize,
+    /// Largest accepted worker response, in bytes.
+    pub max_response_bytes: usize,
+    /// `pool.capacity_warning` fires when this share of workers is busy.
+    pub capacity_warning_percent: f64,
+    /// Window for error rate, throughput and latency percentiles in `stats()`.
+    pub stats_window_secs: u64,
+    pub python: PythonConfig,
+    pub sessions: SessionConfig,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            name: "default".into(),
+            adapter: "snakepit_bridge.example:ExampleAdapter".into(),
+            size: 2,
+            transport: TransportKind::Grpc,
+            max_queue_size: 1000,
+            when_full: WhenFull::Reject,
+            queue_timeout_ms: 5_000,
+            request_timeout_ms: 30_000,
+            startup_timeout_ms: 30_000,
+            max_requests: 0,
+            max_lifetime_secs: 0,
+            max_memory_mb: 0,
+            memory_check_interval_ms: 1_000,
+            health_check_interval_ms: 10_000,
+            health_check_timeout_ms: 5_000,
+            health_check_failures: 3,
+            stop_grace_ms: 5_000,
+            restart_backoff_initial_ms: 100,
+            restart_backoff_max_ms: 30_000,
+            restart_backoff_reset_secs: 30,
+            max_payload_bytes: 4 * 1024 * 1024,
+            max_response_bytes: 64 * 1024 * 1024,
+            capacity_warning_percent: 80.0,
+            stats_window_secs: 60,
+            python: PythonConfig::default(),
+            sessions: SessionConfig::default(),
+        }
+    }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+fn nonzero(v: u64) -> Option<Duration> {
+    (v > 0).then(|| Duration::from_millis(v))
+}
+
+impl PoolConfig {
+    pub fn named(name: impl Into<String>) -> Self {
+        PoolConfig {
+            name: name.into(),
+            ..PoolConfig::default()
+        }
+    }
+
+    pub fn queue_timeout(&self) -> Duration {
+        ms(self.queue_timeout_ms)
+    }
+    pub fn request_timeout(&self) -> Option<Duration> {
+        nonzero(self.request_timeout_ms)
+    }
+    pub fn startup_timeout(&self) -> Duration {
+        ms(self.startup_timeout_ms)
+    }
+    pub fn max_lifetime(&self) -> Option<Duration> {
+        nonzero(self.max_lifetime_secs.saturating_mul(1000))
+    }
+
+    /// Check every value; the error names the first bad key as `pools.<name>.<key>`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("pools.{}.{k}", self.name);
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(ConfigError::new(
+                "pools.<name>",
+                format!("{:?}", self.name),
+                "a non-empty name of ASCII letters, digits, '_' and '-'",
+            ));
+        }
+        let (module, class) = self.adapter.split_once(':').unwrap_or(("", ""));
+        if module.is_empty() || class.is_empty() {
+            return Err(ConfigError::new(
+                key("adapter"),
+                format!("{:?}", self.adapter),
+                "'module:Class', e.g. 'snakepit_bridge.example:ExampleAdapter'",
+            ));
+        }
+        let positive: [(&str, u64); 8] = [
+            ("size", self.size as u64),
+            ("queue_timeout_ms", self.queue_timeout_ms),
+            ("startup_timeout_ms", self.startup_timeout_ms),
+            ("memory_check_interval_ms", self.memory_check_interval_ms),
+            ("health_check_interval_ms", self.health_check_interval_ms),
+            ("health_check_timeout_ms", self.health_check_timeout_ms),
+            ("health_check_failures", self.health_check_failures as u64),
+            ("stats_window_secs", self.stats_window_secs),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::new(key(name), value, "a positive integer"));
+            }
+        }
+        if self.size > 1024 {
+            return Err(ConfigError::new(key("size"), self.size, "1..=1024 workers"));
+        }
+        if self.max_payload_bytes == 0 || self.max_payload_bytes > self.max_response_bytes {
+            return Err(ConfigError::new(
+                key("max_payload_bytes"),
+                self.max_payload_bytes,
+                format!(
+                    "1..={} bytes (max_response_bytes)",
+                    self.max_response_bytes
+                ),
+            ));
+        }
+        if self.max_response_bytes > i32::MAX as usize {
+            return Err(ConfigError::new(
+                key("max_response_bytes"),
+                self.max_response_bytes,
+                "at most 2147483647 bytes (gRPC's limit)",
+            ));
+        }
+        if self.restart_backoff_initial_ms == 0
+            || self.restart_backoff_initial_ms > self.restart_backoff_max_ms
+        {
+            return Err(ConfigError::new(
+                key("restart_backoff_initial_ms"),
+                self.restart_backoff_initial_ms,
+                format!(
+                    "1..={} ms (restart_backoff_max_ms)",
+                    self.restart_backoff_max_ms
+                ),
+            ));
+        }
+        if !(self.capacity_warning_percent > 0.0 && self.capacity_warning_percent <= 100.0) {
+            return Err(ConfigError::new(
+                key("capacity_warning_percent"),
+                self.capacity_warning_percent,
+                "a percentage in (0, 100]",
+            ));
+        }
+        if self.python.rpc_threads < 2 {
+            return Err(ConfigError::new(
+                key("python.rpc_threads"),
+                self.python.rpc_threads,
+                "at least 2 (one runs the request, one answers health checks)",
+            ));
+        }
+        if self.sessions.default_ttl_secs == 0 || self.sessions.cleanup_interval_ms == 0 {
+            let (k, v) = if self.sessions.default_ttl_secs == 0 {
+                ("sessions.default_ttl_secs", 0)
+            } else {
+                ("sessions.cleanup_interval_ms", 0)
+            };
+            return Err(ConfigError::new(key(k), v, "a positive integer"));
+        }
+        Ok(())
+    }
+}
+
+/// How telemetry data is scrubbed before any consumer sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SanitizeConfig {
+    pub enabled: bool,
+    /// A key containing any of these (case-insensitive) has its value replaced.
+    pub sensitive_keys: Vec<String>,
+    /// Longer strings are cut to this many characters and marked as truncated.
+    pub max_string_length: usize,
+}
+
+impl Default for SanitizeConfig {
+    fn default() -> Self {
+        SanitizeConfig {
+            enabled: true,
+            sensitive_keys: ["password", "token", "secret", "key", "auth"]
+                .map(String::from)
+                .to_vec(),
+            max_string_length: 1000,
+        }
+    }
+}
+
+/// The typed lifecycle event stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Off: nothing is emitted and emission costs one atomic load.
+    pub enabled: bool,
+    /// Per-event sampling rate in [0, 1], keyed by full event name
+    /// (`snakepit.worker.health_check = 0.1`). Unlisted events are kept.
+    pub sampling: BTreeMap<String, f64>,
+    pub sanitize: SanitizeConfig,
+    /// Events buffered per consumer before new ones are dropped (and counted).
+    pub consumer_buffer: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            enabled: true,
+            sampling: BTreeMap::new(),
+            sanitize: SanitizeConfig::default(),
+            consumer_buffer: 1024,
+        }
+    }
+}
+
+impl EventsConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, rate) in &self.sampling {
+            if EventKind::from_name(name).is_none() {
+                let known: Vec<&str> = EventKind::ALL.iter().map(|k| k.name()).collect();
+                return Err(ConfigError::new(
+                    format!("events.sampling.\"{name}\""),
+                    name,
+                    format!("one of: {}", known.join(", ")),
+                ));
+            }
+            if !(0.0..=1.0).contains(rate) {
+                return Err(ConfigError::new(
+                    format!("events.sampling.\"{name}\""),
+                    rate,
+                    "a rate in [0.0, 1.0]",
+                ));
+            }
+        }
+        if self.consumer_buffer == 0 {
+            return Err(ConfigError::new(
+                "events.consumer_buffer",
+                0,
+                "a positive integer",
+            ));
+        }
+        if self.sanitize.max_string_length < 16 {
+            return Err(ConfigError::new(
+                "events.sanitize.max_string_length",
+                self.sanitize.max_string_length,
+                "at least 16 characters",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        PoolConfig::default().validate().unwrap();
+        EventsConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_key_value_and_allowed() {
+        let cfg = PoolConfig {
+            size: 0,
+            ..PoolConfig::named("ml")
+        };
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(err.key, "pools.ml.size");
+        assert_eq!(err.value, "0");
+        assert!(err.to_string().contains("positive"), "{err}");
+
+        let cfg = PoolConfig {
+            adapter: "no_colon".into(),
+            ..PoolConfig::default()
+        };
+        assert_eq!(cfg.validate().unwrap_err().key, "pools.default.adapter");
+
+        let mut ev = EventsConfig::default();
+        ev.sampling.insert("snakepit.worker.nope".into(), 0.5);
+        let err = ev.validate().unwrap_err();
+        assert!(err.allowed.contains("snakepit.worker.health_check"), "{err}");
+        let mut ev = EventsConfig::default();
+        ev.sampling.insert("snakepit.worker.health_check".into(), 1.5);
+        assert!(ev.validate().unwrap_err().allowed.contains("[0.0, 1.0]"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = serde_json::from_str::<PoolConfig>(r#"{"sise": 3}"#).unwrap_err();
+        assert!(err.to_string().contains("sise"), "{err}");
+        let cfg: PoolConfig = serde_json::from_str(r#"{"size": 3, "when_full": "wait"}"#).unwrap();
+        assert_eq!(cfg.size, 3);
+        assert_eq!(cfg.when_full, WhenFull::Wait);
+    }
+}

@@ -1,0 +1,288 @@
+//! The 16 lifecycle events of SPEC §3, each a typed struct with its measurements and
+//! metadata. One macro declares them so the name table, the generic accessors used by
+//! consumers, and sanitization can never drift apart from the structs.
+
+use serde_json::Value;
+
+use crate::sanitize::Sanitizer;
+
+/// A number an event measures.
+pub trait Measure {
+    fn value(&self) -> f64;
+}
+impl Measure for u64 {
+    fn value(&self) -> f64 {
+        *self as f64
+    }
+}
+impl Measure for f64 {
+    fn value(&self) -> f64 {
+        *self
+    }
+}
+
+/// A metadata field: rendered to JSON for generic consumers, scrubbed before delivery.
+pub trait MetaField {
+    fn to_json(&self) -> Value;
+    fn sanitize(&mut self, _key: &str, _s: &Sanitizer) {}
+}
+impl MetaField for String {
+    fn to_json(&self) -> Value {
+        Value::String(self.clone())
+    }
+    fn sanitize(&mut self, key: &str, s: &Sanitizer) {
+        if s.is_sensitive(key) {
+            *self = crate::sanitize::REDACTED.to_string();
+        } else {
+            s.truncate(self);
+        }
+    }
+}
+impl MetaField for Option<String> {
+    fn to_json(&self) -> Value {
+        self.as_ref().map_or(Value::Null, |v| Value::String(v.clone()))
+    }
+    fn sanitize(&mut self, key: &str, s: &Sanitizer) {
+        if let Some(v) = self {
+            v.sanitize(key, s);
+        }
+    }
+}
+impl MetaField for Value {
+    fn to_json(&self) -> Value {
+        self.clone()
+    }
+    fn sanitize(&mut self, _key: &str, s: &Sanitizer) {
+        s.value(self);
+    }
+}
+impl MetaField for bool {
+    fn to_json(&self) -> Value {
+        Value::Bool(*self)
+    }
+}
+impl MetaField for u64 {
+    fn to_json(&self) -> Value {
+        Value::from(*self)
+    }
+}
+impl MetaField for u32 {
+    fn to_json(&self) -> Value {
+        Value::from(*self)
+    }
+}
+impl MetaField for f64 {
+    fn to_json(&self) -> Value {
+        Value::from(*self)
+    }
+}
+
+macro_rules! define_events {
+    ($(
+        $(#[$doc:meta])*
+        $variant:ident = $name:literal {
+            measurements { $($m:ident : $mt:ty),* $(,)? }
+            metadata { $($k:ident : $kt:ty),* $(,)? }
+        }
+    )*) => {
+        /// Which event, without its data: for patterns, sampling and metrics.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u8)]
+        pub enum EventKind { $($variant),* }
+
+        impl EventKind {
+            pub const ALL: &'static [EventKind] = &[$(EventKind::$variant),*];
+
+            /// The full name, e.g. `snakepit.worker.crashed`.
+            pub const fn name(self) -> &'static str {
+                match self { $(EventKind::$variant => $name),* }
+            }
+
+            pub fn from_name(name: &str) -> Option<EventKind> {
+                match name { $($name => Some(EventKind::$variant),)* _ => None }
+            }
+
+            pub(crate) const fn bit(self) -> u32 {
+                1 << (self as u8)
+            }
+        }
+
+        /// Event payloads, one struct per event.
+        pub mod data {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                $(#[$doc])*
+                #[derive(Debug, Clone, PartialEq)]
+                pub struct $variant { $(pub $m: $mt,)* $(pub $k: $kt,)* }
+
+                impl From<$variant> for EventData {
+                    fn from(d: $variant) -> Self { EventData::$variant(d) }
+                }
+            )*
+        }
+
+        /// The data of one event.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum EventData { $($variant(data::$variant)),* }
+
+        impl EventData {
+            pub fn kind(&self) -> EventKind {
+                match self { $(EventData::$variant(_) => EventKind::$variant),* }
+            }
+
+            /// The numeric measurements, by name.
+            pub fn measurements(&self) -> Vec<(&'static str, f64)> {
+                match self {
+                    $(EventData::$variant(d) => vec![$((stringify!($m), Measure::value(&d.$m))),*]),*
+                }
+            }
+
+            /// The metadata, by name, as JSON values.
+            pub fn metadata(&self) -> Vec<(&'static str, Value)> {
+                match self {
+                    $(EventData::$variant(d) => vec![$((stringify!($k), MetaField::to_json(&d.$k))),*]),*
+                }
+            }
+
+            pub(crate) fn sanitize(&mut self, s: &Sanitizer) {
+                match self {
+                    $(EventData::$variant(d) => { $(MetaField::sanitize(&mut d.$k, stringify!($k), s);)* }),*
+                }
+            }
+        }
+    };
+}
+
+define_events! {
+    /// A pool has all its initial workers ready (or gave up on some).
+    PoolStarted = "snakepit.pool.started" {
+        measurements { pool_size: u64, startup_time_ms: f64 }
+        metadata { pool_name: String, adapter: String }
+    }
+    /// A pool finished shutting down.
+    PoolStopped = "snakepit.pool.stopped" {
+        measurements { uptime_ms: f64, total_requests: u64 }
+        metadata { pool_name: String, reason: String }
+    }
+    /// A request was refused because the queue was full.
+    PoolSaturated = "snakepit.pool.saturated" {
+        measurements { queue_size: u64, max_queue_size: u64 }
+        metadata { pool_name: String, available_workers: u64, busy_workers: u64 }
+    }
+    /// Busy workers crossed `capacity_warning_percent` (fires again after dropping below).
+    PoolCapacityWarning = "snakepit.pool.capacity_warning" {
+        measurements { utilization_percent: f64, queue_depth: u64 }
+        metadata { pool_name: String, threshold_percent: f64 }
+    }
+    WorkerStarted = "snakepit.worker.started" {
+        measurements { startup_time_ms: f64 }
+        metadata { worker_id: String, pool_name: String, adapter: String, pid: u32 }
+    }
+    /// A worker stopped because the pool asked it to (shutdown).
+    WorkerStopped = "snakepit.worker.stopped" {
+        measurements { uptime_ms: f64, requests_handled: u64 }
+        metadata { worker_id: String, pool_name: String, reason: String, pid: u32 }
+    }
+    /// A worker process died unexpectedly, or could not start.
+    WorkerCrashed = "snakepit.worker.crashed" {
+        measurements { uptime_ms: f64, requests_handled: u64 }
+        metadata {
+            worker_id: String, pool_name: String, error: String, exit_status: String,
+            stderr_tail: String, pid: u32,
+        }
+    }
+    /// A worker was replaced on purpose: max_requests, max_lifetime, memory, a request
+    /// timeout, or failed health checks.
+    WorkerRecycled = "snakepit.worker.recycled" {
+        measurements { uptime_ms: f64, requests_handled: u64 }
+        metadata { worker_id: String, pool_name: String, reason: String, memory_mb: f64, pid: u32 }
+    }
+    WorkerHealthCheck = "snakepit.worker.health_check" {
+        measurements { response_time_ms: f64 }
+        metadata { worker_id: String, pool_name: String, status: String, details: Value }
+    }
+    /// A worker took the request off the queue.
+    RequestStarted = "snakepit.request.started" {
+        measurements { queue_time_ms: f64 }
+        metadata {
+            request_id: String, command: String, pool_name: String, worker_id: String,
+            session_id: Option<String>, correlation_id: Option<String>,
+        }
+    }
+    /// A request that a worker started has finished, successfully or not.
+    RequestCompleted = "snakepit.request.completed" {
+        measurements { duration_ms: f64, queue_time_ms: f64 }
+        metadata { request_id: String, command: String, pool_name: String, worker_id: String, success: bool }
+    }
+    /// Any failed request, including those refused before reaching a worker.
+    RequestFailed = "snakepit.request.failed" {
+        measurements { duration_ms: f64, queue_time_ms: f64 }
+        metadata {
+            request_id: String, command: String, pool_name: String, worker_id: Option<String>,
+            error_type: String, error_message: String, python_type: Option<String>,
+            python_traceback: Option<String>,
+        }
+    }
+    /// A request overran its timeout (its worker is replaced).
+    RequestTimeout = "snakepit.request.timeout" {
+        measurements { timeout_ms: f64, queue_time_ms: f64 }
+        metadata { request_id: String, command: String, pool_name: String, worker_id: String }
+    }
+    SessionCreated = "snakepit.session.created" {
+        measurements { creation_time_ms: f64 }
+        metadata { session_id: String, pool_name: String, ttl_seconds: u64, metadata: Value }
+    }
+    /// A session ended: `reason` is `ttl` (idle past its TTL) or `closed` (explicitly).
+    SessionExpired = "snakepit.session.expired" {
+        measurements { lifetime_ms: f64, requests_handled: u64 }
+        metadata { session_id: String, pool_name: String, reason: String }
+    }
+    /// A sweep removed expired sessions.
+    SessionCleanup = "snakepit.session.cleanup" {
+        measurements { sessions_cleaned: u64, cleanup_time_ms: f64 }
+        metadata { pool_name: String, cleanup_reason: String }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sixteen_events_with_unique_names_and_bits() {
+        assert_eq!(EventKind::ALL.len(), 16);
+        let mut names: Vec<_> = EventKind::ALL.iter().map(|k| k.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 16);
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::from_name(k.name()), Some(*k));
+            assert!(k.name().starts_with("snakepit."));
+        }
+        let all_bits = EventKind::ALL.iter().fold(0u32, |acc, k| acc | k.bit());
+        assert_eq!(all_bits.count_ones(), 16);
+    }
+
+    #[test]
+    fn generic_accessors_follow_the_struct() {
+        let d: EventData = data::WorkerRecycled {
+            uptime_ms: 12.5,
+            requests_handled: 3,
+            worker_id: "w1".into(),
+            pool_name: "p".into(),
+            reason: "memory".into(),
+            memory_mb: 120.0,
+            pid: 42,
+        }
+        .into();
+        assert_eq!(d.kind(), EventKind::WorkerRecycled);
+        assert_eq!(
+            d.measurements(),
+            vec![("uptime_ms", 12.5), ("requests_handled", 3.0)]
+        );
+        let meta = d.metadata();
+        assert_eq!(meta[2], ("reason", Value::from("memory")));
+        assert_eq!(meta.len(), 5);
+    }
+}

@@ -1,0 +1,100 @@
+//! The request loop of one worker: take the next job (its own session jobs first,
+//! then the shared queue), run it, repeat, until something ends the worker.
+//!
+//! The driver is the only code that sends requests to its worker, one at a time. It
+//! never answers health checks or stats (the monitor and `stats()` read counters), so
+//! a slow request can never stall them.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+
+use super::execute;
+use super::job::Job;
+use super::shared::PoolShared;
+use crate::error::ExitInfo;
+use crate::worker::Worker;
+
+/// Why a worker's driver stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Exit {
+    /// The pool is stopping.
+    Shutdown,
+    /// The process died on its own.
+    Crashed { exit: ExitInfo },
+    /// Replaced on purpose (max_requests, max_lifetime, memory, health checks, timeout).
+    Recycle { reason: &'static str },
+    /// The process lives but its transport is unusable.
+    Broken { message: String },
+}
+
+/// What the monitor asks of the driver.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) enum Control {
+    #[default]
+    Run,
+    Recycle { reason: &'static str },
+}
+
+pub(crate) async fn run(
+    shared: &Arc<PoolShared>,
+    worker: &Worker,
+    private_rx: &mut mpsc::UnboundedReceiver<Job>,
+    control: &mut watch::Receiver<Control>,
+) -> Exit {
+    let lifetime_end = shared
+        .config
+        .max_lifetime()
+        .map(|d| tokio::time::Instant::from_std(worker.process.started_at + d));
+    let mut exited = worker.process.exit_watch();
+    loop {
+        if let Control::Recycle { reason } = *control.borrow_and_update() {
+            return Exit::Recycle { reason };
+        }
+        let job = tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => return Exit::Shutdown,
+            _ = exited.wait_for(Option::is_some) => return crashed(worker),
+            _ = changed(control) => continue,
+            _ = sleep_until(lifetime_end) => return Exit::Recycle { reason: "max_lifetime" },
+            Some(job) = private_rx.recv() => job,
+            Ok(job) = shared.queue_rx.recv() => job,
+        };
+        // The caller may have timed out in the queue, or gone away entirely.
+        if !job.state.take() || job.reply.is_closed() {
+            continue;
+        }
+        if let Some(exit) = execute::run_job(shared, worker, job).await {
+            return exit;
+        }
+        let max = shared.config.max_requests;
+        if max > 0 && worker.requests() >= max {
+            return Exit::Recycle {
+                reason: "max_requests",
+            };
+        }
+    }
+}
+
+fn crashed(worker: &Worker) -> Exit {
+    Exit::Crashed {
+        exit: worker.process.exit_status().unwrap_or(ExitInfo {
+            code: None,
+            signal: None,
+        }),
+    }
+}
+
+async fn changed(control: &mut watch::Receiver<Control>) {
+    if control.changed().await.is_err() {
+        // The monitor is gone; nothing more will come from it.
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,401 @@
+//! The pool: a `tower::Service` in front of N Python worker processes.
+//!
+//! ```text
+//! caller ─► Pool (handle, Clone) ─ admission (size + max_queue_size permits)
+//!              │ validate, route
+//!              ├─► worker's private queue (session affinity)
+//!              └─► shared queue ─► slot 1..N: driver ─► transport ─► Python
+//!                                          monitor (health, RSS) ┘
+//! ```
+//! A handle is cheap to clone; all clones share one pool. Dropping the last handle
+//! without [`Pool::shutdown`] kills the workers.
+
+mod call;
+mod driver;
+mod execute;
+mod job;
+mod monitor;
+mod service;
+mod shared;
+mod slot;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio_util::sync::{CancellationToken, PollSemaphore};
+
+pub use call::ResponseStream;
+pub use service::PoolFuture;
+
+use crate::config::{PoolConfig, WhenFull};
+use crate::error::{Error, StartError};
+use crate::events::{data, EventBus, EventKind};
+use crate::python_env;
+use crate::request::{Request, Response};
+use crate::session::{SessionInfo, SessionOptions};
+use crate::stats::{PoolStats, WorkerState};
+use crate::worker::LaunchSpec;
+use execute::ms;
+use shared::PoolShared;
+
+/// How long closing a session on its worker may take.
+const SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Stops the pool's workers when the last handle goes away.
+struct StopOnDrop(CancellationToken);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// A pool of Python workers. See the [module docs](self).
+pub struct Pool {
+    shared: Arc<PoolShared>,
+    _guard: Arc<StopOnDrop>,
+    /// Admission slot reserved by `poll_ready`, consumed by `call`.
+    reserved: Option<OwnedSemaphorePermit>,
+    semaphore: PollSemaphore,
+}
+
+impl Clone for Pool {
+    fn clone(&self) -> Self {
+        Pool {
+            shared: self.shared.clone(),
+            _guard: self._guard.clone(),
+            reserved: None,
+            semaphore: self.semaphore.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.shared.name)
+            .field("size", &self.shared.config.size)
+            .finish()
+    }
+}
+
+impl Pool {
+    /// Validate `config`, find (or bootstrap) Python, start all workers concurrently and
+    /// return once each has passed its handshake or failed. Fails only if none started;
+    /// slots whose worker failed keep retrying with backoff.
+    pub async fn start(config: PoolConfig, events: EventBus) -> Result<Pool, StartError> {
+        config.validate()?;
+        let started = Instant::now();
+        let python_cfg = config.python.clone();
+        let python = tokio::task::spawn_blocking(move || {
+            python_env::resolve_interpreter(&python_cfg)
+        })
+        .await
+        .map_err(|e| StartError::Environment(format!("bootstrap task failed: {e}")))??;
+        let run_id = format!("{:08x}", fastrand::u32(..));
+        let run_dir = socket_dir(&run_id);
+        std::fs::create_dir_all(&run_dir).map_err(|e| {
+            StartError::Io(format!("cannot create socket dir {}: {e}", run_dir.display()))
+        })?;
+        let launch = LaunchSpec {
+            python,
+            run_id,
+            run_dir,
+        };
+        let shared = Arc::new(PoolShared::new(config, events, launch));
+        let mut first_starts = Vec::with_capacity(shared.config.size);
+        for _ in 0..shared.config.size {
+            let (tx, rx) = oneshot::channel();
+            shared.tasks.spawn(slot::run(shared.clone(), Some(tx)));
+            first_starts.push(rx);
+        }
+        shared.tasks.spawn(sweep_sessions(shared.clone()));
+        let pool = Pool {
+            _guard: Arc::new(StopOnDrop(shared.abort.clone())),
+            semaphore: PollSemaphore::new(shared.admission.clone()),
+            reserved: None,
+            shared,
+        };
+        let mut first_error = None;
+        let mut ready = 0usize;
+        for result in futures_util::future::join_all(first_starts).await {
+            match result {
+                Ok(Ok(())) => ready += 1,
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {}
+            }
+        }
+        let shared = &pool.shared;
+        if ready == 0 {
+            pool.shutdown(Duration::ZERO).await;
+            return Err(StartError::NoWorkers {
+                pool: shared.name.to_string(),
+                first: Box::new(first_error.unwrap_or(StartError::ShuttingDown {
+                    pool: shared.name.to_string(),
+                })),
+            });
+        }
+        let startup = started.elapsed();
+        tracing::info!(pool = %shared.name, ready, size = shared.config.size,
+            startup_ms = startup.as_millis() as u64, "pool started");
+        shared.events.emit_with(EventKind::PoolStarted, None, || {
+            data::PoolStarted {
+                pool_size: shared.config.size as u64,
+                startup_time_ms: ms(startup),
+                pool_name: shared.name.to_string(),
+                adapter: shared.config.adapter.clone(),
+            }
+            .into()
+        });
+        Ok(pool)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.shared.config
+    }
+
+    pub fn events(&self) -> &EventBus {
+        &self.shared.events
+    }
+
+    /// The adapter's command names, once a worker has described them.
+    pub fn commands(&self) -> Vec<String> {
+        self.shared
+            .commands()
+            .map(|c| c.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Run one command. Admission follows `when_full`: `Reject` fails at once with
+    /// `QueueFull`, `Wait` waits for a slot.
+    pub async fn execute(&self, req: Request) -> Result<Response, Error> {
+        let permit = self.admit(&req).await?;
+        call::unary(self.shared.clone(), Some(permit), req).await
+    }
+
+    /// Run a generator command; the stream yields each chunk as Python yields it.
+    /// Returns once the first chunk (or the failure) is in.
+    pub async fn execute_stream(&self, req: Request) -> Result<ResponseStream, Error> {
+        let permit = self.admit(&req).await?;
+        call::stream(self.shared.clone(), Some(permit), req).await
+    }
+
+    async fn admit(&self, req: &Request) -> Result<OwnedSemaphorePermit, Error> {
+        match self.shared.config.when_full {
+            WhenFull::Reject => call::try_admit(&self.shared, req),
+            WhenFull::Wait => self
+                .shared
+                .admission
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::ShuttingDown {
+                    pool: self.shared.name.to_string(),
+                }),
+        }
+    }
+
+    /// Create a session. Its requests (`Request::session`) go to one worker while it
+    /// lives. No worker is called until the first request.
+    pub fn create_session(&self, opts: SessionOptions) -> Result<SessionInfo, Error> {
+        let started = Instant::now();
+        let ttl = opts
+            .ttl
+            .unwrap_or(Duration::from_secs(self.shared.config.sessions.default_ttl_secs));
+        let info = self.shared.sessions.create(&opts, ttl)?;
+        self.shared
+            .events
+            .emit_with(EventKind::SessionCreated, None, || {
+                data::SessionCreated {
+                    creation_time_ms: ms(started.elapsed()),
+                    session_id: info.id.clone(),
+                    pool_name: self.shared.name.to_string(),
+                    ttl_seconds: ttl.as_secs(),
+                    metadata: opts.metadata.clone(),
+                }
+                .into()
+            });
+        Ok(info)
+    }
+
+    pub fn session(&self, id: &str) -> Option<SessionInfo> {
+        self.shared.sessions.get(id)
+    }
+
+    /// Close a session now; its worker drops the session's state.
+    pub async fn close_session(&self, id: &str) -> Result<(), Error> {
+        let ended = self
+            .shared
+            .sessions
+            .remove(id)
+            .ok_or_else(|| Error::SessionNotFound {
+                session_id: id.to_string(),
+            })?;
+        end_session(&self.shared, ended, "closed").await;
+        Ok(())
+    }
+
+    /// A snapshot; reads counters only, never calls a worker.
+    pub fn stats(&self) -> PoolStats {
+        let s = &self.shared;
+        let workers: Vec<_> = {
+            let registry = s.workers();
+            registry.values().map(|w| w.status.snapshot()).collect()
+        };
+        let busy = workers
+            .iter()
+            .filter(|w| w.state == WorkerState::Busy)
+            .count();
+        PoolStats {
+            name: s.name.to_string(),
+            adapter: s.config.adapter.clone(),
+            total_workers: s.config.size,
+            ready_workers: workers.len(),
+            available_workers: workers.len() - busy,
+            busy_workers: busy,
+            queue_size: s.queue_size(),
+            max_queue_size: s.config.max_queue_size,
+            in_flight: s.in_flight(),
+            requests_total: s.requests_total.load(Ordering::Relaxed),
+            failures_total: s.failures_total.load(Ordering::Relaxed),
+            crashes_total: s.crashes_total.load(Ordering::Relaxed),
+            recycles_total: s.recycles_total.load(Ordering::Relaxed),
+            active_sessions: s.sessions.len(),
+            uptime: s.started_at.elapsed(),
+            accepting: s.accepting.load(Ordering::Relaxed),
+            window: s.window.snapshot(),
+            workers,
+        }
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        !self.shared.accepting.load(Ordering::Acquire)
+    }
+
+    /// Stop taking requests, let admitted ones finish for up to `drain`, then stop the
+    /// workers (SIGTERM, SIGKILL after `stop_grace_ms`). Requests still unfinished after
+    /// that fail with `ShuttingDown`. Calling it again waits for the first call.
+    pub async fn shutdown(&self, drain: Duration) {
+        let s = &self.shared;
+        if !s.accepting.swap(false, Ordering::AcqRel) {
+            s.tasks.close();
+            s.tasks.wait().await;
+            return;
+        }
+        let deadline = Instant::now() + drain;
+        while s.in_flight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        s.stop.cancel();
+        while let Ok(job) = s.queue_rx.try_recv() {
+            job.fail(Error::ShuttingDown {
+                pool: s.name.to_string(),
+            });
+        }
+        s.admission.close();
+        let ended = s.sessions.take_all();
+        if !ended.is_empty() {
+            s.events.emit_with(EventKind::SessionCleanup, None, || {
+                data::SessionCleanup {
+                    sessions_cleaned: ended.len() as u64,
+                    cleanup_time_ms: 0.0,
+                    pool_name: s.name.to_string(),
+                    cleanup_reason: "shutdown".into(),
+                }
+                .into()
+            });
+        }
+        s.tasks.close();
+        // Slots finish their current request first; past the grace, workers are killed.
+        let grace = Duration::from_millis(s.config.stop_grace_ms) + Duration::from_secs(1);
+        if tokio::time::timeout(grace, s.tasks.wait()).await.is_err() {
+            s.abort.cancel();
+            s.tasks.wait().await;
+        }
+        let _ = std::fs::remove_dir_all(&s.launch.run_dir);
+        s.events.emit_with(EventKind::PoolStopped, None, || {
+            data::PoolStopped {
+                uptime_ms: ms(s.started_at.elapsed()),
+                total_requests: s.requests_total.load(Ordering::Relaxed),
+                pool_name: s.name.to_string(),
+                reason: "shutdown".into(),
+            }
+            .into()
+        });
+        tracing::info!(pool = %s.name, "pool stopped");
+    }
+}
+
+/// A short socket directory: Unix socket paths are limited to 107 bytes.
+fn socket_dir(run_id: &str) -> PathBuf {
+    let tmp = std::env::temp_dir();
+    let dir = tmp.join(format!("snakepit-{run_id}"));
+    if dir.as_os_str().len() <= 80 {
+        dir
+    } else {
+        PathBuf::from("/tmp").join(format!("snakepit-{run_id}"))
+    }
+}
+
+/// Tell the worker holding a session to drop it (best effort) and emit `session.expired`.
+async fn end_session(shared: &PoolShared, ended: crate::session::Ended, reason: &str) {
+    if let Some(worker_id) = &ended.worker_id {
+        let transport = shared.workers().get(worker_id).map(|w| w.transport.clone());
+        if let Some(t) = transport {
+            if let Err(e) = t.close_session(&ended.id, SESSION_CLOSE_TIMEOUT).await {
+                tracing::debug!(session_id = %ended.id, error = %e, "closing session on worker failed");
+            }
+        }
+    }
+    shared.events.emit_with(EventKind::SessionExpired, None, || {
+        data::SessionExpired {
+            lifetime_ms: ms(ended.lifetime),
+            requests_handled: ended.requests,
+            session_id: ended.id.clone(),
+            pool_name: shared.name.to_string(),
+            reason: reason.to_string(),
+        }
+        .into()
+    });
+}
+
+/// Expire idle sessions every `sessions.cleanup_interval_ms`.
+async fn sweep_sessions(shared: Arc<PoolShared>) {
+    let period = Duration::from_millis(shared.config.sessions.cleanup_interval_ms);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let started = Instant::now();
+        let expired = shared.sessions.take_expired(Instant::now());
+        if expired.is_empty() {
+            continue;
+        }
+        let count = expired.len() as u64;
+        for ended in expired {
+            end_session(&shared, ended, "ttl").await;
+        }
+        shared.events.emit_with(EventKind::SessionCleanup, None, || {
+            data::SessionCleanup {
+                sessions_cleaned: count,
+                cleanup_time_ms: ms(started.elapsed()),
+                pool_name: shared.name.to_string(),
+                cleanup_reason: "ttl_expired".into(),
+            }
+            .into()
+        });
+    }
+}

@@ -1,0 +1,91 @@
+//! Per-worker monitor: periodic health-check calls and RSS readings, beside (never
+//! inside) the request loop. It only ever *asks* the driver to recycle the worker;
+//! the driver does so between requests.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::driver::Control;
+use super::execute::ms;
+use super::shared::PoolShared;
+use crate::events::{data, EventKind};
+use crate::process::rss_bytes;
+use crate::transport::WorkerTransport;
+use crate::worker::WorkerStatus;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+pub(crate) async fn run(
+    shared: Arc<PoolShared>,
+    status: Arc<WorkerStatus>,
+    transport: Arc<dyn WorkerTransport>,
+    control: watch::Sender<Control>,
+    cancel: CancellationToken,
+) {
+    let cfg = &shared.config;
+    let mut health = interval(Duration::from_millis(cfg.health_check_interval_ms));
+    let mut memory = interval(Duration::from_millis(cfg.memory_check_interval_ms));
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = memory.tick() => {
+                let Some(rss) = rss_bytes(status.pid) else { continue };
+                status.rss_bytes.store(rss, Ordering::Relaxed);
+                let limit = cfg.max_memory_mb;
+                if limit > 0 && rss as f64 / MIB > limit as f64 {
+                    tracing::info!(worker_id = %status.id, rss_mb = rss as f64 / MIB, limit_mb = limit,
+                        "worker over max_memory_mb; recycling after its current request");
+                    control.send_replace(Control::Recycle { reason: "max_memory" });
+                    return;
+                }
+            }
+            _ = health.tick() => {
+                let timeout = Duration::from_millis(cfg.health_check_timeout_ms);
+                let start = Instant::now();
+                let result = transport.health(timeout).await;
+                let elapsed = start.elapsed();
+                let (ok, details) = match &result {
+                    Ok(h) => {
+                        status.rss_bytes.store(h.rss_bytes, Ordering::Relaxed);
+                        (h.status == "ok", serde_json::json!({
+                            "rss_mb": h.rss_bytes as f64 / MIB,
+                            "requests_handled": h.requests_handled,
+                            "active_sessions": h.active_sessions,
+                            "python_status": h.status,
+                        }))
+                    }
+                    Err(e) => (false, serde_json::json!({ "error": e.to_string() })),
+                };
+                shared.events.emit_with(EventKind::WorkerHealthCheck, None, || {
+                    data::WorkerHealthCheck {
+                        response_time_ms: ms(elapsed),
+                        worker_id: status.id.to_string(),
+                        pool_name: shared.name.to_string(),
+                        status: if ok { "ok" } else { "failed" }.to_string(),
+                        details,
+                    }
+                    .into()
+                });
+                failures = if ok { 0 } else { failures + 1 };
+                if failures >= cfg.health_check_failures {
+                    tracing::warn!(worker_id = %status.id, failures,
+                        "worker failed consecutive health checks; replacing it");
+                    control.send_replace(Control::Recycle { reason: "health_check_failed" });
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn interval(period: Duration) -> tokio::time::Interval {
+    // The first tick is one period away: a fresh worker just passed its handshake.
+    let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
+}

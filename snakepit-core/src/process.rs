@@ -1,0 +1,395 @@
+//! One worker OS process: spawn, start-up handshake, output pumping, signals, exit.
+//!
+//! Each worker runs in its own process group, so stopping it also stops anything its
+//! Python code spawned. The pool keeps the write end of the worker's stdin: when the
+//! pool process dies, even by SIGKILL, the kernel closes that pipe and the worker
+//! (which watches stdin) exits. stdout and stderr are pumped line by line into
+//! `tracing` with the worker id; the last stderr lines are kept for crash reports.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
+use tokio::process::{ChildStdin, Command};
+use tokio::sync::watch;
+
+use crate::error::{ExitInfo, StartError};
+
+/// The line a worker prints on stdout once it serves.
+pub(crate) const READY_MARKER: &str = "SNAKEPIT_READY ";
+const MAX_LINE_BYTES: usize = 64 * 1024;
+const STDERR_TAIL_LINES: usize = 40;
+const STDERR_TAIL_BYTES: usize = 8 * 1024;
+
+/// How to start one worker process.
+pub(crate) struct SpawnSpec {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub env: Vec<(String, String)>,
+    pub worker_id: String,
+    pub pool_name: String,
+    pub startup_timeout: Duration,
+}
+
+/// The last lines a worker wrote to stderr.
+#[derive(Clone, Default)]
+pub(crate) struct StderrTail(Arc<Mutex<VecDeque<String>>>);
+
+impl StderrTail {
+    fn push(&self, line: &str) {
+        let mut lines = match self.0.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        lines.push_back(line.to_string());
+        let mut bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
+        while lines.len() > STDERR_TAIL_LINES || (bytes > STDERR_TAIL_BYTES && lines.len() > 1) {
+            if let Some(old) = lines.pop_front() {
+                bytes -= old.len() + 1;
+            }
+        }
+    }
+
+    pub fn text(&self) -> String {
+        let lines = match self.0.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// A running (or exited) worker process.
+pub(crate) struct WorkerProcess {
+    pid: u32,
+    /// Held open for the worker's parent-death watch; dropped to ask it to leave.
+    stdin: Mutex<Option<ChildStdin>>,
+    exit: watch::Receiver<Option<ExitInfo>>,
+    /// Becomes true when stderr reached EOF (everything the process wrote is in the tail).
+    stderr_done: watch::Receiver<bool>,
+    tail: StderrTail,
+    pub started_at: Instant,
+}
+
+impl WorkerProcess {
+    /// Spawn the process and wait for its ready line (or its death, or the timeout).
+    pub async fn spawn(spec: SpawnSpec) -> Result<WorkerProcess, StartError> {
+        let mut cmd = Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = cmd.spawn().map_err(|e| StartError::Spawn {
+            program: spec.program.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let pid = child.id().unwrap_or(0);
+        let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+
+        let (exit_tx, exit_rx) = watch::channel(None);
+        tokio::spawn(async move {
+            let info = match child.wait().await {
+                Ok(status) => ExitInfo::from(status),
+                Err(_) => ExitInfo {
+                    code: None,
+                    signal: None,
+                },
+            };
+            let _ = exit_tx.send(Some(info));
+        });
+
+        let tail = StderrTail::default();
+        let (stderr_done_tx, stderr_done) = watch::channel(false);
+        if let Some(stderr) = stderr {
+            let (tail, id, pool) = (tail.clone(), spec.worker_id.clone(), spec.pool_name.clone());
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stderr);
+                while let Some(line) = read_line_capped(&mut reader).await {
+                    tail.push(&line);
+                    log_line(&id, &pool, "stderr", &line);
+                }
+                let _ = stderr_done_tx.send(true);
+            });
+        }
+
+        let process = WorkerProcess {
+            pid,
+            stdin: Mutex::new(stdin),
+            exit: exit_rx,
+            stderr_done,
+            tail,
+            started_at: Instant::now(),
+        };
+        let Some(stdout) = stdout else {
+            return Err(StartError::Io("worker stdout was not captured".into()));
+        };
+        let mut reader = BufReader::new(stdout);
+        let ready = tokio::time::timeout(spec.startup_timeout, async {
+            while let Some(line) = read_line_capped(&mut reader).await {
+                if line.starts_with(READY_MARKER) {
+                    return true;
+                }
+                log_line(&spec.worker_id, &spec.pool_name, "stdout", &line);
+            }
+            false
+        })
+        .await;
+        match ready {
+            Ok(true) => {
+                let (id, pool) = (spec.worker_id.clone(), spec.pool_name.clone());
+                tokio::spawn(async move {
+                    while let Some(line) = read_line_capped(&mut reader).await {
+                        log_line(&id, &pool, "stdout", &line);
+                    }
+                });
+                Ok(process)
+            }
+            Ok(false) => {
+                let exit = process
+                    .wait_exit(Duration::from_secs(2))
+                    .await
+                    .unwrap_or(ExitInfo {
+                        code: None,
+                        signal: None,
+                    });
+                Err(StartError::ExitedDuringStartup {
+                    worker_id: spec.worker_id,
+                    exit,
+                    stderr_tail: process.stderr_tail().await,
+                })
+            }
+            Err(_) => {
+                process.kill();
+                Err(StartError::StartupTimeout {
+                    worker_id: spec.worker_id,
+                    timeout: spec.startup_timeout,
+                    stderr_tail: process.stderr_tail().await,
+                })
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The exit status, once the process has exited.
+    pub fn exit_status(&self) -> Option<ExitInfo> {
+        *self.exit.borrow()
+    }
+
+    /// A receiver that changes when the process exits.
+    pub fn exit_watch(&self) -> watch::Receiver<Option<ExitInfo>> {
+        self.exit.clone()
+    }
+
+    /// Wait up to `timeout` for the process to exit.
+    pub async fn wait_exit(&self, timeout: Duration) -> Option<ExitInfo> {
+        let mut rx = self.exit.clone();
+        let waited = tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(status)) => *status,
+            _ => self.exit_status(),
+        }
+    }
+
+    /// The stderr tail; after an exit, waits briefly so the last lines are in it.
+    pub async fn stderr_tail(&self) -> String {
+        if self.exit_status().is_some() {
+            let mut done = self.stderr_done.clone();
+            let _ = tokio::time::timeout(Duration::from_millis(500), done.wait_for(|d| *d)).await;
+        }
+        self.tail.text()
+    }
+
+    /// Signal the worker's whole process group.
+    pub fn signal_group(&self, signal: i32) {
+        if self.pid == 0 {
+            return;
+        }
+        // SAFETY: kill(2) with a negative pid signals a process group; it touches no
+        // memory of ours. The group is the worker's own (process_group(0) at spawn).
+        unsafe {
+            libc::kill(-(self.pid as i32), signal);
+        }
+    }
+
+    /// SIGKILL the worker and its group now.
+    pub fn kill(&self) {
+        self.signal_group(libc::SIGKILL);
+    }
+
+    /// Graceful stop: close stdin and SIGTERM the group, SIGKILL after `grace`.
+    pub async fn stop(&self, grace: Duration) -> Option<ExitInfo> {
+        if let Some(status) = self.exit_status() {
+            self.kill(); // the leader is gone; make sure nothing it spawned lingers
+            return Some(status);
+        }
+        self.close_stdin();
+        self.signal_group(libc::SIGTERM);
+        if let Some(status) = self.wait_exit(grace).await {
+            self.kill();
+            return Some(status);
+        }
+        self.kill();
+        self.wait_exit(Duration::from_secs(5)).await
+    }
+
+    fn close_stdin(&self) {
+        let mut stdin = match self.stdin.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        stdin.take();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        // Whatever path dropped us, no worker outlives its handle.
+        self.kill();
+    }
+}
+
+/// Resident set size of a process, read from `/proc/<pid>/statm` (measured by us, not
+/// reported by the worker).
+pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).unwrap_or(4096))
+}
+
+/// Read one line (without the newline), lossily decoded, at most MAX_LINE_BYTES; the
+/// rest of an over-long line is discarded. None at EOF.
+async fn read_line_capped<R: AsyncBufRead + Unpin>(reader: &mut R) -> Option<String> {
+    let mut line = Vec::new();
+    let mut saw_any = false;
+    loop {
+        let buf = match reader.fill_buf().await {
+            Ok(b) => b,
+            Err(_) => return None,
+        };
+        if buf.is_empty() {
+            return saw_any.then(|| String::from_utf8_lossy(&line).into_owned());
+        }
+        saw_any = true;
+        let (chunk, found, used) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (&buf[..i], true, i + 1),
+            None => (buf, false, buf.len()),
+        };
+        let room = MAX_LINE_BYTES.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        reader.consume(used);
+        if found {
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            return Some(String::from_utf8_lossy(&line).into_owned());
+        }
+    }
+}
+
+/// Worker output into the log. Lines the bridge formats as `LEVEL name [...]: msg`
+/// keep their level; other stderr lines are warnings, other stdout lines info.
+fn log_line(worker_id: &str, pool: &str, stream: &'static str, line: &str) {
+    let level = line.split_once(' ').map(|(l, _)| l).unwrap_or("");
+    match (level, stream) {
+        ("DEBUG", _) => {
+            tracing::debug!(target: "snakepit::worker", worker_id, pool, stream, "{line}")
+        }
+        ("INFO", _) => tracing::info!(target: "snakepit::worker", worker_id, pool, stream, "{line}"),
+        ("ERROR" | "CRITICAL", _) => {
+            tracing::error!(target: "snakepit::worker", worker_id, pool, stream, "{line}")
+        }
+        ("WARNING", _) | (_, "stderr") => {
+            tracing::warn!(target: "snakepit::worker", worker_id, pool, stream, "{line}")
+        }
+        _ => tracing::info!(target: "snakepit::worker", worker_id, pool, stream, "{line}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn capped_lines_split_and_truncate() {
+        let long = "x".repeat(MAX_LINE_BYTES + 10);
+        let input = format!("one\r\n{long}\nlast-no-newline");
+        let mut reader = BufReader::new(input.as_bytes());
+        assert_eq!(read_line_capped(&mut reader).await.as_deref(), Some("one"));
+        assert_eq!(read_line_capped(&mut reader).await.map(|l| l.len()), Some(MAX_LINE_BYTES));
+        assert_eq!(
+            read_line_capped(&mut reader).await.as_deref(),
+            Some("last-no-newline")
+        );
+        assert_eq!(read_line_capped(&mut reader).await, None);
+    }
+
+    #[test]
+    fn stderr_tail_is_bounded() {
+        let tail = StderrTail::default();
+        for i in 0..100 {
+            tail.push(&format!("line {i}"));
+        }
+        let text = tail.text();
+        assert!(text.ends_with("line 99"));
+        assert_eq!(text.lines().count(), STDERR_TAIL_LINES);
+        tail.push(&"y".repeat(20_000));
+        assert_eq!(tail.text().lines().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn exit_during_startup_reports_code_and_stderr() {
+        let spec = SpawnSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "echo starting; echo 'boom: bad adapter' >&2; exit 3".into()],
+            env: vec![],
+            worker_id: "t-1".into(),
+            pool_name: "t".into(),
+            startup_timeout: Duration::from_secs(10),
+        };
+        match WorkerProcess::spawn(spec).await {
+            Err(StartError::ExitedDuringStartup {
+                exit, stderr_tail, ..
+            }) => {
+                assert_eq!(exit.code, Some(3));
+                assert!(stderr_tail.contains("boom: bad adapter"), "{stderr_tail}");
+            }
+            other => panic!("expected ExitedDuringStartup, got {:?}", other.err()),
+        }
+    }
+
+    #[tokio::test]
+    async fn startup_timeout_kills_the_process() {
+        let spec = SpawnSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "echo $$ >&2; sleep 60".into()],
+            env: vec![],
+            worker_id: "t-2".into(),
+            pool_name: "t".into(),
+            startup_timeout: Duration::from_millis(300),
+        };
+        let err = WorkerProcess::spawn(spec).await.err();
+        let Some(StartError::StartupTimeout { stderr_tail, .. }) = err else {
+            panic!("expected StartupTimeout, got {err:?}");
+        };
+        let pid: i32 = stderr_tail.trim().parse().unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // SAFETY: signal 0 only checks for existence.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true);
+        assert!(!alive || zombie, "timed-out process {pid} still runs");
+    }
+}

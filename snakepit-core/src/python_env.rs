@@ -1,0 +1,181 @@
+//! Finding or creating the Python environment workers run in.
+//!
+//! Order: `python.interpreter` from config, else `SNAKEPIT_PYTHON`, else a virtual
+//! environment bootstrapped on first use (`python3 -m venv` + `pip install` of the
+//! bundled `snakepit_bridge` with its OpenTelemetry extra), reused afterwards. The
+//! bootstrap prints each step to stderr, holds a file lock so concurrent processes
+//! (parallel tests) do not race, and records a stamp so a changed bridge package is
+//! re-installed.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::config::PythonConfig;
+use crate::error::StartError;
+
+/// Where the `snakepit_bridge` sources of this build live, if they exist on disk.
+pub fn bundled_bridge_source() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../python");
+    dir.join("pyproject.toml")
+        .is_file()
+        .then(|| dir.canonicalize().unwrap_or(dir))
+}
+
+/// The default venv: `SNAKEPIT_VENV`, else `target/snakepit-venv` in a source checkout,
+/// else `~/.cache/snakepit/venv-<version>`.
+pub fn default_venv_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SNAKEPIT_VENV") {
+        return PathBuf::from(dir);
+    }
+    if let Some(src) = bundled_bridge_source() {
+        if let Some(root) = src.parent() {
+            return root.join("target").join("snakepit-venv");
+        }
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    cache
+        .join("snakepit")
+        .join(format!("venv-{}", env!("CARGO_PKG_VERSION")))
+}
+
+/// The interpreter a pool's workers use, bootstrapping the default venv if needed.
+/// Blocking (it may run pip); call it from `spawn_blocking` in async code.
+pub fn resolve_interpreter(cfg: &PythonConfig) -> Result<PathBuf, StartError> {
+    if let Some(p) = &cfg.interpreter {
+        return check_interpreter(p, "python.interpreter");
+    }
+    if let Some(p) = std::env::var_os("SNAKEPIT_PYTHON") {
+        return check_interpreter(Path::new(&p), "SNAKEPIT_PYTHON");
+    }
+    let src = bundled_bridge_source().ok_or_else(|| {
+        StartError::Environment(
+            "no Python configured and no bundled snakepit_bridge sources to bootstrap from; \
+             set python.interpreter (or SNAKEPIT_PYTHON) to a Python with snakepit_bridge installed"
+                .into(),
+        )
+    })?;
+    ensure_venv(&default_venv_dir(), &src, &["otel"])
+}
+
+fn check_interpreter(path: &Path, source: &str) -> Result<PathBuf, StartError> {
+    if path.is_file() || path.components().count() == 1 {
+        Ok(path.to_path_buf())
+    } else {
+        Err(StartError::Environment(format!(
+            "{source} points to {}, which does not exist",
+            path.display()
+        )))
+    }
+}
+
+fn venv_python(venv: &Path) -> PathBuf {
+    venv.join("bin").join("python")
+}
+
+/// What the installed environment was made from; a change triggers a re-install.
+fn stamp(bridge_src: &Path, extras: &[&str]) -> String {
+    let pyproject = fs::read_to_string(bridge_src.join("pyproject.toml")).unwrap_or_default();
+    // FNV-1a: stable across runs and Rust versions, unlike DefaultHasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in pyproject.bytes() {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!(
+        "src={} extras={} pyproject={hash:016x}",
+        bridge_src.display(),
+        extras.join(",")
+    )
+}
+
+/// Create (or reuse) a venv at `venv` with `snakepit_bridge[extras]` installed from
+/// `bridge_src` in editable mode. Returns the venv's python.
+pub fn ensure_venv(venv: &Path, bridge_src: &Path, extras: &[&str]) -> Result<PathBuf, StartError> {
+    let env_err = |what: &str, e: &dyn std::fmt::Display| {
+        StartError::Environment(format!("{what} ({}): {e}", venv.display()))
+    };
+    let python = venv_python(venv);
+    let stamp_path = venv.join(".snakepit-stamp");
+    let wanted = stamp(bridge_src, extras);
+    let is_current = || fs::read_to_string(&stamp_path).ok().as_deref() == Some(wanted.as_str());
+    if python.is_file() && is_current() {
+        return Ok(python);
+    }
+
+    if let Some(parent) = venv.parent() {
+        fs::create_dir_all(parent).map_err(|e| env_err("cannot create the venv's parent", &e))?;
+    }
+    let lock_path = venv.with_extension("lock");
+    let lock = File::create(&lock_path).map_err(|e| env_err("cannot create lock file", &e))?;
+    lock.lock()
+        .map_err(|e| env_err("cannot lock the venv", &e))?;
+    // Another process may have finished the job while we waited for the lock.
+    if python.is_file() && is_current() {
+        return Ok(python);
+    }
+
+    let base = std::env::var("SNAKEPIT_BASE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let spec = if extras.is_empty() {
+        bridge_src.display().to_string()
+    } else {
+        format!("{}[{}]", bridge_src.display(), extras.join(","))
+    };
+    let mut err = std::io::stderr();
+    if !python.is_file() {
+        let _ = writeln!(
+            err,
+            "snakepit: [1/2] creating the workers' Python environment in {} (first run only)",
+            venv.display()
+        );
+        run(Command::new(&base).args(["-m", "venv"]).arg(venv), "python3 -m venv")?;
+    }
+    let _ = writeln!(
+        err,
+        "snakepit: [2/2] installing snakepit_bridge and its dependencies (grpcio, protobuf, {}) with pip",
+        if extras.is_empty() { "no extras".to_string() } else { extras.join(", ") }
+    );
+    run(
+        Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "off",
+            "-e",
+            &spec,
+        ]),
+        "pip install",
+    )?;
+    fs::write(&stamp_path, &wanted).map_err(|e| env_err("cannot write stamp", &e))?;
+    let _ = writeln!(err, "snakepit: Python environment ready ({})", python.display());
+    Ok(python)
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<(), StartError> {
+    // pip's own output goes to our stderr (stdout stays the program's): it is the
+    // visible progress.
+    use std::os::fd::AsFd;
+    let to_stderr = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::process::Stdio::from)
+        .unwrap_or_else(|_| std::process::Stdio::inherit());
+    let status = cmd
+        .stdout(to_stderr)
+        .stderr(std::process::Stdio::inherit())
+        .status()
+        .map_err(|e| StartError::Environment(format!("cannot run {what}: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(StartError::Environment(format!(
+            "{what} failed ({status}); see its output above. Is the package index reachable? \
+             Or set python.interpreter to a Python that already has snakepit_bridge"
+        )))
+    }
+}

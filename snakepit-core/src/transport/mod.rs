@@ -1,0 +1,88 @@
+//! How the pool talks to one worker process, behind a small internal trait so a second
+//! transport (framed protobuf over pipes) can be added without touching the pool.
+//!
+//! A transport only moves contract messages (`proto/snakepit/v1/worker.proto`); it
+//! does not enforce request timeouts (the worker driver does, so that an overrun
+//! replaces the worker whatever the transport) but it does tell the worker the
+//! deadline so Python code can see it.
+
+pub(crate) mod grpc;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_core::Stream;
+
+use crate::proto;
+
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type ChunkStream =
+    Pin<Box<dyn Stream<Item = Result<proto::StreamChunk, TransportError>> + Send>>;
+
+/// Per-call context that travels beside the request (gRPC metadata, or frame headers).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallMeta<'a> {
+    pub request_id: &'a str,
+    pub correlation_id: Option<&'a str>,
+    /// `traceparent`, `tracestate` and other caller metadata.
+    pub extra: &'a [(String, String)],
+    pub timeout: Option<Duration>,
+}
+
+pub(crate) const REQUEST_ID_HEADER: &str = "x-snakepit-request-id";
+pub(crate) const CORRELATION_ID_HEADER: &str = "x-correlation-id";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TransportError {
+    /// The connection broke or could not be used: the worker probably died.
+    #[error("connection to worker lost: {0}")]
+    Disconnected(String),
+    /// A message exceeded the configured size limit.
+    #[error("message too large: {0}")]
+    TooLarge(String),
+    /// The call's deadline passed (control calls: their own timeout; requests: the
+    /// deadline sent with them).
+    #[error("deadline exceeded")]
+    TimedOut,
+    #[error("{0}")]
+    Other(String),
+}
+
+pub(crate) trait WorkerTransport: Send + Sync + 'static {
+    fn execute<'a>(
+        &'a self,
+        req: proto::ExecuteRequest,
+        meta: CallMeta<'a>,
+    ) -> BoxFuture<'a, Result<proto::ExecuteResponse, TransportError>>;
+
+    fn execute_stream<'a>(
+        &'a self,
+        req: proto::ExecuteRequest,
+        meta: CallMeta<'a>,
+    ) -> BoxFuture<'a, Result<ChunkStream, TransportError>>;
+
+    fn health(
+        &self,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<proto::HealthResponse, TransportError>>;
+
+    fn describe(
+        &self,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<proto::DescribeResponse, TransportError>>;
+
+    fn init_session<'a>(
+        &'a self,
+        session_id: &'a str,
+        metadata_json: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<bool, TransportError>>;
+
+    fn close_session<'a>(
+        &'a self,
+        session_id: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<bool, TransportError>>;
+}

@@ -1,0 +1,193 @@
+//! A started worker: its process, its transport, and the counters stats read.
+//!
+//! Start-up is: spawn `python -m snakepit_bridge ...` → wait for its ready line →
+//! connect the transport → one health call as the handshake. Only then is the worker
+//! registered with the pool and given requests.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::PoolConfig;
+use crate::error::StartError;
+use crate::process::{SpawnSpec, WorkerProcess};
+use crate::stats::{WorkerState, WorkerStats};
+use crate::transport::grpc::GrpcTransport;
+use crate::transport::WorkerTransport;
+
+/// Thread-pool variables of numeric libraries, pinned to 1 per worker by default.
+const THREAD_LIMIT_VARS: [&str; 5] = [
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+];
+
+/// Live counters of one worker, shared with stats and the registry.
+pub(crate) struct WorkerStatus {
+    pub id: Arc<str>,
+    pub pid: u32,
+    pub started_at: Instant,
+    state: AtomicU8,
+    pub requests: AtomicU64,
+    pub rss_bytes: AtomicU64,
+}
+
+impl WorkerStatus {
+    pub fn set_state(&self, state: WorkerState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub fn state(&self) -> WorkerState {
+        match self.state.load(Ordering::Relaxed) {
+            0 => WorkerState::Starting,
+            1 => WorkerState::Idle,
+            2 => WorkerState::Busy,
+            _ => WorkerState::Stopping,
+        }
+    }
+
+    pub fn snapshot(&self) -> WorkerStats {
+        WorkerStats {
+            id: self.id.to_string(),
+            state: self.state(),
+            pid: self.pid,
+            uptime: self.started_at.elapsed(),
+            requests: self.requests.load(Ordering::Relaxed),
+            rss_bytes: self.rss_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Where and how to start workers of one pool.
+pub(crate) struct LaunchSpec {
+    pub python: PathBuf,
+    pub run_id: String,
+    pub run_dir: PathBuf,
+}
+
+pub(crate) struct Worker {
+    pub id: Arc<str>,
+    pub process: WorkerProcess,
+    pub transport: Arc<dyn WorkerTransport>,
+    pub status: Arc<WorkerStatus>,
+    socket: PathBuf,
+}
+
+impl Worker {
+    pub async fn start(
+        id: Arc<str>,
+        cfg: &PoolConfig,
+        launch: &LaunchSpec,
+    ) -> Result<Worker, StartError> {
+        let started = Instant::now();
+        let socket = launch.run_dir.join(format!("{}.sock", id));
+        let _ = std::fs::remove_file(&socket);
+        let process = WorkerProcess::spawn(spawn_spec(&id, cfg, launch, &socket)).await?;
+        let remaining = cfg.startup_timeout().saturating_sub(started.elapsed());
+        let handshake_timeout = remaining.max(Duration::from_secs(1));
+        let handshake_err = |message: String| StartError::Handshake {
+            worker_id: id.to_string(),
+            message,
+        };
+        let transport = GrpcTransport::connect(&socket, cfg.max_response_bytes, handshake_timeout)
+            .await
+            .map_err(|e| handshake_err(e.to_string()))?;
+        let health = transport
+            .health(handshake_timeout)
+            .await
+            .map_err(|e| handshake_err(format!("health check failed: {e}")))?;
+        if health.pid != process.pid() {
+            return Err(handshake_err(format!(
+                "socket answered for pid {} but the worker is pid {}",
+                health.pid,
+                process.pid()
+            )));
+        }
+        let status = Arc::new(WorkerStatus {
+            id: id.clone(),
+            pid: process.pid(),
+            started_at: process.started_at,
+            state: AtomicU8::new(WorkerState::Idle as u8),
+            requests: AtomicU64::new(0),
+            rss_bytes: AtomicU64::new(health.rss_bytes),
+        });
+        Ok(Worker {
+            id,
+            process,
+            transport: Arc::new(transport),
+            status,
+            socket,
+        })
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.process.started_at.elapsed()
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.status.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+fn spawn_spec(id: &str, cfg: &PoolConfig, launch: &LaunchSpec, socket: &std::path::Path) -> SpawnSpec {
+    let mut args: Vec<OsString> = ["-u", "-m", "snakepit_bridge", "--adapter"]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+    args.push(cfg.adapter.clone().into());
+    args.push("--socket".into());
+    args.push(socket.as_os_str().to_owned());
+    for (flag, value) in [
+        ("--worker-id", id.to_string()),
+        ("--pool", cfg.name.clone()),
+        // The run id on the command line lets leftovers of a crashed run be found.
+        ("--run-id", launch.run_id.clone()),
+        ("--max-message-bytes", cfg.max_response_bytes.to_string()),
+        ("--threads", cfg.python.rpc_threads.to_string()),
+        (
+            "--stop-grace",
+            format!("{:.3}", cfg.stop_grace_ms as f64 / 2000.0),
+        ),
+    ] {
+        args.push(flag.into());
+        args.push(value.into());
+    }
+    args.push("--watch-stdin".into());
+
+    let mut env: Vec<(String, String)> = vec![("PYTHONUNBUFFERED".into(), "1".into())];
+    if cfg.python.limit_threads {
+        env.extend(THREAD_LIMIT_VARS.iter().map(|v| (v.to_string(), "1".to_string())));
+    }
+    if !cfg.python.pythonpath.is_empty() {
+        let mut parts: Vec<String> = cfg
+            .python
+            .pythonpath
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        if let Ok(existing) = std::env::var("PYTHONPATH") {
+            parts.push(existing);
+        }
+        env.push(("PYTHONPATH".into(), parts.join(":")));
+    }
+    // User settings win over our defaults.
+    env.extend(cfg.python.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    SpawnSpec {
+        program: launch.python.clone(),
+        args,
+        env,
+        worker_id: id.to_string(),
+        pool_name: cfg.name.clone(),
+        startup_timeout: cfg.startup_timeout(),
+    }
+}
