@@ -47,7 +47,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("spin", json!({"ms": 5})),
         ("alloc", json!({"mb": 16})),
         ("describe", json!({})),
-        ("fail", json!({"type": "ValueError", "message": "bad input"})),
+        (
+            "fail",
+            json!({"type": "ValueError", "message": "bad input"}),
+        ),
         ("no_such_command", json!({})),
     ];
     for (command, args) in calls {
@@ -69,7 +72,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .execute_stream(Request::new("stream", json!({"n": 3, "delay_ms": 10})))
         .await?;
     while let Some(chunk) = stream.next().await {
-        println!("chunk  stream           {}", String::from_utf8_lossy(&chunk?.data));
+        println!(
+            "chunk  stream           {}",
+            String::from_utf8_lossy(&chunk?.data)
+        );
     }
 
     let session = pool.create_session(SessionOptions {
@@ -92,7 +98,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(_) => println!("hang returned?"),
         Err(err) => println!("error  hang             [{}] {err}", err.error_type()),
     }
-    match pool.execute(Request::new("crash", json!({"code": 3}))).await {
+    match pool
+        .execute(Request::new("crash", json!({"code": 3})))
+        .await
+    {
         Ok(_) => println!("crash returned?"),
         Err(err) => println!("error  crash            [{}] {err}", err.error_type()),
     }

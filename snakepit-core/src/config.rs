@@ -261,10 +261,7 @@ impl PoolConfig {
             return Err(ConfigError::new(
                 key("max_payload_bytes"),
                 self.max_payload_bytes,
-                format!(
-                    "1..={} bytes (max_response_bytes)",
-                    self.max_response_bytes
-                ),
+                format!("1..={} bytes (max_response_bytes)", self.max_response_bytes),
             ));
         }
         if self.max_response_bytes > i32::MAX as usize {
@@ -427,9 +424,13 @@ mod tests {
         let mut ev = EventsConfig::default();
         ev.sampling.insert("snakepit.worker.nope".into(), 0.5);
         let err = ev.validate().unwrap_err();
-        assert!(err.allowed.contains("snakepit.worker.health_check"), "{err}");
+        assert!(
+            err.allowed.contains("snakepit.worker.health_check"),
+            "{err}"
+        );
         let mut ev = EventsConfig::default();
-        ev.sampling.insert("snakepit.worker.health_check".into(), 1.5);
+        ev.sampling
+            .insert("snakepit.worker.health_check".into(), 1.5);
         assert!(ev.validate().unwrap_err().allowed.contains("[0.0, 1.0]"));
     }
 

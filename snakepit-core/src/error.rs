@@ -82,7 +82,10 @@ pub enum Error {
         timeout: Duration,
     },
 
-    #[error("worker {worker_id} crashed ({exit}) while running '{command}'{}", tail_suffix(stderr_tail))]
+    #[error(
+        "worker {worker_id} crashed ({exit}) while running '{command}'{}",
+        tail_suffix(stderr_tail)
+    )]
     WorkerCrashed {
         command: String,
         worker_id: String,
@@ -174,7 +177,10 @@ pub enum StartError {
     #[error("cannot start Python '{program}': {message}; set python.interpreter to a Python 3.9+ with snakepit_bridge installed")]
     Spawn { program: String, message: String },
 
-    #[error("worker {worker_id} exited during start-up ({exit}){}", tail_suffix(stderr_tail))]
+    #[error(
+        "worker {worker_id} exited during start-up ({exit}){}",
+        tail_suffix(stderr_tail)
+    )]
     ExitedDuringStartup {
         worker_id: String,
         exit: ExitInfo,
@@ -195,7 +201,10 @@ pub enum StartError {
     Environment(String),
 
     #[error("pool '{pool}': no worker could start; first failure: {first}")]
-    NoWorkers { pool: String, first: Box<StartError> },
+    NoWorkers {
+        pool: String,
+        first: Box<StartError>,
+    },
 
     #[error("pool '{pool}' is shutting down")]
     ShuttingDown { pool: String },

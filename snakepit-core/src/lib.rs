@@ -57,9 +57,9 @@ pub use config::{
 };
 pub use error::{Error, ExitInfo, PythonError, StartError};
 pub use events::{Event, EventBus, EventData, EventKind, Pattern};
-pub use pool::{Pool, ResponseStream};
+pub use pool::{Pool, ResponseStream, StreamingPool};
 pub use pools::Pools;
-pub use request::{Args, Chunk, Request, Response, Served, StreamRequest};
+pub use request::{Args, Chunk, Request, Response, Served};
 pub use sanitize::Sanitizer;
 pub use session::{SessionInfo, SessionOptions};
 pub use stats::{PoolStats, WindowStats, WorkerState, WorkerStats};

@@ -13,7 +13,7 @@ use crate::config::PoolConfig;
 use crate::error::{Error, StartError};
 use crate::events::EventBus;
 use crate::pool::{Pool, ResponseStream};
-use crate::request::{Request, Response, StreamRequest};
+use crate::request::{Request, Response};
 
 /// Named pools sharing one event bus. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -45,7 +45,9 @@ impl Pools {
             }
         }
         let results = futures_util::future::join_all(
-            configs.into_iter().map(|cfg| Pool::start(cfg, events.clone())),
+            configs
+                .into_iter()
+                .map(|cfg| Pool::start(cfg, events.clone())),
         )
         .await;
         let mut pools = BTreeMap::new();
@@ -120,23 +122,6 @@ impl Service<Request> for Pools {
 
     fn call(&mut self, req: Request) -> Self::Future {
         match self.route(&req) {
-            Ok(pool) => Box::pin(pool.clone().oneshot(req)),
-            Err(e) => Box::pin(std::future::ready(Err(e))),
-        }
-    }
-}
-
-impl Service<StreamRequest> for Pools {
-    type Response = ResponseStream;
-    type Error = Error;
-    type Future = crate::pool::PoolFuture<ResponseStream>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: StreamRequest) -> Self::Future {
-        match self.route(&req.0) {
             Ok(pool) => Box::pin(pool.clone().oneshot(req)),
             Err(e) => Box::pin(std::future::ready(Err(e))),
         }

@@ -59,7 +59,11 @@ impl StderrTail {
             Ok(l) => l,
             Err(p) => p.into_inner(),
         };
-        lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+        lines
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -91,7 +95,8 @@ impl WorkerProcess {
             message: e.to_string(),
         })?;
         let pid = child.id().unwrap_or(0);
-        let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let (stdin, stdout, stderr) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take());
 
         let (exit_tx, exit_rx) = watch::channel(None);
         tokio::spawn(async move {
@@ -306,7 +311,9 @@ fn log_line(worker_id: &str, pool: &str, stream: &'static str, line: &str) {
         ("DEBUG", _) => {
             tracing::debug!(target: "snakepit::worker", worker_id, pool, stream, "{line}")
         }
-        ("INFO", _) => tracing::info!(target: "snakepit::worker", worker_id, pool, stream, "{line}"),
+        ("INFO", _) => {
+            tracing::info!(target: "snakepit::worker", worker_id, pool, stream, "{line}")
+        }
         ("ERROR" | "CRITICAL", _) => {
             tracing::error!(target: "snakepit::worker", worker_id, pool, stream, "{line}")
         }
@@ -327,7 +334,10 @@ mod tests {
         let input = format!("one\r\n{long}\nlast-no-newline");
         let mut reader = BufReader::new(input.as_bytes());
         assert_eq!(read_line_capped(&mut reader).await.as_deref(), Some("one"));
-        assert_eq!(read_line_capped(&mut reader).await.map(|l| l.len()), Some(MAX_LINE_BYTES));
+        assert_eq!(
+            read_line_capped(&mut reader).await.map(|l| l.len()),
+            Some(MAX_LINE_BYTES)
+        );
         assert_eq!(
             read_line_capped(&mut reader).await.as_deref(),
             Some("last-no-newline")
@@ -352,7 +362,10 @@ mod tests {
     async fn exit_during_startup_reports_code_and_stderr() {
         let spec = SpawnSpec {
             program: "/bin/sh".into(),
-            args: vec!["-c".into(), "echo starting; echo 'boom: bad adapter' >&2; exit 3".into()],
+            args: vec![
+                "-c".into(),
+                "echo starting; echo 'boom: bad adapter' >&2; exit 3".into(),
+            ],
             env: vec![],
             worker_id: "t-1".into(),
             pool_name: "t".into(),

@@ -77,19 +77,56 @@ fn venv_python(venv: &Path) -> PathBuf {
     venv.join("bin").join("python")
 }
 
-/// What the installed environment was made from; a change triggers a re-install.
-fn stamp(bridge_src: &Path, extras: &[&str]) -> String {
-    let pyproject = fs::read_to_string(bridge_src.join("pyproject.toml")).unwrap_or_default();
-    // FNV-1a: stable across runs and Rust versions, unlike DefaultHasher.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in pyproject.bytes() {
-        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+/// What an environment was made from: the bridge sources, their pyproject.toml, and
+/// the extras installed. A different source or pyproject means re-install; missing
+/// extras are added to the installed ones.
+#[derive(Debug, PartialEq)]
+struct Stamp {
+    source: String,
+    extras: std::collections::BTreeSet<String>,
+}
+
+impl Stamp {
+    fn wanted(bridge_src: &Path, extras: &[&str]) -> Stamp {
+        let pyproject = fs::read_to_string(bridge_src.join("pyproject.toml")).unwrap_or_default();
+        // FNV-1a: stable across runs and Rust versions, unlike DefaultHasher.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in pyproject.bytes() {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        Stamp {
+            source: format!("{} pyproject={hash:016x}", bridge_src.display()),
+            extras: extras.iter().map(|e| e.to_string()).collect(),
+        }
     }
-    format!(
-        "src={} extras={} pyproject={hash:016x}",
-        bridge_src.display(),
-        extras.join(",")
-    )
+
+    fn read(path: &Path) -> Option<Stamp> {
+        Stamp::read_str(&fs::read_to_string(path).ok()?)
+    }
+
+    fn read_str(text: &str) -> Option<Stamp> {
+        let mut lines = text.lines();
+        let source = lines.next()?.strip_prefix("source=")?.to_string();
+        let extras = lines.next()?.strip_prefix("extras=")?;
+        Some(Stamp {
+            source,
+            extras: extras
+                .split(',')
+                .filter(|e| !e.is_empty())
+                .map(String::from)
+                .collect(),
+        })
+    }
+
+    fn render(&self) -> String {
+        let extras: Vec<&str> = self.extras.iter().map(String::as_str).collect();
+        format!("source={}\nextras={}\n", self.source, extras.join(","))
+    }
+
+    /// True when an environment stamped `self` serves what `wanted` asks for.
+    fn covers(&self, wanted: &Stamp) -> bool {
+        self.source == wanted.source && wanted.extras.is_subset(&self.extras)
+    }
 }
 
 /// Create (or reuse) a venv at `venv` with `snakepit_bridge[extras]` installed from
@@ -100,9 +137,10 @@ pub fn ensure_venv(venv: &Path, bridge_src: &Path, extras: &[&str]) -> Result<Pa
     };
     let python = venv_python(venv);
     let stamp_path = venv.join(".snakepit-stamp");
-    let wanted = stamp(bridge_src, extras);
-    let is_current = || fs::read_to_string(&stamp_path).ok().as_deref() == Some(wanted.as_str());
-    if python.is_file() && is_current() {
+    let mut wanted = Stamp::wanted(bridge_src, extras);
+    let is_current =
+        || python.is_file() && Stamp::read(&stamp_path).is_some_and(|s| s.covers(&wanted));
+    if is_current() {
         return Ok(python);
     }
 
@@ -114,11 +152,16 @@ pub fn ensure_venv(venv: &Path, bridge_src: &Path, extras: &[&str]) -> Result<Pa
     lock.lock()
         .map_err(|e| env_err("cannot lock the venv", &e))?;
     // Another process may have finished the job while we waited for the lock.
-    if python.is_file() && is_current() {
+    if is_current() {
         return Ok(python);
+    }
+    // Keep extras installed earlier from the same sources (tests add `dev`).
+    if let Some(old) = Stamp::read(&stamp_path).filter(|s| s.source == wanted.source) {
+        wanted.extras.extend(old.extras);
     }
 
     let base = std::env::var("SNAKEPIT_BASE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let extras: Vec<&str> = wanted.extras.iter().map(String::as_str).collect();
     let spec = if extras.is_empty() {
         bridge_src.display().to_string()
     } else {
@@ -131,12 +174,15 @@ pub fn ensure_venv(venv: &Path, bridge_src: &Path, extras: &[&str]) -> Result<Pa
             "snakepit: [1/2] creating the workers' Python environment in {} (first run only)",
             venv.display()
         );
-        run(Command::new(&base).args(["-m", "venv"]).arg(venv), "python3 -m venv")?;
+        run(
+            Command::new(&base).args(["-m", "venv"]).arg(venv),
+            "python3 -m venv",
+        )?;
     }
     let _ = writeln!(
         err,
-        "snakepit: [2/2] installing snakepit_bridge and its dependencies (grpcio, protobuf, {}) with pip",
-        if extras.is_empty() { "no extras".to_string() } else { extras.join(", ") }
+        "snakepit: [2/2] installing snakepit_bridge[{}] and its dependencies with pip",
+        extras.join(",")
     );
     run(
         Command::new(&python).args([
@@ -151,8 +197,12 @@ pub fn ensure_venv(venv: &Path, bridge_src: &Path, extras: &[&str]) -> Result<Pa
         ]),
         "pip install",
     )?;
-    fs::write(&stamp_path, &wanted).map_err(|e| env_err("cannot write stamp", &e))?;
-    let _ = writeln!(err, "snakepit: Python environment ready ({})", python.display());
+    fs::write(&stamp_path, wanted.render()).map_err(|e| env_err("cannot write stamp", &e))?;
+    let _ = writeln!(
+        err,
+        "snakepit: Python environment ready ({})",
+        python.display()
+    );
     Ok(python)
 }
 
@@ -177,5 +227,23 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), StartError> {
             "{what} failed ({status}); see its output above. Is the package index reachable? \
              Or set python.interpreter to a Python that already has snakepit_bridge"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_cover_subsets_of_extras_from_the_same_source() {
+        let src = Path::new("/nonexistent/python");
+        let both = Stamp::wanted(src, &["otel", "dev"]);
+        let otel = Stamp::wanted(src, &["otel"]);
+        assert!(both.covers(&otel));
+        assert!(!otel.covers(&both));
+        let round_trip = Stamp::read_str(&both.render());
+        assert_eq!(round_trip, Some(both));
+        let other = Stamp::wanted(Path::new("/elsewhere"), &["otel"]);
+        assert!(!other.covers(&otel));
     }
 }

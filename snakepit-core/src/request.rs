@@ -156,11 +156,6 @@ impl Request {
     }
 }
 
-/// Marks a request as streaming, so one pool implements `Service<Request>` (unary)
-/// and `Service<StreamRequest>` (server streaming).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamRequest(pub Request);
-
 /// Timing and placement of a served request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Served {
@@ -225,6 +220,8 @@ mod tests {
         assert!(err.to_string().contains("UTF-8"), "{err}");
         let err = Args::from_json_bytes(&b"{nope"[..]).encoded().unwrap_err();
         assert!(err.to_string().contains("not valid JSON"), "{err}");
-        assert!(Args::from_json_bytes(&b" {\"k\": [1]} "[..]).encoded().is_ok());
+        assert!(Args::from_json_bytes(&b" {\"k\": [1]} "[..])
+            .encoded()
+            .is_ok());
     }
 }

@@ -115,7 +115,9 @@ impl SessionStore {
             )));
         }
         if map.contains_key(&id) {
-            return Err(Error::invalid_args(format!("session '{id}' already exists")));
+            return Err(Error::invalid_args(format!(
+                "session '{id}' already exists"
+            )));
         }
         let now = Instant::now();
         let entry = Entry {
@@ -224,7 +226,10 @@ mod tests {
         let s = store.create(&opts, Duration::from_millis(50)).unwrap();
         assert_eq!(store.route(&s.id).unwrap(), None);
         let w1: Arc<str> = Arc::from("w1");
-        assert_eq!(store.claim(&s.id, &w1).as_deref(), Some(&b"{\"user\":\"u\"}"[..]));
+        assert_eq!(
+            store.claim(&s.id, &w1).as_deref(),
+            Some(&b"{\"user\":\"u\"}"[..])
+        );
         assert_eq!(store.claim(&s.id, &w1), None, "already held by w1");
         assert_eq!(store.route(&s.id).unwrap().as_deref(), Some("w1"));
         assert!(store.take_expired(Instant::now()).is_empty());

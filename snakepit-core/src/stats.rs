@@ -185,13 +185,16 @@ impl Window {
             let mut inner = self.lock();
             // Touch the current bucket so expired ones are pruned.
             self.bucket(&mut inner, now);
-            let totals = inner.buckets.iter().fold(Bucket::default(), |acc, b| Bucket {
-                second: 0,
-                requests: acc.requests + b.requests,
-                errors: acc.errors + b.errors,
-                crashes: acc.crashes + b.crashes,
-                queue_us: acc.queue_us + b.queue_us,
-            });
+            let totals = inner
+                .buckets
+                .iter()
+                .fold(Bucket::default(), |acc, b| Bucket {
+                    second: 0,
+                    requests: acc.requests + b.requests,
+                    errors: acc.errors + b.errors,
+                    crashes: acc.crashes + b.crashes,
+                    queue_us: acc.queue_us + b.queue_us,
+                });
             (totals, inner.samples.clone())
         };
         // Until the pool is `secs` old, rates are over its actual age.
@@ -237,7 +240,11 @@ mod tests {
     fn percentiles_rates_and_error_rate() {
         let w = Window::new(Duration::from_secs(60));
         for i in 1..=100u64 {
-            w.record_request(Duration::from_millis(i), Duration::from_millis(1), i % 10 != 0);
+            w.record_request(
+                Duration::from_millis(i),
+                Duration::from_millis(1),
+                i % 10 != 0,
+            );
         }
         w.record_rejection();
         w.record_crash();

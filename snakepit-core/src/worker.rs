@@ -139,7 +139,12 @@ impl Drop for Worker {
     }
 }
 
-fn spawn_spec(id: &str, cfg: &PoolConfig, launch: &LaunchSpec, socket: &std::path::Path) -> SpawnSpec {
+fn spawn_spec(
+    id: &str,
+    cfg: &PoolConfig,
+    launch: &LaunchSpec,
+    socket: &std::path::Path,
+) -> SpawnSpec {
     let mut args: Vec<OsString> = ["-u", "-m", "snakepit_bridge", "--adapter"]
         .into_iter()
         .map(OsString::from)
@@ -166,7 +171,11 @@ fn spawn_spec(id: &str, cfg: &PoolConfig, launch: &LaunchSpec, socket: &std::pat
 
     let mut env: Vec<(String, String)> = vec![("PYTHONUNBUFFERED".into(), "1".into())];
     if cfg.python.limit_threads {
-        env.extend(THREAD_LIMIT_VARS.iter().map(|v| (v.to_string(), "1".to_string())));
+        env.extend(
+            THREAD_LIMIT_VARS
+                .iter()
+                .map(|v| (v.to_string(), "1".to_string())),
+        );
     }
     if !cfg.python.pythonpath.is_empty() {
         let mut parts: Vec<String> = cfg

@@ -399,15 +399,17 @@ mod tests {
         );
         let ev = sub.try_recv().unwrap();
         let text = ev.to_json().to_string();
-        assert!(!text.contains("hunter2") && !text.contains("\"t\""), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("\"t\""),
+            "{text}"
+        );
         assert!(text.contains("[REDACTED]") && text.contains("ann"));
     }
 
     #[test]
     fn sampling_keeps_about_the_configured_share() {
         let mut cfg = EventsConfig::default();
-        cfg.sampling
-            .insert("snakepit.pool.saturated".into(), 0.25);
+        cfg.sampling.insert("snakepit.pool.saturated".into(), 0.25);
         let bus = EventBus::new(&cfg);
         let sub = bus.subscribe_with_buffer("all", Pattern::all(), 100_000);
         for _ in 0..20_000 {
@@ -443,7 +445,10 @@ mod tests {
         for _ in 0..5_000 {
             bus.emit(None, saturated());
         }
-        assert!(start.elapsed() < Duration::from_secs(2), "emitters were slowed");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "emitters were slowed"
+        );
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let settled = |s: &ConsumerStats| s.panicked + s.dropped == 5_000;
         while !settled(&panicky.stats()) && std::time::Instant::now() < deadline {

@@ -40,7 +40,8 @@ impl MetaField for String {
 }
 impl MetaField for Option<String> {
     fn to_json(&self) -> Value {
-        self.as_ref().map_or(Value::Null, |v| Value::String(v.clone()))
+        self.as_ref()
+            .map_or(Value::Null, |v| Value::String(v.clone()))
     }
     fn sanitize(&mut self, key: &str, s: &Sanitizer) {
         if let Some(v) = self {

@@ -100,14 +100,24 @@ mod tests {
         assert_eq!(Pattern::parse("*").unwrap(), Pattern::all());
         assert_eq!(Pattern::parse("snakepit.*").unwrap(), Pattern::all());
         let exact = Pattern::parse("snakepit.pool.saturated").unwrap();
-        assert_eq!(exact.kinds().collect::<Vec<_>>(), [EventKind::PoolSaturated]);
-        let union: Pattern = "snakepit.session.*,snakepit.request.timeout".parse().unwrap();
+        assert_eq!(
+            exact.kinds().collect::<Vec<_>>(),
+            [EventKind::PoolSaturated]
+        );
+        let union: Pattern = "snakepit.session.*,snakepit.request.timeout"
+            .parse()
+            .unwrap();
         assert_eq!(union.kinds().count(), 4);
     }
 
     #[test]
     fn patterns_matching_nothing_are_errors() {
-        for bad in ["snakepit.workers.*", "worker.crashed", "", "snakepit.pool.saturate"] {
+        for bad in [
+            "snakepit.workers.*",
+            "worker.crashed",
+            "",
+            "snakepit.pool.saturate",
+        ] {
             assert!(Pattern::parse(bad).is_err(), "{bad}");
         }
     }

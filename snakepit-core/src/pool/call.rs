@@ -228,7 +228,10 @@ pub(crate) async fn unary(
     let state = prepared.job.state.clone();
     let admitted_at = prepared.job.admitted_at;
     let corr = prepared.job.correlation_id.clone();
-    let ids = (prepared.job.request_id.clone(), prepared.job.command.clone());
+    let ids = (
+        prepared.job.request_id.clone(),
+        prepared.job.command.clone(),
+    );
     dispatch(&shared, prepared);
     let reply = until_taken(
         &shared,
@@ -256,7 +259,10 @@ pub(crate) async fn stream(
     let state = prepared.job.state.clone();
     let admitted_at = prepared.job.admitted_at;
     let corr = prepared.job.correlation_id.clone();
-    let ids = (prepared.job.request_id.clone(), prepared.job.command.clone());
+    let ids = (
+        prepared.job.request_id.clone(),
+        prepared.job.command.clone(),
+    );
     dispatch(&shared, prepared);
     // Return once the first item is in: a failure before any chunk is an Err here.
     let first = until_taken(

@@ -33,7 +33,9 @@ pub(crate) enum Exit {
 pub(crate) enum Control {
     #[default]
     Run,
-    Recycle { reason: &'static str },
+    Recycle {
+        reason: &'static str,
+    },
 }
 
 pub(crate) async fn run(

@@ -105,7 +105,15 @@ pub(crate) async fn run_job(shared: &Arc<PoolShared>, worker: &Worker, job: Job)
     worker.status.requests.fetch_add(1, Ordering::Relaxed);
     worker.status.set_state(WorkerState::Idle);
     shared.mark_idle();
-    finish(shared, worker, &job, queue_time, duration, outcome.as_ref().err(), timeout);
+    finish(
+        shared,
+        worker,
+        &job,
+        queue_time,
+        duration,
+        outcome.as_ref().err(),
+        timeout,
+    );
     match (job.reply, outcome) {
         (Reply::Unary(tx), Ok(result)) => {
             let _ = tx.send(Ok(Response {
@@ -148,7 +156,13 @@ async fn stream(
                 Some(Err(e)) => return Err(e),
                 Some(Ok(chunk)) if chunk.r#final => return Ok(chunk.error),
                 Some(Ok(chunk)) => {
-                    if tx.send(Ok(Some(Chunk { data: chunk.data_json }))).await.is_err() {
+                    if tx
+                        .send(Ok(Some(Chunk {
+                            data: chunk.data_json,
+                        })))
+                        .await
+                        .is_err()
+                    {
                         // The caller dropped the stream; dropping ours cancels the call
                         // and the worker closes the generator.
                         return Ok(None);
@@ -252,9 +266,7 @@ async fn transport_failure(
         TransportError::TooLarge(message) => (
             Error::Transport {
                 worker_id,
-                message: format!(
-                    "the worker's response exceeds max_response_bytes ({message})"
-                ),
+                message: format!("the worker's response exceeds max_response_bytes ({message})"),
             },
             None,
         ),
@@ -273,37 +285,43 @@ fn finish(
     timeout: Option<Duration>,
 ) {
     shared.requests_total.fetch_add(1, Ordering::Relaxed);
-    shared.window.record_request(duration, queue_time, error.is_none());
+    shared
+        .window
+        .record_request(duration, queue_time, error.is_none());
     let corr = job.correlation_id.as_deref();
     if let Some(err) = error {
         shared.failures_total.fetch_add(1, Ordering::Relaxed);
         if matches!(err, Error::Timeout { .. }) {
-            shared.events.emit_with(EventKind::RequestTimeout, corr, || {
-                data::RequestTimeout {
-                    timeout_ms: ms(timeout.unwrap_or_default()),
-                    queue_time_ms: ms(queue_time),
-                    request_id: job.request_id.clone(),
-                    command: job.command.clone(),
-                    pool_name: shared.name.to_string(),
-                    worker_id: worker.id.to_string(),
-                }
-                .into()
-            });
+            shared
+                .events
+                .emit_with(EventKind::RequestTimeout, corr, || {
+                    data::RequestTimeout {
+                        timeout_ms: ms(timeout.unwrap_or_default()),
+                        queue_time_ms: ms(queue_time),
+                        request_id: job.request_id.clone(),
+                        command: job.command.clone(),
+                        pool_name: shared.name.to_string(),
+                        worker_id: worker.id.to_string(),
+                    }
+                    .into()
+                });
         }
         emit_failed(shared, job, Some(&worker.id), queue_time, duration, err);
     }
-    shared.events.emit_with(EventKind::RequestCompleted, corr, || {
-        data::RequestCompleted {
-            duration_ms: ms(duration),
-            queue_time_ms: ms(queue_time),
-            request_id: job.request_id.clone(),
-            command: job.command.clone(),
-            pool_name: shared.name.to_string(),
-            worker_id: worker.id.to_string(),
-            success: error.is_none(),
-        }
-        .into()
-    });
+    shared
+        .events
+        .emit_with(EventKind::RequestCompleted, corr, || {
+            data::RequestCompleted {
+                duration_ms: ms(duration),
+                queue_time_ms: ms(queue_time),
+                request_id: job.request_id.clone(),
+                command: job.command.clone(),
+                pool_name: shared.name.to_string(),
+                worker_id: worker.id.to_string(),
+                success: error.is_none(),
+            }
+            .into()
+        });
 }
 
 /// `request.failed`, for failures on a worker and refusals before one.

@@ -28,7 +28,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio_util::sync::{CancellationToken, PollSemaphore};
 
 pub use call::ResponseStream;
-pub use service::PoolFuture;
+pub use service::{PoolFuture, StreamingPool};
 
 use crate::config::{PoolConfig, WhenFull};
 use crate::error::{Error, StartError};
@@ -90,15 +90,17 @@ impl Pool {
         config.validate()?;
         let started = Instant::now();
         let python_cfg = config.python.clone();
-        let python = tokio::task::spawn_blocking(move || {
-            python_env::resolve_interpreter(&python_cfg)
-        })
-        .await
-        .map_err(|e| StartError::Environment(format!("bootstrap task failed: {e}")))??;
+        let python =
+            tokio::task::spawn_blocking(move || python_env::resolve_interpreter(&python_cfg))
+                .await
+                .map_err(|e| StartError::Environment(format!("bootstrap task failed: {e}")))??;
         let run_id = format!("{:08x}", fastrand::u32(..));
         let run_dir = socket_dir(&run_id);
         std::fs::create_dir_all(&run_dir).map_err(|e| {
-            StartError::Io(format!("cannot create socket dir {}: {e}", run_dir.display()))
+            StartError::Io(format!(
+                "cannot create socket dir {}: {e}",
+                run_dir.display()
+            ))
         })?;
         let launch = LaunchSpec {
             python,
@@ -159,6 +161,11 @@ impl Pool {
         &self.shared.name
     }
 
+    /// The id on every worker's command line (`--run-id`): finds leftovers of a run.
+    pub fn run_id(&self) -> &str {
+        &self.shared.launch.run_id
+    }
+
     pub fn config(&self) -> &PoolConfig {
         &self.shared.config
     }
@@ -208,9 +215,9 @@ impl Pool {
     /// lives. No worker is called until the first request.
     pub fn create_session(&self, opts: SessionOptions) -> Result<SessionInfo, Error> {
         let started = Instant::now();
-        let ttl = opts
-            .ttl
-            .unwrap_or(Duration::from_secs(self.shared.config.sessions.default_ttl_secs));
+        let ttl = opts.ttl.unwrap_or(Duration::from_secs(
+            self.shared.config.sessions.default_ttl_secs,
+        ));
         let info = self.shared.sessions.create(&opts, ttl)?;
         self.shared
             .events
@@ -357,16 +364,18 @@ async fn end_session(shared: &PoolShared, ended: crate::session::Ended, reason: 
             }
         }
     }
-    shared.events.emit_with(EventKind::SessionExpired, None, || {
-        data::SessionExpired {
-            lifetime_ms: ms(ended.lifetime),
-            requests_handled: ended.requests,
-            session_id: ended.id.clone(),
-            pool_name: shared.name.to_string(),
-            reason: reason.to_string(),
-        }
-        .into()
-    });
+    shared
+        .events
+        .emit_with(EventKind::SessionExpired, None, || {
+            data::SessionExpired {
+                lifetime_ms: ms(ended.lifetime),
+                requests_handled: ended.requests,
+                session_id: ended.id.clone(),
+                pool_name: shared.name.to_string(),
+                reason: reason.to_string(),
+            }
+            .into()
+        });
 }
 
 /// Expire idle sessions every `sessions.cleanup_interval_ms`.
@@ -388,14 +397,16 @@ async fn sweep_sessions(shared: Arc<PoolShared>) {
         for ended in expired {
             end_session(&shared, ended, "ttl").await;
         }
-        shared.events.emit_with(EventKind::SessionCleanup, None, || {
-            data::SessionCleanup {
-                sessions_cleaned: count,
-                cleanup_time_ms: ms(started.elapsed()),
-                pool_name: shared.name.to_string(),
-                cleanup_reason: "ttl_expired".into(),
-            }
-            .into()
-        });
+        shared
+            .events
+            .emit_with(EventKind::SessionCleanup, None, || {
+                data::SessionCleanup {
+                    sessions_cleaned: count,
+                    cleanup_time_ms: ms(started.elapsed()),
+                    pool_name: shared.name.to_string(),
+                    cleanup_reason: "ttl_expired".into(),
+                }
+                .into()
+            });
     }
 }

@@ -1,5 +1,6 @@
-//! `tower::Service` for [`Pool`]: `Service<Request>` (unary) and
-//! `Service<StreamRequest>` (streaming).
+//! `tower::Service` for [`Pool`] (unary calls) and for [`StreamingPool`] (streaming
+//! calls of the same pool, from [`Pool::streaming`]). Two types rather than two
+//! request types keep `svc.ready().await?.call(req)` free of type annotations.
 //!
 //! `poll_ready` is where admission happens. With `when_full = "reject"` it reserves a
 //! slot if one is free and otherwise lets `call` fail fast with `QueueFull` (what an
@@ -15,7 +16,7 @@ use tower_service::Service;
 use super::{call, Pool};
 use crate::config::WhenFull;
 use crate::error::Error;
-use crate::request::{Request, Response, StreamRequest};
+use crate::request::{Request, Response};
 
 pub type PoolFuture<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'static>>;
 
@@ -56,16 +57,31 @@ impl Service<Request> for Pool {
     }
 }
 
-impl Service<StreamRequest> for Pool {
+/// A pool's streaming calls as a `Service<Request, Response = ResponseStream>`.
+#[derive(Clone, Debug)]
+pub struct StreamingPool(pub(crate) Pool);
+
+impl Pool {
+    /// This pool as a service of streaming calls.
+    pub fn streaming(&self) -> StreamingPool {
+        StreamingPool(self.clone())
+    }
+}
+
+impl Service<Request> for StreamingPool {
     type Response = call::ResponseStream;
     type Error = Error;
     type Future = PoolFuture<call::ResponseStream>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.poll_admission(cx)
+        self.0.poll_admission(cx)
     }
 
-    fn call(&mut self, req: StreamRequest) -> Self::Future {
-        Box::pin(call::stream(self.shared.clone(), self.reserved.take(), req.0))
+    fn call(&mut self, req: Request) -> Self::Future {
+        Box::pin(call::stream(
+            self.0.shared.clone(),
+            self.0.reserved.take(),
+            req,
+        ))
     }
 }

@@ -47,9 +47,6 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        if let Some(tx) = first_start.take() {
-            let _ = tx.send(Ok(()));
-        }
         learn_commands(&shared, &worker).await;
         shared.events.emit_with(EventKind::WorkerStarted, None, || {
             data::WorkerStarted {
@@ -64,7 +61,7 @@ pub(crate) async fn run(
         tracing::info!(pool = %shared.name, worker_id = %worker.id, pid = worker.process.pid(),
             startup_ms = worker.uptime().as_millis() as u64, "worker ready");
 
-        let exit = serve(&shared, &worker).await;
+        let exit = serve(&shared, &worker, first_start.take()).await;
         worker.status.set_state(WorkerState::Stopping);
         let lived_long =
             worker.uptime() >= Duration::from_secs(shared.config.restart_backoff_reset_secs);
@@ -100,7 +97,11 @@ pub(crate) async fn run(
                     .into()
                 });
                 worker.process.kill(); // anything the worker spawned goes with it
-                consecutive_failures = if lived_long { 1 } else { consecutive_failures + 1 };
+                consecutive_failures = if lived_long {
+                    1
+                } else {
+                    consecutive_failures + 1
+                };
                 backoff(&shared, consecutive_failures).await;
             }
             Exit::Recycle { reason } => {
@@ -108,18 +109,20 @@ pub(crate) async fn run(
                 let memory_mb = worker.status.rss_bytes.load(Ordering::Relaxed) as f64 / MIB;
                 tracing::info!(pool = %shared.name, worker_id = %worker.id, reason, memory_mb,
                     "recycling worker");
-                shared.events.emit_with(EventKind::WorkerRecycled, None, || {
-                    data::WorkerRecycled {
-                        uptime_ms: ms(worker.uptime()),
-                        requests_handled: worker.requests(),
-                        worker_id: worker.id.to_string(),
-                        pool_name: shared.name.to_string(),
-                        reason: reason.to_string(),
-                        memory_mb,
-                        pid: worker.process.pid(),
-                    }
-                    .into()
-                });
+                shared
+                    .events
+                    .emit_with(EventKind::WorkerRecycled, None, || {
+                        data::WorkerRecycled {
+                            uptime_ms: ms(worker.uptime()),
+                            requests_handled: worker.requests(),
+                            worker_id: worker.id.to_string(),
+                            pool_name: shared.name.to_string(),
+                            reason: reason.to_string(),
+                            memory_mb,
+                            pid: worker.process.pid(),
+                        }
+                        .into()
+                    });
                 if lived_long {
                     consecutive_failures = 0;
                 }
@@ -129,18 +132,20 @@ pub(crate) async fn run(
                 shared.recycles_total.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(pool = %shared.name, worker_id = %worker.id, %message,
                     "worker transport broke while the process lives; replacing it");
-                shared.events.emit_with(EventKind::WorkerRecycled, None, || {
-                    data::WorkerRecycled {
-                        uptime_ms: ms(worker.uptime()),
-                        requests_handled: worker.requests(),
-                        worker_id: worker.id.to_string(),
-                        pool_name: shared.name.to_string(),
-                        reason: "transport_broken".into(),
-                        memory_mb: worker.status.rss_bytes.load(Ordering::Relaxed) as f64 / MIB,
-                        pid: worker.process.pid(),
-                    }
-                    .into()
-                });
+                shared
+                    .events
+                    .emit_with(EventKind::WorkerRecycled, None, || {
+                        data::WorkerRecycled {
+                            uptime_ms: ms(worker.uptime()),
+                            requests_handled: worker.requests(),
+                            worker_id: worker.id.to_string(),
+                            pool_name: shared.name.to_string(),
+                            reason: "transport_broken".into(),
+                            memory_mb: worker.status.rss_bytes.load(Ordering::Relaxed) as f64 / MIB,
+                            pid: worker.process.pid(),
+                        }
+                        .into()
+                    });
                 retire(&shared, worker, true);
                 consecutive_failures += 1;
                 backoff(&shared, consecutive_failures).await;
@@ -150,7 +155,11 @@ pub(crate) async fn run(
 }
 
 /// Register the worker, run its driver and monitor, unregister it; returns why it ended.
-async fn serve(shared: &Arc<PoolShared>, worker: &Worker) -> Exit {
+async fn serve(
+    shared: &Arc<PoolShared>,
+    worker: &Worker,
+    first_start: Option<oneshot::Sender<Result<(), StartError>>>,
+) -> Exit {
     let (private_tx, mut private_rx) = mpsc::unbounded_channel();
     let (control_tx, mut control_rx) = watch::channel(Control::Run);
     let monitor_cancel = shared.stop.child_token();
@@ -169,6 +178,10 @@ async fn serve(shared: &Arc<PoolShared>, worker: &Worker) -> Exit {
             transport: worker.transport.clone(),
         },
     );
+    // Only now is the worker routable: tell `Pool::start` it is ready.
+    if let Some(tx) = first_start {
+        let _ = tx.send(Ok(()));
+    }
     let exit = tokio::select! {
         exit = driver::run(shared, worker, &mut private_rx, &mut control_rx) => exit,
         // Dropping the driver drops a running request's reply: its caller gets ShuttingDown.

@@ -33,15 +33,17 @@ impl GrpcTransport {
     ) -> Result<Self, TransportError> {
         let socket: PathBuf = socket.to_path_buf();
         // The URI is required by the API but unused: the connector dials the socket.
-        let endpoint = Endpoint::from_static("http://snakepit-worker")
-            .connect_timeout(timeout);
-        let channel = endpoint
-            .connect_with_connector(tower::service_fn(move |_| {
-                let socket = socket.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
-            }))
-            .await
-            .map_err(|e| TransportError::Disconnected(format!("cannot connect: {e}")))?;
+        let endpoint = Endpoint::from_static("http://snakepit-worker").connect_timeout(timeout);
+        let channel =
+            endpoint
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let socket = socket.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?))
+                    }
+                }))
+                .await
+                .map_err(|e| TransportError::Disconnected(format!("cannot connect: {e}")))?;
         let client = WorkerClient::new(channel)
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes);

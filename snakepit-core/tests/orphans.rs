@@ -1,0 +1,141 @@
+//! No orphans: a process running a pool is SIGKILLed; 2 s later none of its Python
+//! workers may survive. The test binary is its own child: run with `--child` it
+//! starts a pool, prints the workers' pids and waits to be killed.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::alive;
+
+fn main() {
+    if std::env::args().any(|a| a == "--child") {
+        child();
+        return;
+    }
+    // `cargo test -- <filter>` passes a filter; honour it like a normal harness would.
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    if filter
+        .as_deref()
+        .is_some_and(|f| !"no_worker_survives_a_sigkilled_pool".contains(f))
+    {
+        println!("running 0 tests");
+        return;
+    }
+    println!("test no_worker_survives_a_sigkilled_pool ...");
+    no_worker_survives_a_sigkilled_pool();
+    println!("test no_worker_survives_a_sigkilled_pool ... ok");
+}
+
+fn child() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => panic!("runtime: {e}"),
+    };
+    rt.block_on(async {
+        let pool = common::start(common::test_config(3)).await;
+        let pids: Vec<String> = pool
+            .stats()
+            .workers
+            .iter()
+            .map(|w| w.pid.to_string())
+            .collect();
+        println!("RUN {} PIDS {}", pool.run_id(), pids.join(","));
+        tokio::time::sleep(Duration::from_secs(600)).await;
+    });
+}
+
+/// Every process whose command line carries `run_id`.
+fn processes_of_run(run_id: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.contains(&format!("--run-id {run_id}")) && alive(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn no_worker_survives_a_sigkilled_pool() {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => panic!("current_exe: {e}"),
+    };
+    let mut child = match Command::new(exe)
+        .arg("--child")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => panic!("cannot start child: {e}"),
+    };
+    let stdout = child.stdout.take().map(BufReader::new);
+    let mut line = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    if let Some(mut out) = stdout {
+        while !line.starts_with("RUN ") {
+            line.clear();
+            if out.read_line(&mut line).unwrap_or(0) == 0 || Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("child exited or stalled before its pool was ready");
+            }
+        }
+    }
+    let mut parts = line.split_whitespace();
+    let run_id = parts.nth(1).unwrap_or_default().to_string();
+    let pids: Vec<u32> = parts
+        .nth(1)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 3, "child reported {line:?}");
+    assert_eq!(
+        processes_of_run(&run_id).len(),
+        3,
+        "workers findable by run id"
+    );
+    for pid in &pids {
+        assert!(
+            alive(*pid),
+            "worker {pid} should be running before the kill"
+        );
+    }
+
+    let _ = child.kill(); // SIGKILL: no destructor, no shutdown code runs in the child
+    let _ = child.wait();
+    std::thread::sleep(Duration::from_secs(2));
+
+    let survivors: Vec<u32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+    let leftovers = processes_of_run(&run_id);
+    for pid in survivors.iter().chain(&leftovers) {
+        // SAFETY: kill(2) of processes this test started, to leave nothing behind.
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+    }
+    assert!(
+        survivors.is_empty(),
+        "workers outlived their pool by 2 s: {survivors:?}"
+    );
+    assert!(
+        leftovers.is_empty(),
+        "processes of run {run_id} remain: {leftovers:?}"
+    );
+}
