@@ -147,35 +147,36 @@ fn prepare(shared: &PoolShared, req: Request, reply: Reply) -> Result<Prepared, 
     })
 }
 
-/// Hand the job to the worker holding its session, else to the shared queue.
-fn dispatch(shared: &PoolShared, prepared: Prepared) {
+/// Hand the job to the worker holding its session, else to the warmest idle worker,
+/// else to the shared queue (unbounded: admission bounds it). True when an idle
+/// worker took it, so there is no queue wait to time out.
+fn dispatch(shared: &PoolShared, prepared: Prepared) -> bool {
     let mut job = prepared.job;
     if let Some(worker_id) = prepared.route {
         if let Some(entry) = shared.workers().get(&worker_id) {
             match entry.private_tx.send(job) {
-                Ok(()) => return,
+                Ok(()) => return false,            // that worker may be busy: a real wait
                 Err(returned) => job = returned.0, // that worker is going away
             }
         }
     }
-    // Unbounded (admission bounds it) and never closed while the pool exists.
-    if let Err(err) = shared.queue_tx.try_send(job) {
-        err.into_inner().fail(Error::ShuttingDown {
-            pool: shared.name.to_string(),
-        });
-    }
+    shared.dispatch.submit(job)
 }
 
 /// Wait for `fut` until the job's queue deadline; if no worker took the job by then,
 /// give up with `QueueTimeout` (unless a worker claims it at that very moment).
+/// A job handed straight to an idle worker skips the timer: it does not wait.
 async fn until_taken<T>(
     shared: &PoolShared,
     state: &JobState,
-    admitted_at: Instant,
+    (admitted_at, handed): (Instant, bool),
     corr: Option<&str>,
     meta: (&str, &str),
     fut: impl std::future::Future<Output = T>,
 ) -> Result<T, Error> {
+    if handed {
+        return Ok(fut.await);
+    }
     let deadline = tokio::time::Instant::from_std(admitted_at + shared.config.queue_timeout());
     tokio::pin!(fut);
     tokio::select! {
@@ -232,11 +233,11 @@ pub(crate) async fn unary(
         prepared.job.request_id.clone(),
         prepared.job.command.clone(),
     );
-    dispatch(&shared, prepared);
+    let handed = dispatch(&shared, prepared);
     let reply = until_taken(
         &shared,
         &state,
-        admitted_at,
+        (admitted_at, handed),
         corr.as_deref(),
         (&ids.0, &ids.1),
         rx,
@@ -263,12 +264,12 @@ pub(crate) async fn stream(
         prepared.job.request_id.clone(),
         prepared.job.command.clone(),
     );
-    dispatch(&shared, prepared);
+    let handed = dispatch(&shared, prepared);
     // Return once the first item is in: a failure before any chunk is an Err here.
     let first = until_taken(
         &shared,
         &state,
-        admitted_at,
+        (admitted_at, handed),
         corr.as_deref(),
         (&ids.0, &ids.1),
         rx.recv(),

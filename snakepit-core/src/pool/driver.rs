@@ -38,12 +38,23 @@ pub(crate) enum Control {
     },
 }
 
+/// What woke an idle worker.
+enum Wake {
+    Job(Job),
+    Exit(Exit),
+    Recheck,
+}
+
 pub(crate) async fn run(
     shared: &Arc<PoolShared>,
     worker: &Worker,
-    private_rx: &mut mpsc::UnboundedReceiver<Job>,
+    private: (
+        &mpsc::UnboundedSender<Job>,
+        &mut mpsc::UnboundedReceiver<Job>,
+    ),
     control: &mut watch::Receiver<Control>,
 ) -> Exit {
+    let (private_tx, private_rx) = private;
     let lifetime_end = shared
         .config
         .max_lifetime()
@@ -53,14 +64,29 @@ pub(crate) async fn run(
         if let Control::Recycle { reason } = *control.borrow_and_update() {
             return Exit::Recycle { reason };
         }
-        let job = tokio::select! {
-            biased;
-            _ = shared.stop.cancelled() => return Exit::Shutdown,
-            _ = exited.wait_for(Option::is_some) => return crashed(worker),
-            _ = changed(control) => continue,
-            _ = sleep_until(lifetime_end) => return Exit::Recycle { reason: "max_lifetime" },
-            Some(job) = private_rx.recv() => job,
-            Ok(job) = shared.queue_rx.recv() => job,
+        // Jobs for this worker first (its sessions, handoffs), then the shared queue.
+        let queued = match private_rx.try_recv() {
+            Ok(job) => Some(job),
+            Err(_) => shared.dispatch.next_or_idle(&worker.id, private_tx),
+        };
+        let job = match queued {
+            Some(job) => job,
+            None => {
+                let wake = tokio::select! {
+                    biased;
+                    _ = shared.stop.cancelled() => Wake::Exit(Exit::Shutdown),
+                    _ = exited.wait_for(Option::is_some) => Wake::Exit(crashed(worker)),
+                    _ = changed(control) => Wake::Recheck,
+                    _ = sleep_until(lifetime_end) => Wake::Exit(Exit::Recycle { reason: "max_lifetime" }),
+                    Some(job) = private_rx.recv() => Wake::Job(job),
+                };
+                shared.dispatch.leave_idle(&worker.id);
+                match wake {
+                    Wake::Job(job) => job,
+                    Wake::Exit(exit) => return exit,
+                    Wake::Recheck => continue,
+                }
+            }
         };
         // The caller may have timed out in the queue, or gone away entirely.
         if !job.state.take() || job.reply.is_closed() {

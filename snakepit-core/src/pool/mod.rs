@@ -11,6 +11,7 @@
 //! without [`Pool::shutdown`] kills the workers.
 
 mod call;
+mod dispatch;
 mod driver;
 mod execute;
 mod job;
@@ -304,7 +305,7 @@ impl Pool {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         s.stop.cancel();
-        while let Ok(job) = s.queue_rx.try_recv() {
+        for job in s.dispatch.drain() {
             job.fail(Error::ShuttingDown {
                 pool: s.name.to_string(),
             });
@@ -328,6 +329,12 @@ impl Pool {
         if tokio::time::timeout(grace, s.tasks.wait()).await.is_err() {
             s.abort.cancel();
             s.tasks.wait().await;
+        }
+        // Jobs handed back by workers that were leaving.
+        for job in s.dispatch.drain() {
+            job.fail(Error::ShuttingDown {
+                pool: s.name.to_string(),
+            });
         }
         let _ = std::fs::remove_dir_all(&s.launch.run_dir);
         s.events.emit_with(EventKind::PoolStopped, None, || {

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::dispatch::Dispatcher;
 use super::job::Job;
 use crate::config::PoolConfig;
 use crate::events::{data, EventBus, EventKind};
@@ -32,8 +33,7 @@ pub(crate) struct PoolShared {
     pub launch: LaunchSpec,
     /// `size + max_queue_size` permits: one per admitted, unfinished request.
     pub admission: Arc<Semaphore>,
-    pub queue_tx: async_channel::Sender<Job>,
-    pub queue_rx: async_channel::Receiver<Job>,
+    pub dispatch: Dispatcher,
     pub workers: RwLock<HashMap<Arc<str>, WorkerEntry>>,
     pub sessions: SessionStore,
     pub window: Window,
@@ -59,7 +59,6 @@ pub(crate) struct PoolShared {
 
 impl PoolShared {
     pub fn new(config: PoolConfig, events: EventBus, launch: LaunchSpec) -> Self {
-        let (queue_tx, queue_rx) = async_channel::unbounded();
         let abort = CancellationToken::new();
         PoolShared {
             name: Arc::from(config.name.as_str()),
@@ -69,8 +68,7 @@ impl PoolShared {
             config,
             events,
             launch,
-            queue_tx,
-            queue_rx,
+            dispatch: Dispatcher::default(),
             workers: RwLock::new(HashMap::new()),
             commands: RwLock::new(None),
             stop: abort.child_token(),

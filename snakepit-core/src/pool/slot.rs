@@ -173,7 +173,7 @@ async fn serve(
     shared.workers_mut().insert(
         worker.id.clone(),
         WorkerEntry {
-            private_tx,
+            private_tx: private_tx.clone(),
             status: worker.status.clone(),
             transport: worker.transport.clone(),
         },
@@ -183,20 +183,17 @@ async fn serve(
         let _ = tx.send(Ok(()));
     }
     let exit = tokio::select! {
-        exit = driver::run(shared, worker, &mut private_rx, &mut control_rx) => exit,
+        exit = driver::run(shared, worker, (&private_tx, &mut private_rx), &mut control_rx) => exit,
         // Dropping the driver drops a running request's reply: its caller gets ShuttingDown.
         _ = shared.abort.cancelled() => Exit::Shutdown,
     };
     monitor_cancel.cancel();
     shared.workers_mut().remove(&worker.id);
-    // Session requests that were routed here but not run go to any other worker.
+    shared.dispatch.leave_idle(&worker.id);
+    // Jobs routed or handed here but not run go to any other worker.
     private_rx.close();
     while let Ok(job) = private_rx.try_recv() {
-        if let Err(err) = shared.queue_tx.try_send(job) {
-            err.into_inner().fail(crate::Error::ShuttingDown {
-                pool: shared.name.to_string(),
-            });
-        }
+        let _ = shared.dispatch.submit(job);
     }
     exit
 }
