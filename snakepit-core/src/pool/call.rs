@@ -163,48 +163,87 @@ fn dispatch(shared: &PoolShared, prepared: Prepared) -> bool {
     shared.dispatch.submit(job)
 }
 
-/// Wait for `fut` until the job's queue deadline; if no worker took the job by then,
-/// give up with `QueueTimeout` (unless a worker claims it at that very moment).
-/// A job handed straight to an idle worker skips the timer: it does not wait.
-async fn until_taken<T>(
-    shared: &PoolShared,
-    state: &JobState,
-    (admitted_at, handed): (Instant, bool),
-    corr: Option<&str>,
-    meta: (&str, &str),
-    fut: impl std::future::Future<Output = T>,
-) -> Result<T, Error> {
-    if handed {
-        return Ok(fut.await);
-    }
-    let deadline = tokio::time::Instant::from_std(admitted_at + shared.config.queue_timeout());
-    tokio::pin!(fut);
-    tokio::select! {
-        out = &mut fut => Ok(out),
-        _ = tokio::time::sleep_until(deadline) => {
-            if state.abandon() {
-                let waited = admitted_at.elapsed();
-                let err = Error::QueueTimeout {
-                    pool: shared.name.to_string(),
-                    timeout: shared.config.queue_timeout(),
-                };
-                shared.requests_total.fetch_add(1, Ordering::Relaxed);
-                shared.failures_total.fetch_add(1, Ordering::Relaxed);
-                shared.window.record_rejection();
-                shared.events.emit_with(EventKind::RequestTimeout, corr, || data::RequestTimeout {
-                    timeout_ms: ms(shared.config.queue_timeout()),
+/// What a caller keeps of its queued job: enough to time out its wait and report it.
+struct Ticket {
+    state: JobState,
+    admitted_at: Instant,
+    /// Handed straight to an idle worker: no queue wait to time out.
+    handed: bool,
+    request_id: String,
+    command: String,
+    correlation_id: Option<String>,
+}
+
+/// Validate, build and dispatch the job.
+fn enqueue(shared: &PoolShared, req: Request, reply: Reply) -> Result<Ticket, Error> {
+    let prepared = prepare(shared, req, reply)?;
+    let job = &prepared.job;
+    let mut ticket = Ticket {
+        state: job.state.clone(),
+        admitted_at: job.admitted_at,
+        handed: false,
+        request_id: job.request_id.clone(),
+        command: job.command.clone(),
+        correlation_id: job.correlation_id.clone(),
+    };
+    ticket.handed = dispatch(shared, prepared);
+    Ok(ticket)
+}
+
+impl Ticket {
+    /// Wait for `fut` until the job's queue deadline; if no worker took the job by
+    /// then, give up with `QueueTimeout` (unless a worker claims it at that moment).
+    async fn wait<T>(
+        &self,
+        shared: &PoolShared,
+        fut: impl std::future::Future<Output = T>,
+    ) -> Result<T, Error> {
+        if self.handed {
+            return Ok(fut.await);
+        }
+        let timeout = shared.config.queue_timeout();
+        let deadline = tokio::time::Instant::from_std(self.admitted_at + timeout);
+        tokio::pin!(fut);
+        tokio::select! {
+            out = &mut fut => return Ok(out),
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        if !self.state.abandon() {
+            return Ok(fut.await); // a worker took it just now
+        }
+        let waited = self.admitted_at.elapsed();
+        let err = Error::QueueTimeout {
+            pool: shared.name.to_string(),
+            timeout,
+        };
+        shared.requests_total.fetch_add(1, Ordering::Relaxed);
+        shared.failures_total.fetch_add(1, Ordering::Relaxed);
+        shared.window.record_rejection();
+        let corr = self.correlation_id.as_deref();
+        shared
+            .events
+            .emit_with(EventKind::RequestTimeout, corr, || {
+                data::RequestTimeout {
+                    timeout_ms: ms(timeout),
                     queue_time_ms: ms(waited),
-                    request_id: meta.0.to_string(),
-                    command: meta.1.to_string(),
+                    request_id: self.request_id.clone(),
+                    command: self.command.clone(),
                     pool_name: shared.name.to_string(),
                     worker_id: String::new(),
-                }.into());
-                emit_failed_parts(shared, meta.0, meta.1, corr, None, waited, Duration::ZERO, &err);
-                Err(err)
-            } else {
-                Ok(fut.await)
-            }
-        }
+                }
+                .into()
+            });
+        emit_failed_parts(
+            shared,
+            &self.request_id,
+            &self.command,
+            corr,
+            None,
+            waited,
+            Duration::ZERO,
+            &err,
+        );
+        Err(err)
     }
 }
 
@@ -225,24 +264,8 @@ pub(crate) async fn unary(
         None => try_admit(&shared, &req)?,
     };
     let (tx, rx) = oneshot::channel();
-    let prepared = prepare(&shared, req, Reply::Unary(tx))?;
-    let state = prepared.job.state.clone();
-    let admitted_at = prepared.job.admitted_at;
-    let corr = prepared.job.correlation_id.clone();
-    let ids = (
-        prepared.job.request_id.clone(),
-        prepared.job.command.clone(),
-    );
-    let handed = dispatch(&shared, prepared);
-    let reply = until_taken(
-        &shared,
-        &state,
-        (admitted_at, handed),
-        corr.as_deref(),
-        (&ids.0, &ids.1),
-        rx,
-    )
-    .await?;
+    let ticket = enqueue(&shared, req, Reply::Unary(tx))?;
+    let reply = ticket.wait(&shared, rx).await?;
     reply.unwrap_or_else(|_| Err(dropped(&shared)))
 }
 
@@ -256,26 +279,9 @@ pub(crate) async fn stream(
         None => try_admit(&shared, &req)?,
     };
     let (tx, mut rx) = mpsc::channel(STREAM_BUFFER);
-    let prepared = prepare(&shared, req, Reply::Stream(tx))?;
-    let state = prepared.job.state.clone();
-    let admitted_at = prepared.job.admitted_at;
-    let corr = prepared.job.correlation_id.clone();
-    let ids = (
-        prepared.job.request_id.clone(),
-        prepared.job.command.clone(),
-    );
-    let handed = dispatch(&shared, prepared);
+    let ticket = enqueue(&shared, req, Reply::Stream(tx))?;
     // Return once the first item is in: a failure before any chunk is an Err here.
-    let first = until_taken(
-        &shared,
-        &state,
-        (admitted_at, handed),
-        corr.as_deref(),
-        (&ids.0, &ids.1),
-        rx.recv(),
-    )
-    .await?;
-    let first = match first {
+    let first = match ticket.wait(&shared, rx.recv()).await? {
         None => return Err(dropped(&shared)),
         Some(Err(err)) => return Err(err),
         Some(Ok(item)) => item,
@@ -284,7 +290,7 @@ pub(crate) async fn stream(
         first: Some(first),
         rx,
         done: false,
-        request_id: ids.0,
+        request_id: ticket.request_id,
         pool: shared.name.clone(),
         permit: Some(permit),
     })

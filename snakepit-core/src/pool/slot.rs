@@ -105,47 +105,19 @@ pub(crate) async fn run(
                 backoff(&shared, consecutive_failures).await;
             }
             Exit::Recycle { reason } => {
-                shared.recycles_total.fetch_add(1, Ordering::Relaxed);
-                let memory_mb = worker.status.rss_bytes.load(Ordering::Relaxed) as f64 / MIB;
-                tracing::info!(pool = %shared.name, worker_id = %worker.id, reason, memory_mb,
+                tracing::info!(pool = %shared.name, worker_id = %worker.id, reason,
+                    rss_mb = worker.status.rss_bytes.load(Ordering::Relaxed) as f64 / MIB,
                     "recycling worker");
-                shared
-                    .events
-                    .emit_with(EventKind::WorkerRecycled, None, || {
-                        data::WorkerRecycled {
-                            uptime_ms: ms(worker.uptime()),
-                            requests_handled: worker.requests(),
-                            worker_id: worker.id.to_string(),
-                            pool_name: shared.name.to_string(),
-                            reason: reason.to_string(),
-                            memory_mb,
-                            pid: worker.process.pid(),
-                        }
-                        .into()
-                    });
+                emit_recycled(&shared, &worker, reason);
                 if lived_long {
                     consecutive_failures = 0;
                 }
                 retire(&shared, worker, reason == "request_timeout");
             }
             Exit::Broken { message } => {
-                shared.recycles_total.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(pool = %shared.name, worker_id = %worker.id, %message,
                     "worker transport broke while the process lives; replacing it");
-                shared
-                    .events
-                    .emit_with(EventKind::WorkerRecycled, None, || {
-                        data::WorkerRecycled {
-                            uptime_ms: ms(worker.uptime()),
-                            requests_handled: worker.requests(),
-                            worker_id: worker.id.to_string(),
-                            pool_name: shared.name.to_string(),
-                            reason: "transport_broken".into(),
-                            memory_mb: worker.status.rss_bytes.load(Ordering::Relaxed) as f64 / MIB,
-                            pid: worker.process.pid(),
-                        }
-                        .into()
-                    });
+                emit_recycled(&shared, &worker, "transport_broken");
                 retire(&shared, worker, true);
                 consecutive_failures += 1;
                 backoff(&shared, consecutive_failures).await;
@@ -210,6 +182,25 @@ fn retire(shared: &Arc<PoolShared>, worker: Worker, kill_now: bool) {
         }
         drop(worker);
     });
+}
+
+/// Count a recycle and emit `worker.recycled` with the worker's last measured RSS.
+fn emit_recycled(shared: &PoolShared, worker: &Worker, reason: &str) {
+    shared.recycles_total.fetch_add(1, Ordering::Relaxed);
+    shared
+        .events
+        .emit_with(EventKind::WorkerRecycled, None, || {
+            data::WorkerRecycled {
+                uptime_ms: ms(worker.uptime()),
+                requests_handled: worker.requests(),
+                worker_id: worker.id.to_string(),
+                pool_name: shared.name.to_string(),
+                reason: reason.to_string(),
+                memory_mb: worker.status.rss_bytes.load(Ordering::Relaxed) as f64 / MIB,
+                pid: worker.process.pid(),
+            }
+            .into()
+        });
 }
 
 fn emit_stopped(shared: &PoolShared, worker: &Worker, reason: &str) {
