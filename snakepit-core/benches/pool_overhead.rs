@@ -225,8 +225,21 @@ async fn startup_ms(python: &Path, size: usize, runs: usize) -> Result<f64, BoxE
     Ok(times[times.len() / 2])
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() -> Result<(), BoxError> {
+fn main() -> Result<(), BoxError> {
+    // `--current-thread` runs everything on one thread: task hops cost no thread wake-ups.
+    let rt = if std::env::args().any(|a| a == "--current-thread") {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
+    rt.block_on(run())
+}
+
+async fn run() -> Result<(), BoxError> {
     let quick = std::env::args().any(|a| a == "--quick");
     // Each cell runs `rounds` alternations of bare then pool, `slice` each.
     let (rounds, slice) = if quick {
