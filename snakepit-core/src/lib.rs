@@ -62,4 +62,4 @@ pub use pools::Pools;
 pub use request::{Args, Chunk, Request, Response, Served};
 pub use sanitize::Sanitizer;
 pub use session::{SessionInfo, SessionOptions};
-pub use stats::{PoolStats, WindowStats, WorkerState, WorkerStats};
+pub use stats::{PoolLoad, PoolStats, WindowStats, WorkerState, WorkerStats};

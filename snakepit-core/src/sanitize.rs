@@ -74,6 +74,23 @@ impl Sanitizer {
         s.push_str(&format!("…[truncated {dropped} chars]"));
     }
 
+    /// Like [`Sanitizer::truncate`] but keeps the *end*: for tracebacks and stderr tails,
+    /// whose last lines (the exception, the fatal error) matter most.
+    pub fn truncate_keep_end(&self, s: &mut String) {
+        if !self.enabled || s.len() <= self.max_len {
+            return;
+        }
+        let total = s.chars().count();
+        if total <= self.max_len {
+            return;
+        }
+        let dropped = total - self.max_len;
+        let Some((cut, _)) = s.char_indices().nth(dropped) else {
+            return;
+        };
+        *s = format!("[truncated {dropped} chars]…{}", &s[cut..]);
+    }
+
     /// Redact sensitive keys at any depth and truncate every string.
     pub fn value(&self, v: &mut Value) {
         if !self.enabled {
@@ -135,6 +152,18 @@ mod tests {
         let mut short = "é".repeat(10); // 20 bytes, 10 chars: within the limit
         s.truncate(&mut short);
         assert_eq!(short, "é".repeat(10));
+    }
+
+    #[test]
+    fn keep_end_truncation_keeps_the_last_lines() {
+        let s = Sanitizer::new(&SanitizeConfig {
+            max_string_length: 20,
+            ..SanitizeConfig::default()
+        });
+        let mut tb = format!("{}\nValueError: boom", "frame\n".repeat(50));
+        s.truncate_keep_end(&mut tb);
+        assert!(tb.ends_with("ValueError: boom"), "{tb}");
+        assert!(tb.starts_with("[truncated "), "{tb}");
     }
 
     #[test]

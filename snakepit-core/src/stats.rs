@@ -68,6 +68,18 @@ pub struct PoolStats {
     pub workers: Vec<WorkerStats>,
 }
 
+/// The instantaneous load of a pool: cheap enough to read on every metrics scrape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct PoolLoad {
+    pub total_workers: usize,
+    pub ready_workers: usize,
+    pub available_workers: usize,
+    pub busy_workers: usize,
+    pub queue_size: usize,
+    pub in_flight: usize,
+    pub active_sessions: usize,
+}
+
 /// Rates and percentiles over the recent window.
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct WindowStats {

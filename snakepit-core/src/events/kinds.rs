@@ -26,6 +26,9 @@ pub trait MetaField {
     fn to_json(&self) -> Value;
     fn sanitize(&mut self, _key: &str, _s: &Sanitizer) {}
 }
+/// Fields whose end matters most when they are too long.
+const KEEP_END: [&str; 2] = ["python_traceback", "stderr_tail"];
+
 impl MetaField for String {
     fn to_json(&self) -> Value {
         Value::String(self.clone())
@@ -33,6 +36,8 @@ impl MetaField for String {
     fn sanitize(&mut self, key: &str, s: &Sanitizer) {
         if s.is_sensitive(key) {
             *self = crate::sanitize::REDACTED.to_string();
+        } else if KEEP_END.contains(&key) {
+            s.truncate_keep_end(self);
         } else {
             s.truncate(self);
         }

@@ -61,6 +61,13 @@ impl Pattern {
         })
     }
 
+    /// Events matching either pattern.
+    pub fn union(self, other: Pattern) -> Pattern {
+        Pattern {
+            mask: self.mask | other.mask,
+        }
+    }
+
     pub fn matches(&self, kind: EventKind) -> bool {
         self.mask & kind.bit() != 0
     }

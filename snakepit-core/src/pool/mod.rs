@@ -37,7 +37,7 @@ use crate::events::{data, EventBus, EventKind};
 use crate::python_env;
 use crate::request::{Request, Response};
 use crate::session::{SessionInfo, SessionOptions};
-use crate::stats::{PoolStats, WorkerState};
+use crate::stats::{PoolLoad, PoolStats, WorkerState};
 use crate::worker::LaunchSpec;
 use execute::ms;
 use shared::PoolShared;
@@ -282,6 +282,22 @@ impl Pool {
             accepting: s.accepting.load(Ordering::Relaxed),
             window: s.window.snapshot(),
             workers,
+        }
+    }
+
+    /// Worker and queue counts only (no window, no per-worker list): for gauges.
+    pub fn load(&self) -> PoolLoad {
+        let s = &self.shared;
+        let ready = s.workers().len();
+        let busy = s.busy.load(Ordering::Relaxed).min(ready);
+        PoolLoad {
+            total_workers: s.config.size,
+            ready_workers: ready,
+            available_workers: ready - busy,
+            busy_workers: busy,
+            queue_size: s.queue_size(),
+            in_flight: s.in_flight(),
+            active_sessions: s.sessions.len(),
         }
     }
 
