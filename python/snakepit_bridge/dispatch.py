@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Callable, Dict, Iterator, Optional, Tuple, Union
 
-from . import errors
+from . import errors, telemetry
 from ._proto import (
     CommandInfo,
     DescribeResponse,
@@ -104,8 +104,18 @@ class Dispatcher:
 
     def execute(self, req, metadata: Dict[str, str], deadline: Optional[float]):
         self.requests_handled += 1
+        with telemetry.request_span(
+            req.command,
+            metadata,
+            metadata.get(REQUEST_ID_KEY, ""),
+            metadata.get(CORRELATION_ID_KEY, ""),
+        ) as span:
+            return self._execute(req, metadata, deadline, span)
+
+    def _execute(self, req, metadata, deadline, span):
         prepared = self._prepare(req, metadata, deadline)
         if isinstance(prepared, WorkerError):
+            telemetry.record_failure(span, ValueError(prepared.message), prepared.type)
             return ExecuteResponse(error=prepared)
         cmd, bound = prepared
         try:
@@ -113,11 +123,13 @@ class Dispatcher:
             if cmd.streaming:
                 result = list(result)  # a unary call of a generator gets all chunks
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything
+            telemetry.record_failure(span, exc, errors.qualified_type(exc))
             # skip_frames=1 drops this frame: the traceback starts at the user's code.
             return ExecuteResponse(error=errors.from_exception(exc, skip_frames=1))
         try:
             return ExecuteResponse(result_json=encode_json(result))
         except (TypeError, ValueError) as exc:
+            telemetry.record_failure(span, exc, "InvalidResult")
             return ExecuteResponse(
                 error=errors.from_exception(exc, kind=WorkerError.INVALID_RESULT)
             )
@@ -131,6 +143,15 @@ class Dispatcher:
     ) -> Iterator[object]:
         """Yield StreamChunks; the last one has final=True, with an error if one occurred."""
         self.requests_handled += 1
+        with telemetry.request_span(
+            req.command,
+            metadata,
+            metadata.get(REQUEST_ID_KEY, ""),
+            metadata.get(CORRELATION_ID_KEY, ""),
+        ) as span:
+            yield from self._execute_stream(req, metadata, deadline, is_active, span)
+
+    def _execute_stream(self, req, metadata, deadline, is_active, span):
         prepared = self._prepare(req, metadata, deadline)
         if isinstance(prepared, WorkerError):
             yield StreamChunk(final=True, error=prepared)
@@ -155,6 +176,7 @@ class Dispatcher:
                         close()
                     return
         except BaseException as exc:  # noqa: BLE001
+            telemetry.record_failure(span, exc, errors.qualified_type(exc))
             yield StreamChunk(final=True, error=errors.from_exception(exc, skip_frames=1))
             return
         yield StreamChunk(final=True)

@@ -23,6 +23,7 @@ import threading
 import time
 import traceback
 
+from . import telemetry
 from .adapter import Adapter
 from .dispatch import Dispatcher
 from .server import build_server
@@ -112,6 +113,7 @@ def main(argv=None) -> int:
     if address is None:
         print("one of --socket or --address is required", file=sys.stderr)
         return EXIT_BIND_FAILED
+    telemetry.setup(args.worker_id, args.pool, adapter.name)
     dispatcher = Dispatcher(adapter)
     try:
         server = build_server(dispatcher, address, args.max_message_bytes, args.threads)
@@ -138,6 +140,7 @@ def main(argv=None) -> int:
     while not stop.wait(timeout=1.0):
         pass
     server.stop(grace=args.stop_grace).wait()
+    telemetry.shutdown()
     return 0
 
 
