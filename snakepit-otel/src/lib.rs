@@ -1,0 +1,61 @@
+//! # snakepit-otel
+//!
+//! Observability for Snakepit pools, as tower layers and event-stream sinks a user
+//! composes around any pool service:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use snakepit_core::{EventBus, Pool, PoolConfig, Request};
+//! use snakepit_otel::{Telemetry, TelemetryConfig};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! let mut telemetry = Telemetry::init(TelemetryConfig::default())?;
+//! let events = EventBus::default();
+//! telemetry.attach(&events)?; // before pools start, to see their start-up events
+//! let pool = Pool::start(PoolConfig::default(), events.clone()).await?;
+//! telemetry.watch_pools(&[pool.clone()]);
+//! let svc = ServiceBuilder::new()
+//!     .layer(telemetry.correlation_layer())
+//!     .layer(telemetry.trace_layer())
+//!     .layer(telemetry.metrics_layer())
+//!     .service(pool.clone());
+//! let resp = svc.oneshot(Request::new("ping", serde_json::json!({}))).await?;
+//! println!("{}", telemetry.prometheus_text().unwrap_or_default());
+//! telemetry.shutdown(std::time::Duration::from_secs(5));
+//! # Ok(()) }
+//! ```
+//!
+//! ## How data flows
+//! - **Requests**: [`CorrelationLayer`] makes sure a correlation id exists;
+//!   [`TraceLayer`] opens the request span, injects W3C `traceparent` into the request
+//!   metadata (so Python spans join the trace) and records errors and Python exceptions;
+//!   [`MetricsLayer`] records `snakepit_requests_total`, the duration and queue-time
+//!   histograms.
+//! - **Lifecycle**: the core's event stream feeds the worker/pool counters and the
+//!   StatsD sink on their own threads; pool gauges are read from `Pool::load()` at
+//!   collection time.
+//! - **Export**: spans and log records go through bounded queues to one export thread
+//!   per signal ([`export`]), with a circuit breaker and drop counters; metrics are pulled
+//!   by the Prometheus registry ([`Telemetry::prometheus_text`]) and/or pushed over OTLP.
+//! - **Logs**: [`logs::LogLayer`] turns `tracing` events into sanitized JSON (or text)
+//!   lines with trace ids, and into OTLP log records.
+
+pub mod config;
+pub mod correlation;
+pub mod export;
+pub mod export_metrics;
+pub mod lifecycle;
+pub mod logs;
+pub mod metrics;
+pub mod statsd;
+pub mod telemetry;
+pub mod trace;
+
+pub use config::{
+    CorrelationConfig, LogFormat, LogsConfig, MetricsConfig, OtlpConfig, OtlpProtocol,
+    StatsdConfig, TelemetryConfig, TracesConfig,
+};
+pub use correlation::CorrelationLayer;
+pub use metrics::MetricsLayer;
+pub use telemetry::{Telemetry, TelemetryError};
+pub use trace::{Outcome, TraceLayer};

@@ -1,0 +1,393 @@
+//! Logs: every `tracing` event becomes one sanitized record with timestamp, level,
+//! target, message, fields, the `correlation_id`/`request_id` of the request span it
+//! belongs to, and the OpenTelemetry `trace_id`/`span_id` (which tracing-subscriber's
+//! own JSON formatter does not print). The record goes to a line writer (JSON or text)
+//! and, when enabled, to OTLP logs — both built from the same sanitized data, so a
+//! redacted value cannot leak through one of them.
+//!
+//! Lines are handed to a writer thread through a bounded queue: a slow stdout costs
+//! dropped (and counted) lines, never request time.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::logs::SdkLogger;
+use serde_json::{Map, Value};
+use snakepit_core::Sanitizer;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::Layer;
+
+use crate::config::LogFormat;
+
+/// Span fields that log lines inherit from the request span.
+const INHERITED: [&str; 2] = ["correlation_id", "request_id"];
+/// Fields whose end matters most when they are too long.
+const KEEP_END: [&str; 2] = ["python_traceback", "stderr_tail"];
+
+/// A bounded, non-blocking line writer with its own thread.
+pub struct LineWriter {
+    tx: SyncSender<Option<Vec<u8>>>,
+    dropped: Arc<AtomicU64>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl LineWriter {
+    pub fn new(mut out: Box<dyn Write + Send>, capacity: usize) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel::<Option<Vec<u8>>>(capacity.max(1));
+        let thread = std::thread::Builder::new()
+            .name("snakepit-log-writer".into())
+            .spawn(move || {
+                while let Ok(Some(line)) = rx.recv() {
+                    let _ = out.write_all(&line);
+                    // Write whatever else is queued before one flush: batches under load.
+                    loop {
+                        match rx.try_recv() {
+                            Ok(Some(more)) => {
+                                let _ = out.write_all(&more);
+                            }
+                            Ok(None) => {
+                                let _ = out.flush();
+                                return;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let _ = out.flush();
+                }
+                let _ = out.flush();
+            })?;
+        Ok(LineWriter {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn write_line(&self, line: Vec<u8>) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.tx.try_send(Some(line))
+        {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn dropped(&self) -> Arc<AtomicU64> {
+        self.dropped.clone()
+    }
+
+    /// Write out what is queued and stop the thread.
+    pub fn close(&self) {
+        let _ = self.tx.send(None);
+        let handle = match self.thread.lock() {
+            Ok(mut t) => t.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+#[derive(Default)]
+struct SpanFields(Vec<(&'static str, String)>);
+
+struct Fields<'a> {
+    map: Map<String, Value>,
+    message: String,
+    sanitizer: &'a Sanitizer,
+}
+
+impl Fields<'_> {
+    fn put(&mut self, field: &Field, mut value: Value) {
+        let name = field.name();
+        if name == "message" {
+            self.message = match value {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            self.sanitizer.truncate(&mut self.message);
+            return;
+        }
+        if self.sanitizer.is_sensitive(name) {
+            value = Value::String(snakepit_core::sanitize::REDACTED.into());
+        } else if let Value::String(s) = &mut value {
+            if KEEP_END.contains(&name) {
+                self.sanitizer.truncate_keep_end(s);
+            } else {
+                self.sanitizer.truncate(s);
+            }
+        }
+        self.map.insert(name.to_string(), value);
+    }
+}
+
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.put(field, Value::String(format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, Value::String(value.to_string()));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, Value::from(value));
+    }
+}
+
+struct Inherit<'a>(&'a mut SpanFields);
+
+impl Visit for Inherit<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.record_str(field, &format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if let Some(name) = INHERITED.iter().find(|n| **n == field.name()) {
+            if !value.is_empty() {
+                self.0 .0.retain(|(k, _)| k != name);
+                self.0 .0.push((name, value.to_string()));
+            }
+        }
+    }
+}
+
+/// The `tracing` layer that writes logs. Build it with [`crate::Telemetry`].
+pub struct LogLayer {
+    writer: Option<Arc<LineWriter>>,
+    format: LogFormat,
+    otlp: Option<SdkLogger>,
+    sanitizer: Sanitizer,
+    pub(crate) emitted: Arc<AtomicU64>,
+    /// Our own dispatcher, to ask the OTel layer for span contexts: inside an event
+    /// callback `dispatcher::get_default` yields the no-op dispatcher.
+    dispatch: std::sync::OnceLock<tracing::dispatcher::WeakDispatch>,
+}
+
+impl LogLayer {
+    pub(crate) fn new(
+        writer: Option<Arc<LineWriter>>,
+        format: LogFormat,
+        otlp: Option<SdkLogger>,
+        sanitizer: Sanitizer,
+    ) -> Self {
+        LogLayer {
+            writer,
+            format,
+            otlp,
+            sanitizer,
+            emitted: Arc::new(AtomicU64::new(0)),
+            dispatch: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl<S> Layer<S> for LogLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        let _ = self.dispatch.set(subscriber.downgrade());
+    }
+
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: Context<'_, S>,
+    ) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut fields = SpanFields::default();
+        attrs.record(&mut Inherit(&mut fields));
+        span.extensions_mut().insert(fields);
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: Context<'_, S>,
+    ) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut ext = span.extensions_mut();
+        if let Some(fields) = ext.get_mut::<SpanFields>() {
+            values.record(&mut Inherit(fields));
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        let mut fields = Fields {
+            map: Map::new(),
+            message: String::new(),
+            sanitizer: &self.sanitizer,
+        };
+        event.record(&mut fields);
+        let mut inherited: Vec<(&'static str, String)> = Vec::new();
+        let mut span_id = None;
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope {
+                span_id.get_or_insert_with(|| span.id());
+                if let Some(f) = span.extensions().get::<SpanFields>() {
+                    for (k, v) in &f.0 {
+                        if !inherited.iter().any(|(ik, _)| ik == k) {
+                            inherited.push((k, v.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        let dispatch = self.dispatch.get().and_then(|d| d.upgrade());
+        let otel = span_id
+            .zip(dispatch)
+            .and_then(|(id, d)| tracing_opentelemetry::get_otel_context(&id, &d));
+        let span_context = otel
+            .as_ref()
+            .map(|cx| cx.span().span_context().clone())
+            .filter(|sc| sc.is_valid());
+        let now = SystemTime::now();
+        self.emitted.fetch_add(1, Ordering::Relaxed);
+
+        if let Some(writer) = &self.writer {
+            let line = match self.format {
+                LogFormat::Json => {
+                    let mut obj = Map::new();
+                    obj.insert("timestamp".into(), Value::String(rfc3339(now)));
+                    obj.insert("level".into(), Value::String(meta.level().to_string()));
+                    obj.insert("target".into(), Value::String(meta.target().to_string()));
+                    obj.insert("message".into(), Value::String(fields.message.clone()));
+                    for (k, v) in &inherited {
+                        obj.insert((*k).to_string(), Value::String(v.clone()));
+                    }
+                    if let Some(sc) = &span_context {
+                        obj.insert("trace_id".into(), Value::String(sc.trace_id().to_string()));
+                        obj.insert("span_id".into(), Value::String(sc.span_id().to_string()));
+                    }
+                    for (k, v) in &fields.map {
+                        obj.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                    let mut line = serde_json::to_vec(&Value::Object(obj)).unwrap_or_default();
+                    line.push(b'\n');
+                    line
+                }
+                _ => {
+                    let mut line = format!(
+                        "{} {:>5} {}: {}",
+                        rfc3339(now),
+                        meta.level(),
+                        meta.target(),
+                        fields.message
+                    );
+                    for (k, v) in &inherited {
+                        line.push_str(&format!(" {k}={v}"));
+                    }
+                    if let Some(sc) = &span_context {
+                        line.push_str(&format!(" trace_id={}", sc.trace_id()));
+                    }
+                    for (k, v) in &fields.map {
+                        match v {
+                            Value::String(s) if s.contains('\n') => {
+                                line.push_str(&format!("\n  {k}:\n{s}"))
+                            }
+                            Value::String(s) => line.push_str(&format!(" {k}={s}")),
+                            other => line.push_str(&format!(" {k}={other}")),
+                        }
+                    }
+                    line.push('\n');
+                    line.into_bytes()
+                }
+            };
+            writer.write_line(line);
+        }
+
+        if let Some(logger) = &self.otlp {
+            let mut record = logger.create_log_record();
+            record.set_timestamp(now);
+            record.set_observed_timestamp(now);
+            record.set_target(meta.target().to_string());
+            let (number, text) = severity(meta.level());
+            record.set_severity_number(number);
+            record.set_severity_text(text);
+            record.set_body(AnyValue::String(fields.message.clone().into()));
+            for (k, v) in inherited {
+                record.add_attribute(k, v);
+            }
+            for (k, v) in fields.map {
+                let value: AnyValue = match v {
+                    Value::String(s) => AnyValue::String(s.into()),
+                    Value::Bool(b) => AnyValue::Boolean(b),
+                    Value::Number(n) if n.is_i64() => AnyValue::Int(n.as_i64().unwrap_or_default()),
+                    Value::Number(n) => AnyValue::Double(n.as_f64().unwrap_or_default()),
+                    other => AnyValue::String(other.to_string().into()),
+                };
+                record.add_attribute(k, value);
+            }
+            if let Some(sc) = span_context {
+                record.set_trace_context(sc.trace_id(), sc.span_id(), Some(sc.trace_flags()));
+            }
+            logger.emit(record);
+        }
+    }
+}
+
+fn severity(level: &Level) -> (Severity, &'static str) {
+    match *level {
+        Level::TRACE => (Severity::Trace, "TRACE"),
+        Level::DEBUG => (Severity::Debug, "DEBUG"),
+        Level::INFO => (Severity::Info, "INFO"),
+        Level::WARN => (Severity::Warn, "WARN"),
+        Level::ERROR => (Severity::Error, "ERROR"),
+    }
+}
+
+/// `2026-11-27T17:44:00.965754Z`, UTC, microseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_micros()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_matches_known_instants() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        let t = UNIX_EPOCH + Duration::from_micros(1_795_801_440_965_754);
+        assert_eq!(rfc3339(t), "2026-11-27T17:44:00.965754Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000000Z");
+    }
+}

@@ -1,0 +1,262 @@
+//! `TraceLayer`: one span per request, following the OpenTelemetry RPC conventions.
+//!
+//! The span (`{pool}/{command}`, kind client, `rpc.system = "snakepit"`) carries the
+//! request and correlation ids; its W3C context is injected into the request metadata
+//! so the Python worker's spans join the trace. On success it records the worker and the
+//! queue wait (also as a `snakepit.queue` child span with the real start and end times);
+//! on failure it sets status Error and `error.type`, and a Python exception becomes an
+//! `exception` event with type, message and stacktrace, plus one log line with the
+//! traceback.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use opentelemetry::propagation::{Injector, TextMapPropagator};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _};
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracer;
+use snakepit_core::{Error, Request, Response, ResponseStream, Sanitizer, Served};
+use tower::{Layer, Service};
+use tracing::field::Empty;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// What a layer can learn from a successful response.
+pub trait Outcome {
+    fn served(&self) -> Option<&Served>;
+}
+
+impl Outcome for Response {
+    fn served(&self) -> Option<&Served> {
+        Some(&self.served)
+    }
+}
+
+impl Outcome for ResponseStream {
+    fn served(&self) -> Option<&Served> {
+        None
+    }
+}
+
+struct TraceShared {
+    default_pool: String,
+    log_requests: bool,
+    sanitizer: Sanitizer,
+    /// For the queue-wait child span, which needs explicit timestamps.
+    tracer: Option<SdkTracer>,
+}
+
+/// See the [module docs](self). Cheap to clone.
+#[derive(Clone)]
+pub struct TraceLayer {
+    shared: Option<Arc<TraceShared>>,
+}
+
+impl std::fmt::Debug for TraceLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceLayer")
+            .field("enabled", &self.shared.is_some())
+            .finish()
+    }
+}
+
+impl TraceLayer {
+    /// A layer for pools whose requests name no pool get `default_pool`.
+    pub fn new(
+        default_pool: impl Into<String>,
+        sanitizer: Sanitizer,
+        tracer: Option<SdkTracer>,
+        log_requests: bool,
+    ) -> Self {
+        TraceLayer {
+            shared: Some(Arc::new(TraceShared {
+                default_pool: default_pool.into(),
+                log_requests,
+                sanitizer,
+                tracer,
+            })),
+        }
+    }
+
+    /// A pass-through layer (observability off).
+    pub fn disabled() -> Self {
+        TraceLayer { shared: None }
+    }
+}
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+    fn layer(&self, inner: S) -> Trace<S> {
+        Trace {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Trace<S> {
+    inner: S,
+    shared: Option<Arc<TraceShared>>,
+}
+
+struct MetadataInjector<'a>(&'a mut Vec<(String, String)>);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.retain(|(k, _)| k != key);
+        self.0.push((key.to_string(), value));
+    }
+}
+
+impl<S> Service<Request> for Trace<S>
+where
+    S: Service<Request, Error = Error>,
+    S::Response: Outcome + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let Some(shared) = self.shared.clone() else {
+            return Box::pin(self.inner.call(req));
+        };
+        let request_id = req
+            .request_id
+            .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
+            .clone();
+        let pool = req
+            .pool
+            .clone()
+            .unwrap_or_else(|| shared.default_pool.clone());
+        let span = tracing::info_span!(
+            target: "snakepit::request",
+            "snakepit.request",
+            otel.name = %format_args!("{pool}/{}", req.command),
+            otel.kind = "client",
+            rpc.system = "snakepit",
+            rpc.service = %pool,
+            rpc.method = %req.command,
+            request_id = %request_id,
+            correlation_id = req.correlation_id.as_deref().unwrap_or(""),
+            session_id = req.session_id.as_deref().unwrap_or(""),
+            snakepit.worker_id = Empty,
+            snakepit.queue_time_ms = Empty,
+            otel.status_code = Empty,
+            error.type = Empty,
+        );
+        let cx = span.context();
+        if cx.span().span_context().is_valid() {
+            TraceContextPropagator::new()
+                .inject_context(&cx, &mut MetadataInjector(&mut req.metadata));
+        }
+        if shared.log_requests {
+            let mut args = req
+                .args
+                .encoded()
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+                .unwrap_or(serde_json::Value::Null);
+            shared.sanitizer.value(&mut args);
+            tracing::info!(target: "snakepit::request", parent: &span, command = %req.command, args = %args, "request");
+        }
+        let started = SystemTime::now();
+        let fut = self.inner.call(req).instrument(span.clone());
+        Box::pin(async move {
+            let result = fut.await;
+            match &result {
+                Ok(resp) => on_success(&shared, &span, started, resp.served()),
+                Err(err) => on_error(&shared, &span, err),
+            }
+            result
+        })
+    }
+}
+
+fn on_success(
+    shared: &TraceShared,
+    span: &tracing::Span,
+    started: SystemTime,
+    served: Option<&Served>,
+) {
+    let Some(served) = served else { return };
+    span.record("snakepit.worker_id", served.worker_id.as_str());
+    span.record(
+        "snakepit.queue_time_ms",
+        served.queue_time.as_secs_f64() * 1000.0,
+    );
+    if let Some(tracer) = &shared.tracer {
+        let parent = span.context();
+        if parent.span().span_context().is_sampled() {
+            let end = started + served.queue_time;
+            let mut queue = tracer
+                .span_builder("snakepit.queue")
+                .with_kind(SpanKind::Internal)
+                .with_start_time(started)
+                .start_with_context(tracer, &parent);
+            queue.end_with_timestamp(end);
+        }
+    }
+    if shared.log_requests {
+        tracing::info!(target: "snakepit::request", parent: span,
+            worker_id = %served.worker_id,
+            duration_ms = served.duration.as_secs_f64() * 1000.0,
+            queue_ms = served.queue_time.as_secs_f64() * 1000.0,
+            "response");
+    }
+}
+
+fn on_error(shared: &TraceShared, span: &tracing::Span, err: &Error) {
+    let mut message = err.to_string();
+    shared.sanitizer.truncate(&mut message);
+    span.record("otel.status_code", "ERROR");
+    span.record("error.type", err.error_type());
+    span.set_status(Status::error(message.clone()));
+    match err.python() {
+        Some(py) => {
+            let mut traceback = py.traceback.clone();
+            shared.sanitizer.truncate_keep_end(&mut traceback);
+            span.add_event(
+                "exception",
+                vec![
+                    KeyValue::new("exception.type", py.python_type.clone()),
+                    KeyValue::new(
+                        "exception.message",
+                        shared.sanitizer.field("message", &py.message),
+                    ),
+                    KeyValue::new("exception.stacktrace", traceback.clone()),
+                ],
+            );
+            tracing::error!(target: "snakepit::request", parent: span,
+                error_type = err.error_type(),
+                python_type = %py.python_type,
+                python_traceback = %traceback,
+                "request failed: {message}");
+        }
+        None if is_server_side(err) => {
+            tracing::error!(target: "snakepit::request", parent: span, error_type = err.error_type(), "request failed: {message}")
+        }
+        None => {
+            tracing::warn!(target: "snakepit::request", parent: span, error_type = err.error_type(), "request refused: {message}")
+        }
+    }
+}
+
+/// Failures of the pool or the worker, as opposed to requests the caller got wrong or
+/// that load shedding refused.
+fn is_server_side(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::Timeout { .. } | Error::WorkerCrashed { .. } | Error::Transport { .. }
+    )
+}

@@ -1,0 +1,303 @@
+//! Helpers for the end-to-end tests: real Python workers, and real external components
+//! started on 127.0.0.1 and stopped again — the rotel OTLP receiver, Prometheus, the
+//! StatsD daemon — plus a capture buffer for log lines.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use serde_json::Value;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The bootstrapped workers' Python (with the test extras when scripts/test ran).
+pub fn python() -> PathBuf {
+    match snakepit_core::python_env::resolve_interpreter(&Default::default()) {
+        Ok(p) => p,
+        Err(e) => panic!("no Python for workers: {e}"),
+    }
+}
+
+/// A TCP port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(a) => a.port(),
+        Err(e) => panic!("no free port: {e}"),
+    }
+}
+
+/// Poll `cond` every 50 ms for up to `within`.
+pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// Every JSON line of `path` (missing file: none).
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "snakepit-e2e-{tag}-{}-{:x}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos() ^ (std::ptr::addr_of!(tag) as u128)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            panic!("cannot create {}: {e}", dir.display());
+        }
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: &'static str,
+}
+
+impl Proc {
+    pub fn stop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        // SAFETY: kill(2) on a child this test started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let exited = wait_until(Duration::from_secs(5), || {
+            self.child.try_wait().ok().flatten().is_some()
+        });
+        if !exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The rotel OTLP receiver (from PyPI, in the workers' venv), dumping what it receives
+/// as JSONL through `support/rotel_processor.py`.
+pub struct Rotel {
+    pub grpc_port: u16,
+    pub http_port: u16,
+    pub dump: TempDir,
+    proc: Option<Proc>,
+}
+
+pub fn rotel_agent() -> PathBuf {
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import os, rotel; print(os.path.dirname(rotel.__file__))",
+        ])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("rotel-agent")
+        }
+        _ => {
+            panic!("rotel is not installed in the workers' venv; run scripts/test (it installs it)")
+        }
+    }
+}
+
+impl Rotel {
+    pub fn start() -> Rotel {
+        let dump = TempDir::new("rotel");
+        let mut rotel = Rotel {
+            grpc_port: free_port(),
+            http_port: free_port(),
+            dump,
+            proc: None,
+        };
+        rotel.restart();
+        rotel
+    }
+
+    /// Start (again) on the same ports.
+    pub fn restart(&mut self) {
+        let dir = self.dump.path().to_path_buf();
+        let processor = repo().join("tests/support/rotel_processor.py");
+        let child = Command::new(rotel_agent())
+            .arg("start")
+            .args([
+                "--otlp-grpc-endpoint",
+                &format!("127.0.0.1:{}", self.grpc_port),
+            ])
+            .args([
+                "--otlp-http-endpoint",
+                &format!("127.0.0.1:{}", self.http_port),
+            ])
+            .args(["--exporter", "blackhole"])
+            .arg("--otlp-with-trace-processor")
+            .arg(&processor)
+            .arg("--otlp-with-logs-processor")
+            .arg(&processor)
+            .arg("--otlp-with-metrics-processor")
+            .arg(&processor)
+            .arg("--pid-file")
+            .arg(dir.join("rotel.pid"))
+            .arg("--log-file")
+            .arg(dir.join("rotel.log"))
+            .env("SNAKEPIT_ROTEL_DUMP", &dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => panic!("cannot start rotel: {e}"),
+        };
+        self.proc = Some(Proc {
+            child,
+            name: "rotel",
+        });
+        let (g, h) = (self.grpc_port, self.http_port);
+        assert!(
+            wait_until(Duration::from_secs(15), || port_open(g) && port_open(h)),
+            "rotel did not listen on {g}/{h}"
+        );
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop();
+        }
+    }
+
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    pub fn http_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn spans(&self) -> Vec<Value> {
+        read_jsonl(&self.dump.path().join("spans.jsonl"))
+    }
+    pub fn logs(&self) -> Vec<Value> {
+        read_jsonl(&self.dump.path().join("logs.jsonl"))
+    }
+    pub fn metrics(&self) -> Vec<Value> {
+        read_jsonl(&self.dump.path().join("metrics.jsonl"))
+    }
+
+    /// Everything received, as text (for "this value appears nowhere" checks).
+    pub fn all_text(&self) -> String {
+        ["spans.jsonl", "logs.jsonl", "metrics.jsonl"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dump.path().join(f)).unwrap_or_default())
+            .collect()
+    }
+}
+
+impl Drop for Rotel {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Log lines captured in memory (a `Write` for `Telemetry::build_with_log_writer`).
+#[derive(Clone, Default)]
+pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.lock() {
+            Ok(mut v) => v.extend_from_slice(buf),
+            Err(p) => p.into_inner().extend_from_slice(buf),
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    pub fn text(&self) -> String {
+        let v = match self.0.lock() {
+            Ok(v) => v.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        String::from_utf8_lossy(&v).into_owned()
+    }
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.text()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+/// A minimal HTTP/1.1 server answering every request with `body()`: the scrape target
+/// for the real Prometheus until the health crate serves /metrics itself.
+pub async fn serve_text(
+    body: impl Fn() -> String + Send + Sync + 'static,
+) -> (u16, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+        Ok(l) => l,
+        Err(e) => panic!("bind: {e}"),
+    };
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let body = Arc::new(body);
+    let task = tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let _ = sock.read(&mut buf).await;
+                let text = body();
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    text.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(text.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    (port, task)
+}

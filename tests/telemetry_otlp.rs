@@ -1,0 +1,397 @@
+//! Traces, metrics and logs reach a real OTLP receiver (rotel) over gRPC and over
+//! HTTP/protobuf; one request is one trace across Rust and Python; failures carry the
+//! Python traceback; secrets never leave; a receiver that is down or black-holed costs
+//! no request and bounded memory, and exports resume when it is back.
+
+use std::time::Duration;
+
+use serde_json::json;
+use snakepit_core::{EventBus, Pool, PoolConfig, Request, SessionOptions};
+use snakepit_e2e::*;
+use snakepit_otel::{OtlpProtocol, Telemetry, TelemetryConfig};
+use tower::{ServiceBuilder, ServiceExt};
+
+struct Setup {
+    telemetry: Telemetry,
+    pool: Pool,
+    logs: Captured,
+    events: EventBus,
+    _dispatch: tracing::dispatcher::DefaultGuard,
+}
+
+fn config(endpoint: String, protocol: OtlpProtocol) -> TelemetryConfig {
+    let mut cfg = TelemetryConfig::default();
+    cfg.otlp.endpoint = Some(endpoint);
+    cfg.otlp.protocol = protocol;
+    cfg.otlp.timeout_ms = 1_000;
+    cfg.otlp.breaker_failures = 2;
+    cfg.otlp.breaker_cooldown_ms = 1_000;
+    cfg.traces.otlp = true;
+    cfg.logs.otlp = true;
+    cfg.logs.requests = true;
+    cfg.metrics.otlp = true;
+    cfg.metrics.export_interval_ms = 500;
+    cfg.logs.filter = "info,snakepit=debug".into();
+    cfg
+}
+
+async fn setup(cfg: TelemetryConfig, pool_size: usize) -> Setup {
+    let logs = Captured::default();
+    let mut telemetry = match Telemetry::build_with_log_writer(cfg, Box::new(logs.clone())) {
+        Ok(t) => t,
+        Err(e) => panic!("telemetry: {e}"),
+    };
+    let dispatch = telemetry.subscriber().expect("a subscriber");
+    let guard = tracing::dispatcher::set_default(&dispatch);
+    let events = EventBus::default();
+    if let Err(e) = telemetry.attach(&events) {
+        panic!("attach: {e}");
+    }
+    let mut pool_cfg = PoolConfig {
+        size: pool_size,
+        ..PoolConfig::default()
+    };
+    pool_cfg.python.env.extend(telemetry.worker_env());
+    let pool = match Pool::start(pool_cfg, events.clone()).await {
+        Ok(p) => p,
+        Err(e) => panic!("pool: {e}"),
+    };
+    telemetry.watch_pools(std::slice::from_ref(&pool));
+    Setup {
+        telemetry,
+        pool,
+        logs,
+        events,
+        _dispatch: guard,
+    }
+}
+
+fn service(
+    s: &Setup,
+) -> impl tower::Service<
+    Request,
+    Response = snakepit_core::Response,
+    Error = snakepit_core::Error,
+    Future: Send,
+> + Clone
+       + Send
+       + 'static {
+    ServiceBuilder::new()
+        .layer(s.telemetry.correlation_layer())
+        .layer(s.telemetry.trace_layer())
+        .layer(s.telemetry.metrics_layer())
+        .service(s.pool.clone())
+}
+
+fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
+    &span["attributes"][key]
+}
+
+async fn one_trace_across_rust_and_python(protocol: OtlpProtocol) {
+    let rotel = Rotel::start();
+    let endpoint = match protocol {
+        OtlpProtocol::Grpc => rotel.grpc_endpoint(),
+        OtlpProtocol::HttpProtobuf => rotel.http_endpoint(),
+    };
+    let s = setup(config(endpoint, protocol), 1).await;
+    let resp = service(&s)
+        .oneshot(Request::new("ping", json!({})).correlation_id("corr-otlp-1"))
+        .await
+        .expect("ping");
+    assert_eq!(resp.value().unwrap(), json!("pong"));
+
+    let found = wait_until(Duration::from_secs(20), || {
+        rotel
+            .spans()
+            .iter()
+            .any(|sp| sp["name"] == "snakepit.worker/ping")
+            && rotel.spans().iter().any(|sp| sp["name"] == "default/ping")
+    });
+    let spans = rotel.spans();
+    assert!(found, "spans received: {spans:#?}");
+    let rust = spans
+        .iter()
+        .find(|sp| sp["name"] == "default/ping")
+        .unwrap();
+    let python = spans
+        .iter()
+        .find(|sp| sp["name"] == "snakepit.worker/ping")
+        .unwrap();
+    assert_eq!(rust["trace_id"], python["trace_id"], "one trace");
+    assert_eq!(
+        python["parent_span_id"], rust["span_id"],
+        "Python span is the Rust span's child"
+    );
+    assert_eq!(attr(rust, "correlation_id"), "corr-otlp-1");
+    assert_eq!(attr(python, "snakepit.correlation_id"), "corr-otlp-1");
+    assert_eq!(attr(rust, "rpc.system"), "snakepit");
+    assert_eq!(attr(rust, "rpc.method"), "ping");
+    assert_eq!(rust["resource"]["service.name"], "snakepit");
+    assert_eq!(python["resource"]["service.name"], "snakepit-worker");
+    // The queue wait is visible as a child span of the request.
+    let queue = spans
+        .iter()
+        .find(|sp| sp["name"] == "snakepit.queue")
+        .expect("queue span");
+    assert_eq!(queue["parent_span_id"], rust["span_id"]);
+
+    // Logs and metrics arrive too.
+    assert!(
+        wait_until(Duration::from_secs(20), || !rotel.logs().is_empty()
+            && !rotel.metrics().is_empty()),
+        "logs: {} metrics: {}",
+        rotel.logs().len(),
+        rotel.metrics().len()
+    );
+    assert!(wait_until(Duration::from_secs(10), || rotel
+        .metrics()
+        .iter()
+        .any(|m| m["name"] == "snakepit.requests")));
+    let request_log = rotel
+        .logs()
+        .into_iter()
+        .find(|l| l["attributes"]["correlation_id"] == "corr-otlp-1");
+    let request_log = request_log.expect("a log record of the request");
+    assert_eq!(request_log["trace_id"], rust["trace_id"]);
+    s.pool.shutdown(Duration::from_secs(5)).await;
+    s.telemetry.shutdown(Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn one_execute_is_one_trace_over_grpc() {
+    one_trace_across_rust_and_python(OtlpProtocol::Grpc).await;
+}
+
+#[tokio::test]
+async fn one_execute_is_one_trace_over_http() {
+    one_trace_across_rust_and_python(OtlpProtocol::HttpProtobuf).await;
+}
+
+#[tokio::test]
+async fn a_python_failure_is_an_error_span_a_log_line_and_a_metric() {
+    let rotel = Rotel::start();
+    let s = setup(config(rotel.grpc_endpoint(), OtlpProtocol::Grpc), 1).await;
+    let err = service(&s)
+        .oneshot(Request::new(
+            "fail",
+            json!({"type": "ValueError", "message": "bad input"}),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.python().unwrap().python_type, "ValueError");
+
+    assert!(wait_until(Duration::from_secs(20), || rotel
+        .spans()
+        .iter()
+        .any(|sp| sp["name"] == "default/fail")));
+    let spans = rotel.spans();
+    let span = spans
+        .iter()
+        .find(|sp| sp["name"] == "default/fail")
+        .unwrap();
+    assert_eq!(span["status_code"], "error", "{span}");
+    assert_eq!(attr(span, "error.type"), "Python");
+    let exception = span["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "exception")
+        .expect("exception event");
+    assert_eq!(exception["attributes"]["exception.type"], "ValueError");
+    assert_eq!(exception["attributes"]["exception.message"], "bad input");
+    let stack = exception["attributes"]["exception.stacktrace"]
+        .as_str()
+        .unwrap();
+    assert!(
+        stack.contains("raise exc_type(message)") && stack.contains("ValueError: bad input"),
+        "{stack}"
+    );
+
+    // A JSON log line with the same trace id and the traceback.
+    let trace_id = span["trace_id"].as_str().unwrap().to_string();
+    assert!(wait_until(Duration::from_secs(5), || s
+        .logs
+        .json_lines()
+        .iter()
+        .any(
+            |l| l["trace_id"] == trace_id.as_str() && l.get("python_traceback").is_some()
+        )));
+    let line = s
+        .logs
+        .json_lines()
+        .into_iter()
+        .find(|l| l["trace_id"] == trace_id.as_str() && l.get("python_traceback").is_some())
+        .unwrap();
+    assert_eq!(line["level"], "ERROR");
+    assert!(line["python_traceback"]
+        .as_str()
+        .unwrap()
+        .contains("ValueError: bad input"));
+    assert!(line["correlation_id"]
+        .as_str()
+        .is_some_and(|c| !c.is_empty()));
+    for key in [
+        "timestamp",
+        "level",
+        "target",
+        "message",
+        "request_id",
+        "span_id",
+    ] {
+        assert!(line.get(key).is_some(), "log line lacks {key}: {line}");
+    }
+
+    let text = s.telemetry.prometheus_text().unwrap();
+    assert!(
+        text.contains(
+            r#"snakepit_requests_total{command="fail",pool_name="default",status="error"} 1"#
+        ),
+        "{text}"
+    );
+    s.pool.shutdown(Duration::from_secs(5)).await;
+    s.telemetry.shutdown(Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_secret_appears_in_no_span_log_metric_or_event() {
+    let rotel = Rotel::start();
+    let s = setup(config(rotel.grpc_endpoint(), OtlpProtocol::Grpc), 1).await;
+    let mut sub = s.events.subscribe("all", snakepit_core::Pattern::all());
+    let session = s
+        .pool
+        .create_session(SessionOptions {
+            metadata: json!({"password": "hunter2", "user": "ann"}),
+            ..Default::default()
+        })
+        .unwrap();
+    let svc = service(&s);
+    svc.clone()
+        .oneshot(Request::new("echo", json!({"password": "hunter2", "x": 1})).session(&session.id))
+        .await
+        .unwrap();
+    svc.clone()
+        .oneshot(
+            Request::new("fail", json!({"message": "boom"})).metadata("authorization", "hunter2"),
+        )
+        .await
+        .unwrap_err();
+    tracing::info!(password = "hunter2", "a careless log line");
+    s.pool.shutdown(Duration::from_secs(5)).await;
+    let prom = s.telemetry.prometheus_text().unwrap();
+    s.telemetry.shutdown(Duration::from_secs(5));
+    assert!(wait_until(Duration::from_secs(20), || rotel.spans().len()
+        >= 2
+        && !rotel.logs().is_empty()));
+    std::thread::sleep(Duration::from_secs(1));
+
+    let mut events = String::new();
+    while let Some(ev) = sub.try_recv() {
+        events.push_str(&ev.to_json().to_string());
+    }
+    let logs = s.logs.text();
+    assert!(
+        logs.contains("[REDACTED]"),
+        "the careless line was redacted, not dropped"
+    );
+    assert!(
+        rotel.all_text().contains("[REDACTED]"),
+        "the request's arguments reached the receiver, redacted"
+    );
+    for (what, text) in [
+        ("exported telemetry", rotel.all_text()),
+        ("log lines", logs),
+        ("metrics", prom),
+        ("events", events),
+    ] {
+        assert!(!text.contains("hunter2"), "the secret leaked into {what}");
+    }
+}
+
+/// RSS of this test process, in MiB.
+fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0 / (1024.0 * 1024.0)
+}
+
+#[tokio::test]
+async fn a_down_or_black_holed_receiver_costs_no_request_and_exports_resume() {
+    let mut rotel = Rotel::start();
+    rotel.stop(); // down: nothing listens on its ports
+                  // A black hole: accepts connections, never answers.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_port = hole.local_addr().unwrap().port();
+    let _hole_thread = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in hole.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    for (label, endpoint) in [
+        ("down", rotel.grpc_endpoint()),
+        ("black-holed", format!("http://127.0.0.1:{hole_port}")),
+    ] {
+        let mut cfg = config(endpoint, OtlpProtocol::Grpc);
+        cfg.logs.requests = false;
+        let s = setup(cfg, 2).await;
+        let svc = service(&s);
+        let before = rss_mib();
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let svc = svc.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..250 {
+                    svc.clone().oneshot(Request::new("ping", json!({}))).await?;
+                }
+                Ok::<_, snakepit_core::Error>(())
+            }));
+        }
+        for t in tasks {
+            t.await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{label}: a request failed: {e}"));
+        }
+        let grown = rss_mib() - before;
+        assert!(grown < 64.0, "{label}: RSS grew {grown:.1} MiB under load");
+        let (spans_dropped, _, _) = s.telemetry.dropped();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            s.telemetry.dropped().0 > 0 || spans_dropped > 0,
+            "{label}: lost spans are counted"
+        );
+        let prom = s.telemetry.prometheus_text().unwrap();
+        assert!(prom.contains("snakepit_telemetry_dropped_total"), "{prom}");
+        s.pool.shutdown(Duration::from_secs(5)).await;
+        s.telemetry.shutdown(Duration::from_secs(3));
+    }
+
+    // The receiver comes back on its port: exports resume.
+    let s = setup(config(rotel.grpc_endpoint(), OtlpProtocol::Grpc), 1).await;
+    let svc = service(&s);
+    svc.clone()
+        .oneshot(Request::new("ping", json!({})))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rotel.restart();
+    tokio::time::sleep(Duration::from_millis(1200)).await; // past the breaker's cooldown
+    for _ in 0..5 {
+        svc.clone()
+            .oneshot(Request::new("ping", json!({})).correlation_id("after-restart"))
+            .await
+            .unwrap();
+    }
+    let resumed = wait_until(Duration::from_secs(20), || {
+        rotel
+            .spans()
+            .iter()
+            .any(|sp| sp["attributes"]["correlation_id"] == "after-restart")
+    });
+    assert!(resumed, "no span exported after the receiver came back");
+    s.pool.shutdown(Duration::from_secs(5)).await;
+    s.telemetry.shutdown(Duration::from_secs(5));
+}

@@ -1,0 +1,187 @@
+//! The Prometheus exposition: `promtool check metrics` accepts it with no lint warning,
+//! and a real Prometheus scraping a running pool sees the request counter and the
+//! duration histogram with the right labels after load.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+use snakepit_core::{EventBus, Pool, PoolConfig, Request};
+use snakepit_e2e::*;
+use snakepit_otel::{LogFormat, Telemetry, TelemetryConfig};
+use tower::{ServiceBuilder, ServiceExt};
+
+async fn pool_with_metrics() -> (std::sync::Arc<Telemetry>, Pool) {
+    let mut cfg = TelemetryConfig::default();
+    cfg.logs.format = LogFormat::Off;
+    let mut telemetry = Telemetry::build(cfg).expect("telemetry");
+    let events = EventBus::default();
+    telemetry.attach(&events).expect("attach");
+    let pool = Pool::start(PoolConfig::default(), events.clone())
+        .await
+        .expect("pool");
+    telemetry.watch_pools(std::slice::from_ref(&pool));
+    (std::sync::Arc::new(telemetry), pool)
+}
+
+async fn load(telemetry: &Telemetry, pool: &Pool) {
+    let svc = ServiceBuilder::new()
+        .layer(telemetry.correlation_layer())
+        .layer(telemetry.trace_layer())
+        .layer(telemetry.metrics_layer())
+        .service(pool.clone());
+    for i in 0..50 {
+        let cmd = if i % 10 == 0 { "fail" } else { "ping" };
+        let _ = svc.clone().oneshot(Request::new(cmd, json!({}))).await;
+    }
+    let _ = svc
+        .clone()
+        .oneshot(Request::new("sleep", json!({"ms": 20})))
+        .await;
+}
+
+fn promtool_check(text: &str) -> (i32, String) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (apt package prometheus; scripts/test installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_the_exposition_without_warnings() {
+    let (telemetry, pool) = pool_with_metrics().await;
+    load(&telemetry, &pool).await;
+    let text = telemetry.prometheus_text().expect("prometheus text");
+    for name in [
+        "snakepit_requests_total",
+        "snakepit_request_duration_seconds_bucket",
+        "snakepit_request_queue_time_seconds_bucket",
+        "snakepit_workers_started_total",
+        "snakepit_worker_startup_duration_seconds_bucket",
+        "snakepit_pool_available_workers",
+        "snakepit_pool_busy_workers",
+        "snakepit_pool_queue_size",
+        "snakepit_sessions_active",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+    for le in [
+        "0.001", "0.005", "0.01", "0.05", "0.1", "0.5", "1", "5", "10", "+Inf",
+    ] {
+        assert!(
+            text.contains(&format!("snakepit_request_duration_seconds_bucket{{command=\"ping\",pool_name=\"default\",le=\"{le}\"}}")),
+            "bucket {le} missing"
+        );
+    }
+    for le in ["0.1", "0.5", "1", "2", "5", "10", "30"] {
+        assert!(
+            text.contains(&format!("le=\"{le}\"")),
+            "startup bucket {le}"
+        );
+    }
+    let (code, out) = promtool_check(&text);
+    assert_eq!(
+        code, 0,
+        "promtool check metrics failed ({code}):\n{out}\n---\n{text}"
+    );
+    pool.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_a_running_pool() {
+    let (telemetry, pool) = pool_with_metrics().await;
+    let t = telemetry.clone();
+    let (port, server) = serve_text(move || t.prometheus_text().unwrap_or_default()).await;
+    let dir = TempDir::new("prometheus");
+    let prom_port = free_port();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: snakepit\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus (apt package prometheus; scripts/test installs it)");
+    let _prometheus = Proc {
+        child,
+        name: "prometheus",
+    };
+    assert!(wait_until(Duration::from_secs(20), || port_open(prom_port)));
+    load(&telemetry, &pool).await;
+
+    let query = |q: &str| -> Value {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "--get",
+                &format!("http://127.0.0.1:{prom_port}/api/v1/query"),
+                "--data-urlencode",
+            ])
+            .arg(format!("query={q}"))
+            .output()
+            .expect("curl");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let ok = wait_until(Duration::from_secs(30), || {
+        let r = query(
+            r#"snakepit_requests_total{pool_name="default",command="ping",status="success"}"#,
+        );
+        r["data"]["result"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    });
+    assert!(ok, "Prometheus never saw snakepit_requests_total");
+    let r = query(r#"snakepit_requests_total{command="ping",status="success"}"#);
+    let value: f64 = r["data"]["result"][0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(value, 45.0);
+    let r = query(r#"snakepit_requests_total{command="fail",status="error"}"#);
+    assert_eq!(r["data"]["result"][0]["value"][1], "5");
+    let r = query(r#"sum by (le) (snakepit_request_duration_seconds_bucket{pool_name="default"})"#);
+    assert_eq!(
+        r["data"]["result"].as_array().map(|a| a.len()),
+        Some(10),
+        "{r}"
+    );
+    let r = query(
+        r#"histogram_quantile(0.5, sum by (le) (rate(snakepit_request_duration_seconds_bucket[1m])))"#,
+    );
+    assert_eq!(r["status"], "success", "{r}");
+    server.abort();
+    pool.shutdown(Duration::from_secs(5)).await;
+}
