@@ -94,11 +94,19 @@ async fn one_trace_across_rust_and_python(protocol: OtlpProtocol) {
         OtlpProtocol::HttpProtobuf => rotel.http_endpoint(),
     };
     let s = setup(config(endpoint, protocol), 1).await;
+    // Keep the only worker busy so the ping queues (a wait ≥ 1 ms gets a queue span).
+    let busy = tokio::spawn(
+        s.pool
+            .clone()
+            .oneshot(Request::new("sleep", json!({"ms": 50}))),
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
     let resp = service(&s)
         .oneshot(Request::new("ping", json!({})).correlation_id("corr-otlp-1"))
         .await
         .expect("ping");
     assert_eq!(resp.value().unwrap(), json!("pong"));
+    busy.await.unwrap().unwrap();
 
     let found = wait_until(Duration::from_secs(20), || {
         rotel

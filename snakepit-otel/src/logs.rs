@@ -230,6 +230,9 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        if self.writer.is_none() && self.otlp.is_none() {
+            return; // logs off entirely: nothing to format
+        }
         let meta = event.metadata();
         let mut fields = Fields {
             map: Map::new(),

@@ -12,7 +12,6 @@
 //! EventBus ─► lifecycle metrics, StatsD sink (consumer threads)
 //! ```
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,16 +30,16 @@ use snakepit_core::{EventBus, Pool, Sanitizer};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogFormat, OtlpConfig, OtlpProtocol, TelemetryConfig};
+use crate::config::{LogFormat, OtlpProtocol, TelemetryConfig};
 use crate::correlation::CorrelationLayer;
 use crate::export::{
-    Batcher, ExportSettings, OtelLogs, OtelSpans, QueueLogProcessor, QueueSpanProcessor,
-    SignalCounters,
+    Batcher, OtelLogs, OtelSpans, QueueLogProcessor, QueueSpanProcessor, SignalCounters,
 };
 use crate::export_metrics::MetricPusher;
 use crate::lifecycle;
 use crate::logs::{LineWriter, LogLayer};
 use crate::metrics::{MetricsLayer, RequestInstruments};
+use crate::otlp::{export_settings, otlp_exporter};
 use crate::statsd::StatsdSink;
 use crate::trace::TraceLayer;
 
@@ -96,72 +95,6 @@ impl std::fmt::Debug for Telemetry {
             .field("logs_otlp", &self.logger_provider.is_some())
             .finish()
     }
-}
-
-fn export_settings(otlp: &OtlpConfig) -> ExportSettings {
-    ExportSettings {
-        max_queue: otlp.max_queue_size,
-        max_batch: 512,
-        delay: Duration::from_millis(1_000),
-        timeout: Duration::from_millis(otlp.timeout_ms) + Duration::from_millis(500),
-        breaker_failures: otlp.breaker_failures.max(1),
-        breaker_cooldown: Duration::from_millis(otlp.breaker_cooldown_ms),
-    }
-}
-
-/// The signal URL for OTLP/HTTP: `{endpoint}/v1/{signal}` unless a path is given.
-fn http_url(endpoint: &str, signal: &str) -> String {
-    let trimmed = endpoint.trim_end_matches('/');
-    let has_path = trimmed
-        .split_once("://")
-        .map(|(_, rest)| rest.contains('/'))
-        .unwrap_or(false);
-    if has_path {
-        trimmed.to_string()
-    } else {
-        format!("{trimmed}/v1/{signal}")
-    }
-}
-
-fn tonic_metadata(
-    headers: &std::collections::BTreeMap<String, String>,
-) -> tonic::metadata::MetadataMap {
-    let mut md = tonic::metadata::MetadataMap::new();
-    for (k, v) in headers {
-        if let (Ok(key), Ok(value)) = (
-            tonic::metadata::MetadataKey::from_bytes(k.as_bytes()),
-            v.parse(),
-        ) {
-            md.insert(key, value);
-        }
-    }
-    md
-}
-
-macro_rules! otlp_exporter {
-    ($builder:expr, $otlp:expr, $signal:literal) => {{
-        let otlp: &OtlpConfig = $otlp;
-        let timeout = Duration::from_millis(otlp.timeout_ms);
-        match otlp.protocol {
-            OtlpProtocol::Grpc => $builder
-                .with_tonic()
-                .with_endpoint(otlp.endpoint_or_default())
-                .with_timeout(timeout)
-                .with_metadata(tonic_metadata(&otlp.headers))
-                .build(),
-            OtlpProtocol::HttpProtobuf => $builder
-                .with_http()
-                .with_endpoint(http_url(&otlp.endpoint_or_default(), $signal))
-                .with_timeout(timeout)
-                .with_headers(
-                    otlp.headers
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect::<HashMap<_, _>>(),
-                )
-                .build(),
-        }
-    }};
 }
 
 impl Telemetry {
@@ -346,6 +279,9 @@ impl Telemetry {
             .with_location(false)
             .with_threads(false)
             .with_tracked_inactivity(false)
+            // Our layers pass parents explicitly; activating the OTel context on every
+            // poll of every instrumented future is cost without use.
+            .with_context_activation(false)
             .with_error_events_to_status(false)
             .with_error_events_to_exceptions(false)
             .with_error_fields_to_exceptions(false);
@@ -540,3 +476,7 @@ impl Telemetry {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "telemetry_tests.rs"]
+mod tests;

@@ -3,7 +3,9 @@
 //! The span (`{pool}/{command}`, kind client, `rpc.system = "snakepit"`) carries the
 //! request and correlation ids; its W3C context is injected into the request metadata
 //! so the Python worker's spans join the trace. On success it records the worker and the
-//! queue wait (also as a `snakepit.queue` child span with the real start and end times);
+//! queue wait (a wait of 1 ms or more also becomes a `snakepit.queue` child span with its
+//! real start and end times: real queueing is visible on the timeline, while the
+//! microsecond hand-off of an idle pool does not double the span volume);
 //! on failure it sets status Error and `error.type`, and a Python exception becomes an
 //! `exception` event with type, message and stacktrace, plus one log line with the
 //! traceback.
@@ -22,8 +24,12 @@ use opentelemetry_sdk::trace::SdkTracer;
 use snakepit_core::{Error, Request, Response, ResponseStream, Sanitizer, Served};
 use tower::{Layer, Service};
 use tracing::field::Empty;
+
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Queue waits at least this long get their own child span.
+pub const QUEUE_SPAN_MIN: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// What a layer can learn from a successful response.
 pub trait Outcome {
@@ -139,26 +145,32 @@ where
             .pool
             .clone()
             .unwrap_or_else(|| shared.default_pool.clone());
+        // Only what log lines inherit (the ids) and what failures record are span
+        // fields; the rest is set as OTel attributes, and only on sampled spans.
         let span = tracing::info_span!(
             target: "snakepit::request",
             "snakepit.request",
             otel.name = %format_args!("{pool}/{}", req.command),
             otel.kind = "client",
-            rpc.system = "snakepit",
-            rpc.service = %pool,
-            rpc.method = %req.command,
             request_id = %request_id,
             correlation_id = req.correlation_id.as_deref().unwrap_or(""),
-            session_id = req.session_id.as_deref().unwrap_or(""),
-            snakepit.worker_id = Empty,
-            snakepit.queue_time_ms = Empty,
             otel.status_code = Empty,
             error.type = Empty,
         );
         let cx = span.context();
-        if cx.span().span_context().is_valid() {
+        let span_context = cx.span().span_context().clone();
+        if span_context.is_valid() {
             TraceContextPropagator::new()
                 .inject_context(&cx, &mut MetadataInjector(&mut req.metadata));
+        }
+        let sampled = span_context.is_sampled();
+        if sampled {
+            span.set_attribute("rpc.system", "snakepit");
+            span.set_attribute("rpc.service", pool);
+            span.set_attribute("rpc.method", req.command.clone());
+            if let Some(session) = &req.session_id {
+                span.set_attribute("snakepit.session_id", session.clone());
+            }
         }
         if shared.log_requests {
             let mut args = req
@@ -175,7 +187,7 @@ where
         Box::pin(async move {
             let result = fut.await;
             match &result {
-                Ok(resp) => on_success(&shared, &span, started, resp.served()),
+                Ok(resp) => on_success(&shared, &span, sampled, started, resp.served()),
                 Err(err) => on_error(&shared, &span, err),
             }
             result
@@ -186,18 +198,23 @@ where
 fn on_success(
     shared: &TraceShared,
     span: &tracing::Span,
+    sampled: bool,
     started: SystemTime,
     served: Option<&Served>,
 ) {
     let Some(served) = served else { return };
-    span.record("snakepit.worker_id", served.worker_id.as_str());
-    span.record(
-        "snakepit.queue_time_ms",
-        served.queue_time.as_secs_f64() * 1000.0,
-    );
-    if let Some(tracer) = &shared.tracer {
-        let parent = span.context();
-        if parent.span().span_context().is_sampled() {
+    if sampled {
+        span.set_attribute("snakepit.worker_id", served.worker_id.clone());
+        span.set_attribute(
+            "snakepit.queue_time_ms",
+            served.queue_time.as_secs_f64() * 1000.0,
+        );
+        if let Some(tracer) = shared
+            .tracer
+            .as_ref()
+            .filter(|_| served.queue_time >= QUEUE_SPAN_MIN)
+        {
+            let parent = span.context();
             let end = started + served.queue_time;
             let mut queue = tracer
                 .span_builder("snakepit.queue")

@@ -1,0 +1,336 @@
+//! Observability overhead, side by side in one run: the same load through the pool with
+//! everything off (bare `Pool` service, no subscriber) and with everything on
+//! (correlation + trace + metrics layers, 100% sampled spans exported over OTLP/gRPC to
+//! a live rotel receiver, Prometheus + OTLP metrics, JSON logs at info; request
+//! logging with `BENCH_REQUEST_LOGS=1`). Then the cost of rendering `/metrics` with 1,000 series, and the RSS that
+//! observability adds.
+//!
+//!     cargo bench -p snakepit-otel --bench observability            # ~1 min
+//!     cargo bench -p snakepit-otel --bench observability -- --quick # smoke run
+//!
+//! Runs on a current-thread runtime so the "on" phases can install the telemetry
+//! subscriber for just their duration (`tracing::dispatcher::set_default`).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use opentelemetry::metrics::MeterProvider as _;
+use serde_json::json;
+use snakepit_core::{EventBus, Pool, PoolConfig, Request};
+use snakepit_otel::{LogFormat, Telemetry, TelemetryConfig};
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+struct Sample {
+    micros: Vec<u32>,
+    elapsed: Duration,
+    cpu: Duration,
+}
+
+/// CPU time of this process (user + system): where observability's own cost shows.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+impl Sample {
+    fn pct(&mut self, p: f64) -> f64 {
+        self.micros.sort_unstable();
+        let i = ((self.micros.len().max(1) - 1) as f64 * p).round() as usize;
+        self.micros.get(i).copied().unwrap_or(0) as f64
+    }
+    fn rps(&self) -> f64 {
+        self.micros.len() as f64 / self.elapsed.as_secs_f64()
+    }
+    fn cpu_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.micros.len().max(1) as f64
+    }
+}
+
+async fn drive<S>(
+    svc: S,
+    command: &str,
+    args: serde_json::Value,
+    in_flight: usize,
+    d: Duration,
+) -> Sample
+where
+    S: Service<Request, Response = snakepit_core::Response, Error = snakepit_core::Error>
+        + Clone
+        + 'static,
+    S::Future: 'static,
+{
+    let cpu = process_cpu();
+    let start = Instant::now();
+    let deadline = start + d;
+    let mut tasks = Vec::new();
+    let local = tokio::task::LocalSet::new();
+    for _ in 0..in_flight {
+        let svc = svc.clone();
+        let (command, args) = (command.to_string(), args.clone());
+        tasks.push(local.spawn_local(async move {
+            let mut micros = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                if svc
+                    .clone()
+                    .oneshot(Request::new(command.clone(), args.clone()))
+                    .await
+                    .is_ok()
+                {
+                    micros.push(t.elapsed().as_micros() as u32);
+                }
+            }
+            micros
+        }));
+    }
+    let micros = local
+        .run_until(async {
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap_or_default());
+            }
+            all
+        })
+        .await;
+    Sample {
+        micros,
+        elapsed: start.elapsed(),
+        cpu: process_cpu().saturating_sub(cpu),
+    }
+}
+
+fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0 / (1024.0 * 1024.0)
+}
+
+/// rotel from the workers' venv (scripts/test installs it), on a free port.
+fn start_rotel(python: &PathBuf) -> Result<(Child, u16), BoxError> {
+    let dir = Command::new(python)
+        .args([
+            "-c",
+            "import os, rotel; print(os.path.dirname(rotel.__file__))",
+        ])
+        .output()?;
+    if !dir.status.success() {
+        return Err("rotel is not installed in the workers' venv: run scripts/test once".into());
+    }
+    let agent = PathBuf::from(String::from_utf8_lossy(&dir.stdout).trim()).join("rotel-agent");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let http = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let tmp = std::env::temp_dir().join(format!("snakepit-bench-rotel-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let child = Command::new(agent)
+        .arg("start")
+        .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{port}")])
+        .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+        .args(["--exporter", "blackhole"])
+        .arg("--pid-file")
+        .arg(tmp.join("pid"))
+        .arg("--log-file")
+        .arg(tmp.join("log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err("rotel did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((child, port))
+}
+
+fn main() -> Result<(), BoxError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run())
+}
+
+async fn run() -> Result<(), BoxError> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (rounds, slice) = if quick {
+        (1, Duration::from_millis(300))
+    } else {
+        (4, Duration::from_millis(1500))
+    };
+    let python = snakepit_core::python_env::resolve_interpreter(&Default::default())?;
+    let (mut rotel, port) = start_rotel(&python)?;
+
+    let pool = Pool::start(
+        PoolConfig {
+            size: 2,
+            ..PoolConfig::default()
+        },
+        EventBus::default(),
+    )
+    .await?;
+    // Warm up, then the baseline RSS with observability off.
+    drive(
+        pool.clone(),
+        "ping",
+        json!({}),
+        2,
+        Duration::from_millis(500),
+    )
+    .await;
+    let rss_off = rss_mib();
+
+    let mut cfg = TelemetryConfig::default();
+    cfg.otlp.endpoint = Some(format!("http://127.0.0.1:{port}"));
+    cfg.traces.otlp = true;
+    // BENCH_SAMPLING=0.01 shows what a production sampling ratio costs instead.
+    cfg.traces.sampling_ratio = std::env::var("BENCH_SAMPLING")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    cfg.metrics.otlp = true;
+    cfg.metrics.prometheus = true;
+    cfg.logs.format = LogFormat::Json;
+    cfg.logs.filter = "info".into();
+    // Per-request log lines are optional (off by default); BENCH_REQUEST_LOGS=1 adds them.
+    cfg.logs.requests = std::env::var_os("BENCH_REQUEST_LOGS").is_some();
+    // Knobs to take the "on" side apart when investigating a regression.
+    if std::env::var_os("BENCH_NO_SPAN_EXPORT").is_some() {
+        cfg.traces.otlp = false;
+    }
+    if std::env::var_os("BENCH_NO_LOGS").is_some() {
+        cfg.logs.format = LogFormat::Off;
+    }
+    let sink: Box<dyn std::io::Write + Send> =
+        Box::new(std::fs::OpenOptions::new().write(true).open("/dev/null")?);
+    let mut telemetry = Telemetry::build_with_log_writer(cfg, sink)?;
+    telemetry.watch_pools(std::slice::from_ref(&pool));
+    let dispatch = telemetry.subscriber().ok_or("no subscriber")?;
+    let on = ServiceBuilder::new()
+        .layer(telemetry.correlation_layer())
+        .layer(telemetry.trace_layer())
+        .layer(telemetry.metrics_layer())
+        .service(pool.clone());
+
+    println!(
+        "observability off vs fully on (spans {}% sampled to OTLP, metrics, JSON logs at info{}), {rounds} x {} ms per side",
+        telemetry.config().traces.sampling_ratio * 100.0,
+        if std::env::var_os("BENCH_REQUEST_LOGS").is_some() { " + request logging" } else { "" },
+        slice.as_millis()
+    );
+    println!(
+        "{:<10} {:>9} | {:>9} {:>9} {:>7} | {:>8} {:>8} {:>7} | {:>17}",
+        "workload",
+        "in flight",
+        "off p50",
+        "on p50",
+        "ratio",
+        "off/s",
+        "on/s",
+        "ratio",
+        "rust cpu/req off/on"
+    );
+    for (label, command, args) in [
+        ("ping", "ping", json!({})),
+        ("sleep 1ms", "sleep", json!({"ms": 1})),
+    ] {
+        for in_flight in [1usize, 8] {
+            let mut a = Sample {
+                micros: Vec::new(),
+                elapsed: Duration::ZERO,
+                cpu: Duration::ZERO,
+            };
+            let mut b = Sample {
+                micros: Vec::new(),
+                elapsed: Duration::ZERO,
+                cpu: Duration::ZERO,
+            };
+            for _ in 0..rounds {
+                let s = drive(pool.clone(), command, args.clone(), in_flight, slice).await;
+                a.micros.extend(s.micros);
+                a.elapsed += s.elapsed;
+                a.cpu += s.cpu;
+                let guard = (std::env::var_os("BENCH_NO_SUBSCRIBER").is_none())
+                    .then(|| tracing::dispatcher::set_default(&dispatch));
+                let s = drive(on.clone(), command, args.clone(), in_flight, slice).await;
+                drop(guard);
+                b.micros.extend(s.micros);
+                b.elapsed += s.elapsed;
+                b.cpu += s.cpu;
+            }
+            let (a50, b50) = (a.pct(0.5), b.pct(0.5));
+            println!(
+                "{label:<10} {in_flight:>9} | {a50:>7.0}µs {b50:>7.0}µs {:>7.3} | {:>8.0} {:>8.0} {:>7.3} | {:>7.0}µs {:>6.0}µs",
+                b50 / a50,
+                a.rps(),
+                b.rps(),
+                b.rps() / a.rps(),
+                a.cpu_us(),
+                b.cpu_us()
+            );
+        }
+    }
+    let rss_on = rss_mib();
+    println!("latency ratio on/off (target < 1.01); throughput ratio on/off (target > 0.99)");
+    let (spans_dropped, logs_dropped, lines_dropped) = telemetry.dropped();
+    println!(
+        "exported spans: {}, dropped spans/log records/log lines: {spans_dropped}/{logs_dropped}/{lines_dropped}",
+        telemetry.span_counters().exported.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    println!(
+        "RSS: off {rss_off:.1} MiB, on {rss_on:.1} MiB, observability adds {:.1} MiB (target ≤ 10)",
+        rss_on - rss_off
+    );
+
+    // /metrics with 1,000 series: a provider with one counter of 1,000 label sets, plus ours.
+    let registry = prometheus::Registry::new();
+    let exporter = opentelemetry_prometheus::exporter()
+        .with_registry(registry.clone())
+        .build()?;
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(exporter)
+        .build();
+    let counter = provider.meter("bench").u64_counter("bench.series").build();
+    for i in 0..1_000 {
+        counter.add(1, &[opentelemetry::KeyValue::new("series", i.to_string())]);
+    }
+    let mut times = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..if quick { 5 } else { 50 } {
+        let t = Instant::now();
+        let mut out = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &registry.gather(),
+            &mut out,
+        )?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        bytes = out.len();
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "/metrics render, 1,000 series ({} KiB): median {:.2} ms, max {:.2} ms (target ≤ 5 ms)",
+        bytes / 1024,
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+
+    pool.shutdown(Duration::from_secs(5)).await;
+    telemetry.shutdown(Duration::from_secs(5));
+    let _ = rotel.kill();
+    let _ = rotel.wait();
+    Ok(())
+}

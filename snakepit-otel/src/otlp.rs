@@ -1,0 +1,77 @@
+//! OTLP exporter construction shared by the three signals: endpoint per protocol,
+//! headers, timeouts, and the batching/breaker settings of the export threads.
+
+use std::time::Duration;
+
+use crate::config::OtlpConfig;
+use crate::export::ExportSettings;
+
+pub(crate) fn export_settings(otlp: &OtlpConfig) -> ExportSettings {
+    ExportSettings {
+        max_queue: otlp.max_queue_size,
+        max_batch: 512,
+        delay: Duration::from_millis(1_000),
+        timeout: Duration::from_millis(otlp.timeout_ms) + Duration::from_millis(500),
+        breaker_failures: otlp.breaker_failures.max(1),
+        breaker_cooldown: Duration::from_millis(otlp.breaker_cooldown_ms),
+    }
+}
+
+/// The signal URL for OTLP/HTTP: `{endpoint}/v1/{signal}` unless a path is given.
+pub(crate) fn http_url(endpoint: &str, signal: &str) -> String {
+    let trimmed = endpoint.trim_end_matches('/');
+    let has_path = trimmed
+        .split_once("://")
+        .map(|(_, rest)| rest.contains('/'))
+        .unwrap_or(false);
+    if has_path {
+        trimmed.to_string()
+    } else {
+        format!("{trimmed}/v1/{signal}")
+    }
+}
+
+pub(crate) fn tonic_metadata(
+    headers: &std::collections::BTreeMap<String, String>,
+) -> tonic::metadata::MetadataMap {
+    let mut md = tonic::metadata::MetadataMap::new();
+    for (k, v) in headers {
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(k.as_bytes()),
+            v.parse(),
+        ) {
+            md.insert(key, value);
+        }
+    }
+    md
+}
+
+/// Build the OTLP exporter of one signal for the configured protocol (the builders of
+/// the three signals share no trait, hence a macro).
+macro_rules! otlp_exporter {
+    ($builder:expr, $otlp:expr, $signal:literal) => {{
+        let otlp: &$crate::config::OtlpConfig = $otlp;
+        let timeout = ::std::time::Duration::from_millis(otlp.timeout_ms);
+        match otlp.protocol {
+            $crate::config::OtlpProtocol::Grpc => $builder
+                .with_tonic()
+                .with_endpoint(otlp.endpoint_or_default())
+                .with_timeout(timeout)
+                .with_metadata($crate::otlp::tonic_metadata(&otlp.headers))
+                .build(),
+            $crate::config::OtlpProtocol::HttpProtobuf => $builder
+                .with_http()
+                .with_endpoint($crate::otlp::http_url(&otlp.endpoint_or_default(), $signal))
+                .with_timeout(timeout)
+                .with_headers(
+                    otlp.headers
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect::<::std::collections::HashMap<_, _>>(),
+                )
+                .build(),
+        }
+    }};
+}
+
+pub(crate) use otlp_exporter;

@@ -1,0 +1,84 @@
+//! Unit tests of `Telemetry` (the real receivers are exercised in tests/).
+use super::*;
+use snakepit_core::{Request, Response, Served};
+use tower::{ServiceBuilder, ServiceExt};
+
+/// Stands in for the pool (the layers' effect on the request is what is checked;
+/// the real pool runs in tests/).
+fn capture() -> (
+    Arc<std::sync::Mutex<Option<Request>>>,
+    impl tower::Service<Request, Response = Response, Error = snakepit_core::Error, Future: Send>
+        + Clone,
+) {
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let s = seen.clone();
+    let svc = tower::service_fn(move |req: Request| {
+        *s.lock().unwrap() = Some(req);
+        async {
+            Ok(Response {
+                result: bytes::Bytes::from_static(b"1"),
+                served: Served {
+                    request_id: "r".into(),
+                    worker_id: "w".into(),
+                    queue_time: Duration::ZERO,
+                    duration: Duration::ZERO,
+                },
+            })
+        }
+    });
+    (seen, svc)
+}
+
+#[tokio::test]
+async fn disabled_installs_nothing_and_layers_pass_through() {
+    let mut t = Telemetry::build(TelemetryConfig {
+        enabled: false,
+        ..TelemetryConfig::default()
+    })
+    .unwrap();
+    assert!(t.subscriber().is_none());
+    assert!(t.prometheus_text().is_none());
+    let (seen, inner) = capture();
+    let svc = ServiceBuilder::new()
+        .layer(t.trace_layer())
+        .layer(t.metrics_layer())
+        .service(inner);
+    svc.oneshot(Request::new("ping", serde_json::json!({})))
+        .await
+        .unwrap();
+    let req = seen.lock().unwrap().take().unwrap();
+    assert!(req.metadata.is_empty(), "no traceparent injected");
+    assert!(req.request_id.is_none(), "nothing added to the request");
+    t.shutdown(Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn enabled_layers_inject_traceparent_and_count() {
+    let mut cfg = TelemetryConfig::default();
+    cfg.logs.format = LogFormat::Off;
+    let mut t = Telemetry::build(cfg).unwrap();
+    let dispatch = t.subscriber().unwrap();
+    let _guard = tracing::dispatcher::set_default(&dispatch);
+    let (seen, inner) = capture();
+    let svc = ServiceBuilder::new()
+        .layer(t.correlation_layer())
+        .layer(t.trace_layer())
+        .layer(t.metrics_layer())
+        .service(inner);
+    svc.oneshot(Request::new("ping", serde_json::json!({})))
+        .await
+        .unwrap();
+    let req = seen.lock().unwrap().take().unwrap();
+    let traceparent = req.metadata.iter().find(|(k, _)| k == "traceparent");
+    let (_, tp) = traceparent.expect("traceparent injected");
+    assert!(tp.starts_with("00-") && tp.ends_with("-01"), "{tp}");
+    assert!(req.correlation_id.is_some() && req.request_id.is_some());
+    let text = t.prometheus_text().unwrap();
+    assert!(
+        text.contains(
+            r#"snakepit_requests_total{command="ping",pool_name="default",status="success"} 1"#
+        ),
+        "{text}"
+    );
+    t.shutdown(Duration::from_secs(1));
+}
