@@ -185,3 +185,106 @@ async fn a_real_prometheus_scrapes_a_running_pool() {
     server.abort();
     pool.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn exemplars_link_latency_buckets_to_traces_in_a_real_prometheus() {
+    let mut cfg = TelemetryConfig::default();
+    cfg.logs.format = LogFormat::Off;
+    let mut telemetry = Telemetry::build(cfg).expect("telemetry");
+    let dispatch = telemetry.subscriber().expect("subscriber");
+    let _guard = tracing::dispatcher::set_default(&dispatch);
+    let pool = Pool::start(PoolConfig::default(), EventBus::default())
+        .await
+        .expect("pool");
+    let telemetry = std::sync::Arc::new(telemetry);
+    let t = telemetry.clone();
+    let (port, server) = serve_negotiated(move |accept| {
+        if accept.contains("application/openmetrics-text") {
+            (
+                snakepit_otel::openmetrics::CONTENT_TYPE.into(),
+                t.openmetrics_text().unwrap_or_default(),
+            )
+        } else {
+            (
+                "text/plain; version=0.0.4".into(),
+                t.prometheus_text().unwrap_or_default(),
+            )
+        }
+    })
+    .await;
+    load(&telemetry, &pool).await;
+    let om = telemetry.openmetrics_text().unwrap();
+    assert!(om.ends_with("# EOF\n"));
+    assert!(om.contains("# TYPE snakepit_requests counter"), "{om}");
+    let exemplar_line = om
+        .lines()
+        .find(|l| {
+            l.starts_with("snakepit_request_duration_seconds_bucket")
+                && l.contains("# {trace_id=\"")
+        })
+        .expect("a bucket line with an exemplar");
+    let trace_id = exemplar_line.split("trace_id=\"").nth(1).unwrap()[..32].to_string();
+
+    let dir = TempDir::new("prometheus-exemplars");
+    let prom_port = free_port();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: snakepit\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"),
+    )
+    .unwrap();
+    let child = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .arg("--enable-feature=exemplar-storage")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus");
+    let _prometheus = Proc {
+        child,
+        name: "prometheus",
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let exemplars = || -> Value {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "--get",
+                &format!("http://127.0.0.1:{prom_port}/api/v1/query_exemplars"),
+            ])
+            .args([
+                "--data-urlencode",
+                "query=snakepit_request_duration_seconds_bucket",
+            ])
+            .args(["--data-urlencode", &format!("start={}", now - 600)])
+            .args(["--data-urlencode", &format!("end={}", now + 600)])
+            .output()
+            .expect("curl");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let found = wait_until_async(Duration::from_secs(30), || {
+        exemplars()["data"].as_array().is_some_and(|series| {
+            series
+                .iter()
+                .any(|s| s["exemplars"].to_string().contains(&trace_id))
+        })
+    })
+    .await;
+    assert!(
+        found,
+        "Prometheus has no exemplar with trace {trace_id}: {}",
+        exemplars()
+    );
+    server.abort();
+    pool.shutdown(Duration::from_secs(5)).await;
+}

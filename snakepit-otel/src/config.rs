@@ -88,6 +88,9 @@ pub struct MetricsConfig {
     pub export_interval_ms: u64,
     /// Distinct `command` label values kept per pool; further ones become `__other__`.
     pub max_command_labels: usize,
+    /// Keep trace ids of recent requests as exemplars on the duration histogram
+    /// (OpenMetrics exposition only).
+    pub exemplars: bool,
 }
 
 impl Default for MetricsConfig {
@@ -97,6 +100,7 @@ impl Default for MetricsConfig {
             otlp: false,
             export_interval_ms: 10_000,
             max_command_labels: 100,
+            exemplars: true,
         }
     }
 }

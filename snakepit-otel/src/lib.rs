@@ -47,6 +47,7 @@ pub mod export_metrics;
 pub mod lifecycle;
 pub mod logs;
 pub mod metrics;
+pub mod openmetrics;
 mod otlp;
 pub mod statsd;
 pub mod telemetry;

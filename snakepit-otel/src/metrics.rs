@@ -19,6 +19,10 @@ use opentelemetry::{KeyValue, StringValue};
 use snakepit_core::{Error, Request};
 use tower::{Layer, Service};
 
+use opentelemetry::trace::TraceContextExt;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::openmetrics::{Exemplar, ExemplarStore};
 use crate::trace::Outcome;
 
 /// The seed's request-duration buckets, in seconds.
@@ -76,6 +80,8 @@ pub struct RequestInstruments {
     duration: Histogram<f64>,
     queue_time: Histogram<f64>,
     commands: LabelCap,
+    /// Trace ids of recent requests per duration bucket, for OpenMetrics exemplars.
+    pub(crate) exemplars: Option<ExemplarStore>,
 }
 
 impl RequestInstruments {
@@ -98,6 +104,37 @@ impl RequestInstruments {
                 .with_boundaries(REQUEST_BUCKETS.to_vec())
                 .build(),
             commands: LabelCap::new(max_command_labels),
+            exemplars: None,
+        }
+    }
+
+    /// Keep exemplars (trace ids of sampled requests) for the duration histogram.
+    pub fn with_exemplars(mut self) -> Self {
+        self.exemplars = Some(ExemplarStore::default());
+        self
+    }
+
+    /// Remember the current (request) span as the exemplar of `elapsed`'s bucket, if it
+    /// is sampled and that bucket has no fresh exemplar.
+    fn capture_exemplar(&self, pool: &StringValue, command: &StringValue, elapsed: f64) {
+        let Some(store) = &self.exemplars else { return };
+        if !store.wants(pool.as_str(), command.as_str(), elapsed) {
+            return;
+        }
+        let cx = tracing::Span::current().context();
+        let span = cx.span();
+        let sc = span.span_context();
+        if sc.is_valid() && sc.is_sampled() {
+            store.record(
+                pool.as_str(),
+                command.as_str(),
+                Exemplar {
+                    trace_id: sc.trace_id().to_string(),
+                    span_id: sc.span_id().to_string(),
+                    value: elapsed,
+                    at: std::time::SystemTime::now(),
+                },
+            );
         }
     }
 }
@@ -180,6 +217,7 @@ where
             let result = fut.await;
             let elapsed = started.elapsed().as_secs_f64();
             let status = if result.is_ok() { "success" } else { "error" };
+            instruments.capture_exemplar(&pool, &command, elapsed);
             let pool_kv = KeyValue::new("pool_name", pool);
             let command_kv = KeyValue::new("command", command);
             instruments.requests.add(

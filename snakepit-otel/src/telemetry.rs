@@ -208,10 +208,11 @@ impl Telemetry {
             }
             let provider = meter_builder.build();
             let meter = provider.meter("snakepit");
-            t.instruments = Some(Arc::new(RequestInstruments::new(
-                &meter,
-                t.cfg.metrics.max_command_labels,
-            )));
+            let mut instruments = RequestInstruments::new(&meter, t.cfg.metrics.max_command_labels);
+            if t.cfg.metrics.exemplars && t.cfg.metrics.prometheus {
+                instruments = instruments.with_exemplars();
+            }
+            t.instruments = Some(Arc::new(instruments));
             t.register_self_metrics(&meter);
             t.meter = Some(meter);
             t.meter_provider = Some(provider);
@@ -362,6 +363,19 @@ impl Telemetry {
             .encode(&registry.gather(), &mut out)
             .ok()?;
         String::from_utf8(out).ok()
+    }
+
+    /// The OpenMetrics exposition (with exemplars on the duration histogram), for
+    /// scrapers that ask for `application/openmetrics-text`.
+    pub fn openmetrics_text(&self) -> Option<String> {
+        let registry = self.registry.as_ref()?;
+        let empty = crate::openmetrics::ExemplarStore::default();
+        let store = self
+            .instruments
+            .as_ref()
+            .and_then(|i| i.exemplars.as_ref())
+            .unwrap_or(&empty);
+        Some(crate::openmetrics::render(&registry.gather(), store))
     }
 
     /// Environment for Python workers so their spans reach the same collector and join

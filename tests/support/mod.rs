@@ -270,10 +270,30 @@ impl Captured {
     }
 }
 
-/// A minimal HTTP/1.1 server answering every request with `body()`: the scrape target
-/// for the real Prometheus until the health crate serves /metrics itself.
+/// `wait_until` for async tests on a current-thread runtime (it yields to the runtime).
+pub async fn wait_until_async(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    true
+}
+
+/// A minimal HTTP/1.1 server answering every request with `body()` as the classic
+/// Prometheus text: the scrape target for the real Prometheus until the health crate
+/// serves /metrics itself.
 pub async fn serve_text(
     body: impl Fn() -> String + Send + Sync + 'static,
+) -> (u16, tokio::task::JoinHandle<()>) {
+    serve_negotiated(move |_| ("text/plain; version=0.0.4; charset=utf-8".into(), body())).await
+}
+
+/// Like [`serve_text`], but `respond(accept_header)` picks content type and body.
+pub async fn serve_negotiated(
+    respond: impl Fn(&str) -> (String, String) + Send + Sync + 'static,
 ) -> (u16, tokio::task::JoinHandle<()>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
@@ -281,16 +301,25 @@ pub async fn serve_text(
         Err(e) => panic!("bind: {e}"),
     };
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-    let body = Arc::new(body);
+    let respond = Arc::new(respond);
     let task = tokio::spawn(async move {
         while let Ok((mut sock, _)) = listener.accept().await {
-            let body = body.clone();
+            let respond = respond.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 8192];
-                let _ = sock.read(&mut buf).await;
-                let text = body();
+                let n = sock.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]).to_string();
+                let accept = request
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("Accept: ")
+                            .or_else(|| l.strip_prefix("accept: "))
+                    })
+                    .unwrap_or("")
+                    .to_string();
+                let (content_type, text) = respond(&accept);
                 let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     text.len()
                 );
                 let _ = sock.write_all(head.as_bytes()).await;
