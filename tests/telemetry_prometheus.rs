@@ -142,17 +142,7 @@ async fn a_real_prometheus_scrapes_a_running_pool() {
     load(&telemetry, &pool).await;
 
     let query = |q: &str| -> Value {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "--get",
-                &format!("http://127.0.0.1:{prom_port}/api/v1/query"),
-                "--data-urlencode",
-            ])
-            .arg(format!("query={q}"))
-            .output()
-            .expect("curl");
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+        get_json(prom_port, &format!("/api/v1/query?query={}", urlencode(q)))
     };
     let ok = wait_until(Duration::from_secs(30), || {
         let r = query(
@@ -256,21 +246,14 @@ async fn exemplars_link_latency_buckets_to_traces_in_a_real_prometheus() {
         .unwrap()
         .as_secs();
     let exemplars = || -> Value {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "--get",
-                &format!("http://127.0.0.1:{prom_port}/api/v1/query_exemplars"),
-            ])
-            .args([
-                "--data-urlencode",
-                "query=snakepit_request_duration_seconds_bucket",
-            ])
-            .args(["--data-urlencode", &format!("start={}", now - 600)])
-            .args(["--data-urlencode", &format!("end={}", now + 600)])
-            .output()
-            .expect("curl");
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+        get_json(
+            prom_port,
+            &format!(
+                "/api/v1/query_exemplars?query=snakepit_request_duration_seconds_bucket&start={}&end={}",
+                now - 600,
+                now + 600
+            ),
+        )
     };
     let found = wait_until_async(Duration::from_secs(30), || {
         exemplars()["data"].as_array().is_some_and(|series| {

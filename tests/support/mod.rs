@@ -330,3 +330,34 @@ pub async fn serve_negotiated(
     });
     (port, task)
 }
+
+/// `GET http://127.0.0.1:{port}{path_and_query}` with a plain TCP socket (no curl on a
+/// fresh machine); the body as JSON (`Null` when unreachable or not JSON).
+pub fn get_json(port: u16, path_and_query: &str) -> Value {
+    use std::io::Read;
+    let Ok(mut sock) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return Value::Null;
+    };
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(10)));
+    let request = format!("GET {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    if sock.write_all(request.as_bytes()).is_err() {
+        return Value::Null;
+    }
+    let mut raw = Vec::new();
+    let _ = sock.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}
+
+/// Percent-encode a query parameter value.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
