@@ -29,6 +29,8 @@ use crate::trace::Outcome;
 pub const REQUEST_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
 /// The seed's worker start-up buckets, in seconds.
 pub const STARTUP_BUCKETS: [f64; 7] = [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
+/// Longest label value kept (callers choose command names).
+pub const MAX_LABEL_LEN: usize = 100;
 /// The label value that stands for every command beyond the cap.
 pub const OVERFLOW_LABEL: &str = "__other__";
 
@@ -48,7 +50,12 @@ impl LabelCap {
     }
 
     /// The value to record for `value`: itself while under the cap, else the overflow.
+    /// Values are cut to [`MAX_LABEL_LEN`] characters.
     pub fn get(&self, value: &str) -> StringValue {
+        let value = match value.char_indices().nth(MAX_LABEL_LEN) {
+            Some((cut, _)) => &value[..cut],
+            None => value,
+        };
         {
             let seen = match self.seen.read() {
                 Ok(s) => s,
@@ -255,5 +262,10 @@ mod tests {
         for i in 0..1000 {
             assert_eq!(cap.get(&format!("x{i}")).as_str(), OVERFLOW_LABEL);
         }
+        let long = LabelCap::new(5);
+        assert_eq!(
+            long.get(&"é".repeat(500)).as_str().chars().count(),
+            MAX_LABEL_LEN
+        );
     }
 }

@@ -469,6 +469,10 @@ impl Telemetry {
 
     /// Flush and stop every exporter; waits at most about `timeout` per signal.
     pub fn shutdown(mut self, timeout: Duration) {
+        self.stop(timeout);
+    }
+
+    fn stop(&mut self, timeout: Duration) {
         for c in self.consumers.drain(..) {
             c.detach();
         }
@@ -488,6 +492,13 @@ impl Telemetry {
         if let Some(w) = self.writer.take() {
             w.close();
         }
+    }
+}
+
+impl Drop for Telemetry {
+    /// The guard: dropping telemetry flushes what is buffered, as `shutdown` does.
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(2));
     }
 }
 
