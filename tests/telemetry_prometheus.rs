@@ -111,39 +111,10 @@ async fn a_real_prometheus_scrapes_a_running_pool() {
     let (telemetry, pool) = pool_with_metrics().await;
     let t = telemetry.clone();
     let (port, server) = serve_text(move || t.prometheus_text().unwrap_or_default()).await;
-    let dir = TempDir::new("prometheus");
-    let prom_port = free_port();
-    std::fs::write(
-        dir.path().join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: snakepit\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
-        ),
-    )
-    .unwrap();
-    let child = Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus (apt package prometheus; scripts/test installs it)");
-    let _prometheus = Proc {
-        child,
-        name: "prometheus",
-    };
-    assert!(wait_until(Duration::from_secs(20), || port_open(prom_port)));
+    let prometheus = Prometheus::start(port, &[]);
     load(&telemetry, &pool).await;
 
-    let query = |q: &str| -> Value {
-        get_json(prom_port, &format!("/api/v1/query?query={}", urlencode(q)))
-    };
+    let query = |q: &str| -> Value { prometheus.api("query", &[("query", q.to_string())]) };
     let ok = wait_until(Duration::from_secs(30), || {
         let r = query(
             r#"snakepit_requests_total{pool_name="default",command="ping",status="success"}"#,
@@ -215,44 +186,19 @@ async fn exemplars_link_latency_buckets_to_traces_in_a_real_prometheus() {
         .expect("a bucket line with an exemplar");
     let trace_id = exemplar_line.split("trace_id=\"").nth(1).unwrap()[..32].to_string();
 
-    let dir = TempDir::new("prometheus-exemplars");
-    let prom_port = free_port();
-    std::fs::write(
-        dir.path().join("prometheus.yml"),
-        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: snakepit\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"),
-    )
-    .unwrap();
-    let child = Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-        .arg("--enable-feature=exemplar-storage")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus");
-    let _prometheus = Proc {
-        child,
-        name: "prometheus",
-    };
+    let prometheus = Prometheus::start(port, &["--enable-feature=exemplar-storage"]);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
     let exemplars = || -> Value {
-        get_json(
-            prom_port,
-            &format!(
-                "/api/v1/query_exemplars?query=snakepit_request_duration_seconds_bucket&start={}&end={}",
-                now - 600,
-                now + 600
-            ),
+        prometheus.api(
+            "query_exemplars",
+            &[
+                ("query", "snakepit_request_duration_seconds_bucket".into()),
+                ("start", (now - 600).to_string()),
+                ("end", (now + 600).to_string()),
+            ],
         )
     };
     let found = wait_until_async(Duration::from_secs(30), || {

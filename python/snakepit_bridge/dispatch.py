@@ -55,6 +55,15 @@ class Dispatcher:
 
     # -- requests ---------------------------------------------------------------
 
+    @staticmethod
+    def _span(req, metadata: Dict[str, str]):
+        return telemetry.request_span(
+            req.command,
+            metadata,
+            metadata.get(REQUEST_ID_KEY, ""),
+            metadata.get(CORRELATION_ID_KEY, ""),
+        )
+
     def _prepare(
         self, req, metadata: Dict[str, str], deadline: Optional[float]
     ) -> Union[Prepared, "WorkerError"]:
@@ -104,12 +113,7 @@ class Dispatcher:
 
     def execute(self, req, metadata: Dict[str, str], deadline: Optional[float]):
         self.requests_handled += 1
-        with telemetry.request_span(
-            req.command,
-            metadata,
-            metadata.get(REQUEST_ID_KEY, ""),
-            metadata.get(CORRELATION_ID_KEY, ""),
-        ) as span:
+        with self._span(req, metadata) as span:
             return self._execute(req, metadata, deadline, span)
 
     def _execute(self, req, metadata, deadline, span):
@@ -143,12 +147,7 @@ class Dispatcher:
     ) -> Iterator[object]:
         """Yield StreamChunks; the last one has final=True, with an error if one occurred."""
         self.requests_handled += 1
-        with telemetry.request_span(
-            req.command,
-            metadata,
-            metadata.get(REQUEST_ID_KEY, ""),
-            metadata.get(CORRELATION_ID_KEY, ""),
-        ) as span:
+        with self._span(req, metadata) as span:
             yield from self._execute_stream(req, metadata, deadline, is_active, span)
 
     def _execute_stream(self, req, metadata, deadline, is_active, span):
