@@ -31,6 +31,7 @@
 //! recycling follows `max_requests`/`max_lifetime`/`max_memory_mb`, a request timeout
 //! replaces the worker, and no worker outlives the pool process.
 
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod events;

@@ -425,3 +425,60 @@ impl Prometheus {
         )
     }
 }
+
+/// A plain HTTP/1.0 response.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// `GET` over a plain socket with extra request headers (no HTTP client on a fresh machine).
+pub fn http_get(port: u16, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    use std::io::Read;
+    let mut sock = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+        Ok(s) => s,
+        Err(e) => panic!("connect 127.0.0.1:{port}: {e}"),
+    };
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    if let Err(e) = sock.write_all(request.as_bytes()) {
+        panic!("send: {e}");
+    }
+    let mut raw = Vec::new();
+    let _ = sock.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    HttpResponse {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}

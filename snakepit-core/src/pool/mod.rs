@@ -301,6 +301,13 @@ impl Pool {
         }
     }
 
+    /// True once the pool's supervision has ended (shutdown finished, or the last
+    /// handle was dropped): nothing will restart its workers any more.
+    pub fn is_stopped(&self) -> bool {
+        let t = &self.shared.tasks;
+        self.shared.abort.is_cancelled() || (t.is_closed() && t.is_empty())
+    }
+
     /// True once shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         !self.shared.accepting.load(Ordering::Acquire)

@@ -1,0 +1,235 @@
+//! The dashboard's memory: one sampler task reads every pool's stats each interval,
+//! keeps the last `history_minutes` of points per pool in a bounded ring, keeps the
+//! most recent errors (request failures with their Python traceback, worker crashes)
+//! from the event stream, and broadcasts one pre-serialized update to every open page.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use snakepit_core::events::Subscription;
+use snakepit_core::{Event, EventKind, Pool};
+use tokio::sync::broadcast;
+
+use crate::config::DashboardConfig;
+
+/// One chart point of one pool.
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    pub t: f64,
+    pub throughput: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub errors: f64,
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecentError {
+    pub t: f64,
+    pub kind: &'static str,
+    pub pool: String,
+    pub command: String,
+    pub error_type: String,
+    pub message: String,
+    pub python_type: Option<String>,
+    pub traceback: Option<String>,
+    pub worker_id: Option<String>,
+    pub request_id: Option<String>,
+    pub correlation_id: Option<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    points: HashMap<String, VecDeque<Point>>,
+    errors: VecDeque<RecentError>,
+    /// Per pool: (requests_total, failures_total) at the last tick.
+    last_totals: HashMap<String, (u64, u64)>,
+    last: Value,
+}
+
+/// Shared between the sampler, the stream handlers and the snapshot.
+pub struct History {
+    cfg: DashboardConfig,
+    inner: Mutex<Inner>,
+    pub updates: broadcast::Sender<Arc<str>>,
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+fn text(ev: &Event, key: &str) -> Option<String> {
+    match ev.meta(key) {
+        Some(Value::String(s)) if !s.is_empty() => Some(s),
+        _ => None,
+    }
+}
+
+impl History {
+    pub fn new(cfg: DashboardConfig) -> Arc<History> {
+        let (updates, _) = broadcast::channel(16);
+        Arc::new(History {
+            cfg,
+            inner: Mutex::new(Inner::default()),
+            updates,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        match self.inner.lock() {
+            Ok(i) => i,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        let per_minute = 60_000 / self.cfg.update_interval_ms.max(1);
+        (self.cfg.history_minutes * per_minute).max(1) as usize
+    }
+
+    /// The dashboard's view of a failure event.
+    fn to_error(ev: &Event) -> Option<RecentError> {
+        match ev.kind() {
+            EventKind::RequestFailed => Some(RecentError {
+                t: now_secs(),
+                kind: "request",
+                pool: text(ev, "pool_name").unwrap_or_default(),
+                command: text(ev, "command").unwrap_or_default(),
+                error_type: text(ev, "error_type").unwrap_or_default(),
+                message: text(ev, "error_message").unwrap_or_default(),
+                python_type: text(ev, "python_type"),
+                traceback: text(ev, "python_traceback"),
+                worker_id: text(ev, "worker_id"),
+                request_id: text(ev, "request_id"),
+                correlation_id: ev.correlation_id.clone(),
+            }),
+            EventKind::WorkerCrashed => Some(RecentError {
+                t: now_secs(),
+                kind: "crash",
+                pool: text(ev, "pool_name").unwrap_or_default(),
+                command: String::new(),
+                error_type: "WorkerCrashed".into(),
+                message: text(ev, "error").unwrap_or_default(),
+                python_type: None,
+                traceback: text(ev, "stderr_tail"),
+                worker_id: text(ev, "worker_id"),
+                request_id: None,
+                correlation_id: None,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Take one sample of every pool (and the events since the last one).
+    pub fn tick(&self, pools: &[Pool], events: &mut Subscription) {
+        let t = now_secs();
+        let interval = self.cfg.update_interval_ms as f64 / 1000.0;
+        let capacity = self.capacity();
+        let mut new_errors = Vec::new();
+        while let Some(ev) = events.try_recv() {
+            new_errors.extend(Self::to_error(&ev));
+        }
+        // Only the newest `max_recent_errors` matter, to the page as to the ring.
+        let skip = new_errors.len().saturating_sub(self.cfg.max_recent_errors);
+        new_errors.drain(..skip);
+        let mut inner = self.lock();
+        for e in &new_errors {
+            inner.errors.push_back(e.clone());
+        }
+        while inner.errors.len() > self.cfg.max_recent_errors {
+            inner.errors.pop_front();
+        }
+        let mut cards = Vec::new();
+        let mut workers = Vec::new();
+        let mut points = serde_json::Map::new();
+        for pool in pools {
+            let s = pool.stats();
+            let (req0, fail0) = inner
+                .last_totals
+                .get(&s.name)
+                .copied()
+                .unwrap_or((s.requests_total, s.failures_total));
+            inner
+                .last_totals
+                .insert(s.name.clone(), (s.requests_total, s.failures_total));
+            let point = Point {
+                t,
+                throughput: s.requests_total.saturating_sub(req0) as f64 / interval,
+                p50: s.window.latency_p50_ms,
+                p99: s.window.latency_p99_ms,
+                errors: s.failures_total.saturating_sub(fail0) as f64 / interval,
+                queue: s.queue_size,
+            };
+            let ring = inner.points.entry(s.name.clone()).or_default();
+            ring.push_back(point.clone());
+            while ring.len() > capacity {
+                ring.pop_front();
+            }
+            points.insert(s.name.clone(), json!(point));
+            cards.push(json!({
+                "name": s.name, "adapter": s.adapter, "total": s.total_workers,
+                "ready": s.ready_workers, "available": s.available_workers, "busy": s.busy_workers,
+                "queue": s.queue_size, "max_queue": s.max_queue_size, "in_flight": s.in_flight,
+                "rps": s.window.requests_per_second, "p50": s.window.latency_p50_ms,
+                "p99": s.window.latency_p99_ms, "error_rate": s.window.error_rate,
+                "requests": s.requests_total, "failures": s.failures_total,
+                "crashes": s.crashes_total, "recycles": s.recycles_total,
+                "sessions": s.active_sessions, "accepting": s.accepting,
+            }));
+            for w in &s.workers {
+                workers.push(json!({
+                    "pool": s.name, "id": w.id, "state": w.state, "pid": w.pid,
+                    "uptime_s": w.uptime.as_secs_f64(), "requests": w.requests,
+                    "rss_mb": w.rss_bytes as f64 / 1048576.0,
+                }));
+            }
+        }
+        let update = json!({
+            "t": t, "pools": cards, "workers": workers, "points": points, "errors": new_errors,
+        });
+        let text: Arc<str> = Arc::from(update.to_string());
+        inner.last = update;
+        drop(inner);
+        let _ = self.updates.send(text);
+    }
+
+    /// Everything a page needs when it (re)connects: settings, full history, errors, and
+    /// the latest state.
+    pub fn snapshot(&self) -> String {
+        let inner = self.lock();
+        json!({
+            "interval_ms": self.cfg.update_interval_ms,
+            "history_minutes": self.cfg.history_minutes,
+            "history": inner.points,
+            "errors": inner.errors,
+            "latest": inner.last,
+        })
+        .to_string()
+    }
+}
+
+/// Sample until the `History` is dropped.
+pub async fn run_sampler(
+    history: Weak<History>,
+    pools: Arc<std::sync::RwLock<Vec<Pool>>>,
+    mut events: Subscription,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(h) = history.upgrade() else { return };
+        let current: Vec<Pool> = match pools.read() {
+            Ok(p) => p.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        h.tick(&current, &mut events);
+    }
+}

@@ -1,0 +1,47 @@
+//! Process figures for the detailed report, read from /proc (Linux).
+
+use std::time::Instant;
+
+use serde::Serialize;
+use snakepit_core::Pool;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemStats {
+    /// This (Rust) process.
+    pub rss_bytes: u64,
+    /// All workers of all pools, as last measured.
+    pub workers_rss_bytes: u64,
+    pub uptime_seconds: f64,
+    pub open_fds: usize,
+    pub threads: usize,
+    pub pid: u32,
+}
+
+/// A numeric field of /proc/self/status (`VmRSS:  1234 kB` → 1234).
+fn status_field(name: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+pub fn sample(started: Instant, pools: &[Pool]) -> SystemStats {
+    SystemStats {
+        rss_bytes: status_field("VmRSS:") * 1024,
+        workers_rss_bytes: pools
+            .iter()
+            .flat_map(|p| p.stats().workers)
+            .map(|w| w.rss_bytes)
+            .sum(),
+        uptime_seconds: started.elapsed().as_secs_f64(),
+        open_fds: open_fds(),
+        threads: status_field("Threads:") as usize,
+        pid: std::process::id(),
+    }
+}
