@@ -82,6 +82,8 @@ impl Default for DashboardConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthConfig {
+    /// Address [`crate::Health::serve`] binds; loopback unless you decide otherwise.
+    pub listen: String,
     /// Where the probes live: `{prefix}`, `{prefix}/ready`, `{prefix}/detailed`.
     pub endpoint_prefix: String,
     /// Path of the metrics exposition.
@@ -97,6 +99,7 @@ pub struct HealthConfig {
 impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
+            listen: "127.0.0.1:4000".into(),
             endpoint_prefix: "/health".into(),
             metrics_path: "/metrics".into(),
             auth_token: None,
@@ -109,6 +112,13 @@ impl Default for HealthConfig {
 
 impl HealthConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::new(
+                "health.listen",
+                &self.listen,
+                "ip:port, e.g. 127.0.0.1:4000 (0.0.0.0:4000 to listen on every interface)",
+            ));
+        }
         for (key, path) in [
             ("health.endpoint_prefix", &self.endpoint_prefix),
             ("health.metrics_path", &self.metrics_path),

@@ -158,10 +158,82 @@ impl Health {
         }
     }
 
+    /// Serve the routes alone on `listen` until `shutdown` resolves.
+    pub async fn serve(
+        &self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::bind(&self.inner.cfg.listen).await?;
+        tracing::info!(listen = %self.inner.cfg.listen, "health endpoints listening");
+        axum::serve(
+            listener,
+            self.router()
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+    }
+
     /// The routes, ready to serve or to merge into your app. Serve with
     /// `into_make_service_with_connect_info::<SocketAddr>()` so rate limits are per
     /// client address (otherwise all clients share one bucket).
     pub fn router(&self) -> axum::Router {
         routes::router(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    async fn status(router: axum::Router, path: &str) -> StatusCode {
+        let req = Request::get(path).body(Body::empty()).unwrap();
+        router.oneshot(req).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn the_prefix_moves_the_probes() {
+        let cfg = HealthConfig {
+            endpoint_prefix: "/ops/health".into(),
+            ..HealthConfig::default()
+        };
+        let health = Health::new(cfg, &EventBus::default()).unwrap();
+        let router = health.router();
+        assert_eq!(status(router.clone(), "/ops/health").await, StatusCode::OK);
+        assert_eq!(
+            status(router.clone(), "/ops/health/ready").await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(router.clone(), "/health").await,
+            StatusCode::NOT_FOUND
+        );
+        health.mark_serving();
+        assert_eq!(
+            status(router, "/ops/health/ready").await,
+            StatusCode::OK,
+            "no pools, serving"
+        );
+    }
+
+    #[test]
+    fn bad_config_names_the_key() {
+        let err = HealthConfig {
+            listen: "localhost".into(),
+            ..HealthConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.key, "health.listen");
+        let err = HealthConfig {
+            endpoint_prefix: "health/".into(),
+            ..HealthConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.key, "health.endpoint_prefix");
     }
 }
