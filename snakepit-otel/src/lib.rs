@@ -59,5 +59,5 @@ pub use config::{
 };
 pub use correlation::CorrelationLayer;
 pub use metrics::MetricsLayer;
-pub use telemetry::{Telemetry, TelemetryError};
+pub use telemetry::{MetricsRenderer, Telemetry, TelemetryError};
 pub use trace::{Outcome, TraceLayer};

@@ -58,6 +58,33 @@ fn setup(what: &'static str) -> impl Fn(String) -> TelemetryError {
     move |message| TelemetryError::Setup { what, message }
 }
 
+/// Renders the registry as Prometheus text or OpenMetrics (see [`Telemetry::metrics_renderer`]).
+#[derive(Clone)]
+pub struct MetricsRenderer {
+    registry: prometheus::Registry,
+    instruments: Option<Arc<RequestInstruments>>,
+}
+
+impl MetricsRenderer {
+    pub fn prometheus_text(&self) -> Option<String> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .ok()?;
+        String::from_utf8(out).ok()
+    }
+
+    pub fn openmetrics_text(&self) -> Option<String> {
+        let empty = crate::openmetrics::ExemplarStore::default();
+        let store = self
+            .instruments
+            .as_ref()
+            .and_then(|i| i.exemplars.as_ref())
+            .unwrap_or(&empty);
+        Some(crate::openmetrics::render(&self.registry.gather(), store))
+    }
+}
+
 /// Installed telemetry. Keep it alive for the program's life; call
 /// [`Telemetry::shutdown`] at the end to flush what is buffered.
 pub struct Telemetry {
@@ -357,25 +384,22 @@ impl Telemetry {
 
     /// The Prometheus text exposition (format 0.0.4) of all metrics.
     pub fn prometheus_text(&self) -> Option<String> {
-        let registry = self.registry.as_ref()?;
-        let mut out = Vec::with_capacity(16 * 1024);
-        TextEncoder::new()
-            .encode(&registry.gather(), &mut out)
-            .ok()?;
-        String::from_utf8(out).ok()
+        self.metrics_renderer()?.prometheus_text()
     }
 
     /// The OpenMetrics exposition (with exemplars on the duration histogram), for
     /// scrapers that ask for `application/openmetrics-text`.
     pub fn openmetrics_text(&self) -> Option<String> {
-        let registry = self.registry.as_ref()?;
-        let empty = crate::openmetrics::ExemplarStore::default();
-        let store = self
-            .instruments
-            .as_ref()
-            .and_then(|i| i.exemplars.as_ref())
-            .unwrap_or(&empty);
-        Some(crate::openmetrics::render(&registry.gather(), store))
+        self.metrics_renderer()?.openmetrics_text()
+    }
+
+    /// A cheap, cloneable handle that renders the metrics: hand it to an HTTP handler
+    /// without sharing the whole `Telemetry`.
+    pub fn metrics_renderer(&self) -> Option<MetricsRenderer> {
+        Some(MetricsRenderer {
+            registry: self.registry.clone()?,
+            instruments: self.instruments.clone(),
+        })
     }
 
     /// Environment for Python workers so their spans reach the same collector and join

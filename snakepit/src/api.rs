@@ -1,0 +1,393 @@
+//! The HTTP execute API (SPEC §6), as an axum `Router` over [`Pools`] wrapped in the
+//! telemetry layers.
+//!
+//! | request | success | errors |
+//! | --- | --- | --- |
+//! | `POST /v1/execute` `{"command", "args"?, "session_id"?, "timeout_ms"?, "pool"?}` | 200 `{"result", "request_id", "worker_id", "duration_ms"}` | see below |
+//! | `POST /v1/execute/stream` (same body) | 200, NDJSON: `{"chunk": …}` lines, then `{"done": true, …}` or `{"error": …}` | |
+//! | `POST /v1/sessions` `{"pool"?, "ttl_seconds"?, "metadata"?, "session_id"?}` | 201 `{"session_id", "pool", "ttl_seconds"}` | |
+//! | `DELETE /v1/sessions/{id}?pool=` | 204 | 404 |
+//!
+//! Errors are `{"error": {"type", "message", "python_type"?, "python_traceback"?,
+//! "request_id"}}`: 400 malformed JSON, a field of the wrong type or missing, arguments
+//! that do not fit; 404 unknown command, pool or session; 413 body over
+//! `max_payload_bytes`; 422 the Python code raised; 429 queue full (`Retry-After`); 502
+//! worker crashed; 503 shutting down or not ready; 504 timeout or queue timeout.
+//! `x-correlation-id` (configurable) is read and echoed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use axum::Router;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use snakepit_core::{Args, Error, Pools, Request, ResponseStream, SessionOptions};
+use tower::util::BoxCloneSyncService;
+use tower::ServiceExt;
+
+/// The layered services the API calls.
+pub type UnaryService = BoxCloneSyncService<Request, snakepit_core::Response, Error>;
+pub type StreamService = BoxCloneSyncService<Request, ResponseStream, Error>;
+
+/// The pools and the layered services calling them; set once the pools are up.
+#[derive(Clone)]
+pub struct Backend {
+    pub pools: Pools,
+    pub unary: UnaryService,
+    pub stream: StreamService,
+}
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub backend: Arc<OnceLock<Backend>>,
+    pub correlation_header: HeaderName,
+    /// False until the pools are up, and again while draining: requests get 503.
+    pub accepting: Arc<AtomicBool>,
+}
+
+impl ApiState {
+    /// The backend if requests are being accepted.
+    fn live(&self) -> Option<&Backend> {
+        if self.accepting.load(Ordering::Acquire) {
+            self.backend.get()
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecuteBody<'a> {
+    command: String,
+    #[serde(borrow)]
+    args: Option<&'a RawValue>,
+    session_id: Option<String>,
+    timeout_ms: Option<u64>,
+    pool: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionBody {
+    pool: Option<String>,
+    ttl_seconds: Option<u64>,
+    metadata: Option<serde_json::Value>,
+    session_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PoolQuery {
+    pool: Option<String>,
+}
+
+/// A JSON error response.
+fn error_response(
+    status: StatusCode,
+    kind: &str,
+    message: String,
+    extra: serde_json::Value,
+    request_id: Option<&str>,
+) -> Response {
+    let mut error = json!({"type": kind, "message": message, "request_id": request_id});
+    if let (Some(obj), serde_json::Value::Object(more)) = (error.as_object_mut(), extra) {
+        obj.extend(more);
+    }
+    let mut resp = (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({"error": error}).to_string(),
+    )
+        .into_response();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+fn status_of(err: &Error) -> StatusCode {
+    match err {
+        Error::InvalidArgs { .. } => StatusCode::BAD_REQUEST,
+        Error::UnknownCommand { .. }
+        | Error::UnknownPool { .. }
+        | Error::SessionNotFound { .. } => StatusCode::NOT_FOUND,
+        Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::Python(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        Error::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+        Error::WorkerCrashed { .. } | Error::Transport { .. } => StatusCode::BAD_GATEWAY,
+        Error::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Timeout { .. } | Error::QueueTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn pool_error(err: &Error, request_id: &str) -> Response {
+    let extra = match err.python() {
+        Some(py) => json!({"python_type": py.python_type, "python_traceback": py.traceback}),
+        None => json!({}),
+    };
+    error_response(
+        status_of(err),
+        err.error_type(),
+        err.to_string(),
+        extra,
+        Some(request_id),
+    )
+}
+
+fn bad_request(message: String) -> Response {
+    error_response(
+        StatusCode::BAD_REQUEST,
+        "BadRequest",
+        message,
+        json!({}),
+        None,
+    )
+}
+
+fn body_error(rejection: BytesRejection) -> Response {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLarge",
+            "request body exceeds server.max_payload_bytes".into(),
+            json!({}),
+            None,
+        )
+    } else {
+        bad_request(format!("cannot read the request body: {rejection}"))
+    }
+}
+
+fn not_accepting() -> Response {
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "NotReady",
+        "the server is starting or shutting down; retry shortly".into(),
+        json!({}),
+        None,
+    )
+}
+
+/// Turn a body into a pool request, the correlation id read (or made) for echoing.
+fn to_request(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Request, String), Box<Response>> {
+    let parsed: ExecuteBody = serde_json::from_slice(body)
+        .map_err(|e| Box::new(bad_request(format!("malformed request: {e}"))))?;
+    if parsed.command.is_empty() {
+        return Err(Box::new(bad_request("`command` must not be empty".into())));
+    }
+    if parsed.timeout_ms == Some(0) {
+        return Err(Box::new(bad_request(
+            "`timeout_ms` must be a positive integer".into(),
+        )));
+    }
+    let args = match parsed.args {
+        Some(raw) => Args::from_json_bytes(Bytes::copy_from_slice(raw.get().as_bytes())),
+        None => Args::empty(),
+    };
+    let correlation = headers
+        .get(&state.correlation_header)
+        .and_then(|v| v.to_str().ok())
+        .and_then(snakepit_otel::correlation::clean_correlation_id)
+        .unwrap_or_else(snakepit_otel::correlation::new_correlation_id);
+    let mut req = Request::new(parsed.command, args).correlation_id(correlation.clone());
+    req.request_id = Some(uuid::Uuid::new_v4().to_string());
+    req.session_id = parsed.session_id;
+    req.pool = parsed.pool;
+    req.timeout = parsed.timeout_ms.map(Duration::from_millis);
+    Ok((req, correlation))
+}
+
+fn with_correlation(mut resp: Response, state: &ApiState, correlation: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(correlation) {
+        resp.headers_mut()
+            .insert(state.correlation_header.clone(), v);
+    }
+    resp
+}
+
+async fn execute(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(backend) = state.live() else {
+        return not_accepting();
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(r) => return body_error(r),
+    };
+    let (req, correlation) = match to_request(&state, &headers, &body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    let request_id = req.request_id.clone().unwrap_or_default();
+    let resp = match backend.unary.clone().oneshot(req).await {
+        Ok(r) => {
+            let head = format!(
+                r#"{{"request_id":{},"worker_id":{},"duration_ms":{},"result":"#,
+                json!(r.served.request_id),
+                json!(r.served.worker_id),
+                r.served.duration.as_secs_f64() * 1000.0
+            );
+            // The result goes out as the exact JSON Python produced, never re-encoded.
+            let mut out = Vec::with_capacity(head.len() + r.result.len() + 1);
+            out.extend_from_slice(head.as_bytes());
+            out.extend_from_slice(&r.result);
+            out.push(b'}');
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                out,
+            )
+                .into_response()
+        }
+        Err(e) => pool_error(&e, &request_id),
+    };
+    with_correlation(resp, &state, &correlation)
+}
+
+async fn execute_stream(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(backend) = state.live() else {
+        return not_accepting();
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(r) => return body_error(r),
+    };
+    let (req, correlation) = match to_request(&state, &headers, &body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    let request_id = req.request_id.clone().unwrap_or_default();
+    let resp = match backend.stream.clone().oneshot(req).await {
+        Ok(chunks) => {
+            let rid = request_id.clone();
+            let lines = chunks
+                .map(move |item| -> Result<Bytes, std::convert::Infallible> {
+                    Ok(match item {
+                        Ok(chunk) => {
+                            let mut line = Vec::with_capacity(chunk.data.len() + 12);
+                            line.extend_from_slice(b"{\"chunk\":");
+                            line.extend_from_slice(&chunk.data);
+                            line.extend_from_slice(b"}\n");
+                            Bytes::from(line)
+                        }
+                        Err(e) => {
+                            let py = e.python();
+                            Bytes::from(format!(
+                                "{}\n",
+                                json!({"error": {"type": e.error_type(), "message": e.to_string(),
+                                    "python_type": py.map(|p| &p.python_type),
+                                    "python_traceback": py.map(|p| &p.traceback), "request_id": rid}})
+                            ))
+                        }
+                    })
+                })
+                .chain(futures_util::stream::once({
+                    let rid = request_id.clone();
+                    async move { Ok(Bytes::from(format!("{}\n", json!({"done": true, "request_id": rid})))) }
+                }));
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/x-ndjson")],
+                Body::from_stream(lines),
+            )
+                .into_response()
+        }
+        Err(e) => pool_error(&e, &request_id),
+    };
+    with_correlation(resp, &state, &correlation)
+}
+
+async fn create_session(
+    State(state): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(backend) = state.live() else {
+        return not_accepting();
+    };
+    let body = match body {
+        Ok(b) if b.is_empty() => Bytes::from_static(b"{}"),
+        Ok(b) => b,
+        Err(r) => return body_error(r),
+    };
+    let parsed: SessionBody = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => return bad_request(format!("malformed request: {e}")),
+    };
+    let mut probe = Request::new("", Args::empty());
+    probe.pool = parsed.pool.clone();
+    let pool = match backend.pools.route(&probe) {
+        Ok(p) => p,
+        Err(e) => return pool_error(&e, ""),
+    };
+    let opts = SessionOptions {
+        ttl: parsed.ttl_seconds.map(Duration::from_secs),
+        metadata: parsed.metadata.unwrap_or(serde_json::Value::Null),
+        id: parsed.session_id,
+    };
+    match pool.create_session(opts) {
+        Ok(info) => (
+            StatusCode::CREATED,
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({"session_id": info.id, "pool": pool.name(), "ttl_seconds": info.ttl.as_secs()})
+                .to_string(),
+        )
+            .into_response(),
+        Err(e) => pool_error(&e, ""),
+    }
+}
+
+async fn close_session(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<PoolQuery>,
+) -> Response {
+    let Some(backend) = state.live() else {
+        return not_accepting();
+    };
+    let mut probe = Request::new("", Args::empty());
+    probe.pool = q.pool;
+    let pool = match backend.pools.route(&probe) {
+        Ok(p) => p,
+        Err(e) => return pool_error(&e, ""),
+    };
+    match pool.close_session(&id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => pool_error(&e, ""),
+    }
+}
+
+/// The execute API routes.
+pub fn router(state: ApiState, max_payload_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/execute", post(execute))
+        .route("/v1/execute/stream", post(execute_stream))
+        .route("/v1/sessions", post(create_session))
+        .route("/v1/sessions/{id}", delete(close_session))
+        // The body limit applies to the JSON envelope; the pool checks args again.
+        .layer(DefaultBodyLimit::max(
+            max_payload_bytes.saturating_add(64 * 1024),
+        ))
+        .with_state(state)
+}

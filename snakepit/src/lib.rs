@@ -1,0 +1,32 @@
+//! # snakepit
+//!
+//! Pools of long-lived Python worker processes for Rust services, observable in
+//! production. This crate is the `snakepit` binary (`serve`, `exec`, `bench`) and a
+//! facade over the others:
+//!
+//! - the pool itself — [`Pool`], [`Pools`], [`Request`], [`Error`], [`EventBus`] — from
+//!   `snakepit-core`, re-exported at the root;
+//! - [`otel`]: tower layers, OpenTelemetry providers and exporters, JSON logs;
+//! - [`health`]: probes, `/metrics` and the dashboard as an axum router;
+//! - [`api`]: the HTTP execute API of `snakepit serve`, mountable in your own axum app;
+//! - [`config`]: `snakepit.toml` with `SNAKEPIT_*` overrides.
+//!
+//! `snakepit serve` wires them: telemetry → listener (probes answer at once) → pools →
+//! traffic; on SIGTERM the reverse (see [`serve`]).
+
+pub mod api;
+pub mod commands;
+pub mod config;
+pub mod serve;
+
+pub use snakepit_core::*;
+
+/// Observability: `snakepit-otel`.
+pub mod otel {
+    pub use snakepit_otel::*;
+}
+
+/// Probes, `/metrics`, dashboard: `snakepit-health`.
+pub mod health {
+    pub use snakepit_health::*;
+}
