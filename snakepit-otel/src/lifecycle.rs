@@ -103,7 +103,8 @@ pub fn attach_lifecycle_metrics(meter: &Meter, bus: &EventBus) -> ConsumerHandle
 pub fn observe_pools(meter: &Meter, pools: Vec<Pool>) {
     let pools = Arc::new(pools);
     type Read = fn(&snakepit_core::PoolLoad) -> usize;
-    let gauges: [(&'static str, &'static str, Read); 5] = [
+    let gauges: [(&'static str, &'static str, Read); 6] = [
+        ("snakepit.pool.size", "Workers the pool is configured to run", |l| l.total_workers),
         (
             "snakepit.pool.available_workers",
             "Ready workers not running a request",
