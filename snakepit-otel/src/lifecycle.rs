@@ -12,6 +12,7 @@ use snakepit_core::{Event, EventBus, EventKind, Pattern, Pool};
 use crate::metrics::STARTUP_BUCKETS;
 
 struct Lifecycle {
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
     started: Counter<u64>,
     crashed: Counter<u64>,
     recycled: Counter<u64>,
@@ -44,9 +45,40 @@ fn crash_type(ev: &Event) -> &'static str {
     }
 }
 
+/// Label values the counters can take, created at zero when a pool is first seen:
+/// `increase()` cannot see a counter's first step from "absent" to 1.
+const CRASH_TYPES: [&str; 5] = ["startup_failed", "killed", "signal", "exit", "unknown"];
+const RECYCLE_REASONS: [&str; 6] = [
+    "max_requests",
+    "max_lifetime",
+    "max_memory",
+    "health_check_failed",
+    "request_timeout",
+    "transport_broken",
+];
+
 impl Lifecycle {
+    fn init_pool(&self, pool: &KeyValue) {
+        self.started.add(0, std::slice::from_ref(pool));
+        self.saturated.add(0, std::slice::from_ref(pool));
+        for t in CRASH_TYPES {
+            self.crashed
+                .add(0, &[pool.clone(), KeyValue::new("error_type", t)]);
+        }
+        for r in RECYCLE_REASONS {
+            self.recycled
+                .add(0, &[pool.clone(), KeyValue::new("reason", r)]);
+        }
+    }
+
     fn record(&self, ev: &Event) {
-        let pool = KeyValue::new("pool_name", text(ev, "pool_name"));
+        let name = text(ev, "pool_name");
+        let pool = KeyValue::new("pool_name", name.clone());
+        if let Ok(mut seen) = self.seen.lock() {
+            if seen.insert(name) {
+                self.init_pool(&pool);
+            }
+        }
         match ev.kind() {
             EventKind::WorkerStarted => {
                 self.started.add(1, std::slice::from_ref(&pool));
@@ -69,6 +101,7 @@ impl Lifecycle {
 /// Record lifecycle metrics from `bus` until the handle is detached.
 pub fn attach_lifecycle_metrics(meter: &Meter, bus: &EventBus) -> ConsumerHandle {
     let lifecycle = Lifecycle {
+        seen: std::sync::Mutex::new(std::collections::HashSet::new()),
         started: meter
             .u64_counter("snakepit.workers.started")
             .with_description("Worker processes that passed their start-up handshake")
@@ -104,7 +137,11 @@ pub fn observe_pools(meter: &Meter, pools: Vec<Pool>) {
     let pools = Arc::new(pools);
     type Read = fn(&snakepit_core::PoolLoad) -> usize;
     let gauges: [(&'static str, &'static str, Read); 6] = [
-        ("snakepit.pool.size", "Workers the pool is configured to run", |l| l.total_workers),
+        (
+            "snakepit.pool.size",
+            "Workers the pool is configured to run",
+            |l| l.total_workers,
+        ),
         (
             "snakepit.pool.available_workers",
             "Ready workers not running a request",
