@@ -70,8 +70,8 @@ impl StderrTail {
 /// A running (or exited) worker process.
 pub(crate) struct WorkerProcess {
     pid: u32,
-    /// Held open for the worker's parent-death watch; dropped to ask it to leave.
-    stdin: Mutex<Option<ChildStdin>>,
+    /// Held open for the worker's parent-death watch (EOF = the pool is gone).
+    _stdin: Option<ChildStdin>,
     exit: watch::Receiver<Option<ExitInfo>>,
     /// Becomes true when stderr reached EOF (everything the process wrote is in the tail).
     stderr_done: watch::Receiver<bool>,
@@ -126,7 +126,7 @@ impl WorkerProcess {
 
         let process = WorkerProcess {
             pid,
-            stdin: Mutex::new(stdin),
+            _stdin: stdin,
             exit: exit_rx,
             stderr_done,
             tail,
@@ -231,13 +231,14 @@ impl WorkerProcess {
         self.signal_group(libc::SIGKILL);
     }
 
-    /// Graceful stop: close stdin and SIGTERM the group, SIGKILL after `grace`.
+    /// Graceful stop: SIGTERM the group, SIGKILL after `grace`. stdin stays open: its
+    /// EOF means "the pool died" and makes the worker exit at once, skipping the
+    /// graceful path (finishing calls, flushing its telemetry).
     pub async fn stop(&self, grace: Duration) -> Option<ExitInfo> {
         if let Some(status) = self.exit_status() {
             self.kill(); // the leader is gone; make sure nothing it spawned lingers
             return Some(status);
         }
-        self.close_stdin();
         self.signal_group(libc::SIGTERM);
         if let Some(status) = self.wait_exit(grace).await {
             self.kill();
@@ -245,14 +246,6 @@ impl WorkerProcess {
         }
         self.kill();
         self.wait_exit(Duration::from_secs(5)).await
-    }
-
-    fn close_stdin(&self) {
-        let mut stdin = match self.stdin.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
-        stdin.take();
     }
 }
 

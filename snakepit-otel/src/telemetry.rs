@@ -491,6 +491,16 @@ impl Telemetry {
             .build();
     }
 
+    /// Export what spans and log records are buffered now (blocks until done or timed out).
+    pub fn flush(&self) {
+        if let Some(p) = &self.tracer_provider {
+            let _ = p.force_flush();
+        }
+        if let Some(p) = &self.logger_provider {
+            let _ = p.force_flush();
+        }
+    }
+
     /// Flush and stop every exporter; waits at most about `timeout` per signal.
     pub fn shutdown(mut self, timeout: Duration) {
         self.stop(timeout);
