@@ -1,8 +1,10 @@
 //! Finding or creating the Python environment workers run in.
 //!
 //! Order: `python.interpreter` from config, else `SNAKEPIT_PYTHON`, else a virtual
-//! environment bootstrapped on first use (`python3 -m venv` + `pip install` of the
-//! bundled `snakepit_bridge` with its OpenTelemetry extra), reused afterwards. The
+//! environment bootstrapped on first use (`python3 -m venv` + `pip install` of
+//! `snakepit_bridge` with its OpenTelemetry extra), reused afterwards. The bridge comes
+//! from the source checkout this binary was built in, else from the copy compiled into
+//! the binary (extracted under `~/.cache/snakepit/`); `SNAKEPIT_BRIDGE_SOURCE` overrides. The
 //! bootstrap prints each step to stderr, holds a file lock so concurrent processes
 //! (parallel tests) do not race, and records a stamp so a changed bridge package is
 //! re-installed.
@@ -14,6 +16,108 @@ use std::process::Command;
 
 use crate::config::PythonConfig;
 use crate::error::StartError;
+
+/// The bridge package, compiled into the binary, so an installed `snakepit` (no source
+/// checkout next to it) can still bootstrap its workers' environment.
+const EMBEDDED_BRIDGE: &[(&str, &str)] = &[
+    (
+        "pyproject.toml",
+        include_str!("../../python/pyproject.toml"),
+    ),
+    ("README.md", include_str!("../../python/README.md")),
+    (
+        "snakepit_bridge/__init__.py",
+        include_str!("../../python/snakepit_bridge/__init__.py"),
+    ),
+    (
+        "snakepit_bridge/__main__.py",
+        include_str!("../../python/snakepit_bridge/__main__.py"),
+    ),
+    (
+        "snakepit_bridge/adapter.py",
+        include_str!("../../python/snakepit_bridge/adapter.py"),
+    ),
+    (
+        "snakepit_bridge/dispatch.py",
+        include_str!("../../python/snakepit_bridge/dispatch.py"),
+    ),
+    (
+        "snakepit_bridge/errors.py",
+        include_str!("../../python/snakepit_bridge/errors.py"),
+    ),
+    (
+        "snakepit_bridge/example.py",
+        include_str!("../../python/snakepit_bridge/example.py"),
+    ),
+    (
+        "snakepit_bridge/server.py",
+        include_str!("../../python/snakepit_bridge/server.py"),
+    ),
+    (
+        "snakepit_bridge/telemetry.py",
+        include_str!("../../python/snakepit_bridge/telemetry.py"),
+    ),
+    (
+        "snakepit_bridge/worker.py",
+        include_str!("../../python/snakepit_bridge/worker.py"),
+    ),
+    (
+        "snakepit_bridge/_proto/__init__.py",
+        include_str!("../../python/snakepit_bridge/_proto/__init__.py"),
+    ),
+    (
+        "snakepit_bridge/_proto/worker_descriptor.py",
+        include_str!("../../python/snakepit_bridge/_proto/worker_descriptor.py"),
+    ),
+];
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("snakepit")
+}
+
+/// Write the embedded bridge package under `root` (once per content version) and
+/// return its directory.
+pub fn extract_embedded_bridge(root: &Path) -> Result<PathBuf, StartError> {
+    // FNV-1a of every file: a changed bridge lands in a new directory.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, text) in EMBEDDED_BRIDGE {
+        for b in name.bytes().chain(text.bytes()) {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    let dir = root.join(format!("bridge-{}-{hash:016x}", env!("CARGO_PKG_VERSION")));
+    if dir.join("pyproject.toml").is_file() {
+        return Ok(dir);
+    }
+    let partial = root.join(format!(".bridge-{hash:016x}-{}", std::process::id()));
+    for (name, text) in EMBEDDED_BRIDGE {
+        let path = partial.join(name);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| {
+                StartError::Environment(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+        fs::write(&path, text).map_err(|e| {
+            StartError::Environment(format!("cannot write {}: {e}", path.display()))
+        })?;
+    }
+    // Rename into place: concurrent first runs never see a half-written package.
+    match fs::rename(&partial, &dir) {
+        Ok(()) => Ok(dir),
+        Err(_) if dir.join("pyproject.toml").is_file() => {
+            let _ = fs::remove_dir_all(&partial);
+            Ok(dir)
+        }
+        Err(e) => Err(StartError::Environment(format!(
+            "cannot move the bridge package into {}: {e}",
+            dir.display()
+        ))),
+    }
+}
 
 /// Where the `snakepit_bridge` sources of this build live, if they exist on disk.
 pub fn bundled_bridge_source() -> Option<PathBuf> {
@@ -34,13 +138,7 @@ pub fn default_venv_dir() -> PathBuf {
             return root.join("target").join("snakepit-venv");
         }
     }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    cache
-        .join("snakepit")
-        .join(format!("venv-{}", env!("CARGO_PKG_VERSION")))
+    cache_dir().join(format!("venv-{}", env!("CARGO_PKG_VERSION")))
 }
 
 /// The interpreter a pool's workers use, bootstrapping the default venv if needed.
@@ -52,13 +150,16 @@ pub fn resolve_interpreter(cfg: &PythonConfig) -> Result<PathBuf, StartError> {
     if let Some(p) = std::env::var_os("SNAKEPIT_PYTHON") {
         return check_interpreter(Path::new(&p), "SNAKEPIT_PYTHON");
     }
-    let src = bundled_bridge_source().ok_or_else(|| {
-        StartError::Environment(
-            "no Python configured and no bundled snakepit_bridge sources to bootstrap from; \
-             set python.interpreter (or SNAKEPIT_PYTHON) to a Python with snakepit_bridge installed"
-                .into(),
-        )
-    })?;
+    // SNAKEPIT_BRIDGE_SOURCE: a directory with the bridge's pyproject.toml, or
+    // "embedded" for the copy compiled into this binary.
+    let src = match std::env::var("SNAKEPIT_BRIDGE_SOURCE").ok().as_deref() {
+        Some("embedded") => extract_embedded_bridge(&cache_dir())?,
+        Some(dir) => PathBuf::from(dir),
+        None => match bundled_bridge_source() {
+            Some(src) => src,
+            None => extract_embedded_bridge(&cache_dir())?,
+        },
+    };
     ensure_venv(&default_venv_dir(), &src, &["otel"])
 }
 
@@ -233,6 +334,44 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), StartError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_embedded_bridge_is_the_whole_package_byte_for_byte() {
+        let src = bundled_bridge_source().expect("tests run in a checkout");
+        let mut on_disk: Vec<String> = Vec::new();
+        for dir in ["snakepit_bridge", "snakepit_bridge/_proto"] {
+            for entry in fs::read_dir(src.join(dir)).unwrap().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".py") {
+                    on_disk.push(format!("{dir}/{name}"));
+                }
+            }
+        }
+        on_disk.sort();
+        let mut embedded: Vec<String> = EMBEDDED_BRIDGE
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .filter(|n| n.ends_with(".py"))
+            .collect();
+        embedded.sort();
+        assert_eq!(embedded, on_disk, "add new bridge files to EMBEDDED_BRIDGE");
+
+        let tmp = std::env::temp_dir().join(format!("snakepit-extract-{}", std::process::id()));
+        let dir = extract_embedded_bridge(&tmp).unwrap();
+        for (name, _) in EMBEDDED_BRIDGE {
+            assert_eq!(
+                fs::read(dir.join(name)).unwrap(),
+                fs::read(src.join(name)).unwrap(),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            extract_embedded_bridge(&tmp).unwrap(),
+            dir,
+            "extracted once"
+        );
+        let _ = fs::remove_dir_all(tmp);
+    }
 
     #[test]
     fn stamps_cover_subsets_of_extras_from_the_same_source() {
