@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 CONTEXT_PARAM = "ctx"
 
@@ -50,7 +50,10 @@ class Context:
     deadline_seconds: Optional[float]
     session: Optional[Session]
     # Raw per-request metadata (W3C trace context among it).
-    metadata: Dict[str, str]
+    metadata: Mapping[str, str]
+
+
+_KEYWORD_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
 @dataclass(frozen=True)
@@ -61,19 +64,57 @@ class Command:
     streaming: bool
     wants_context: bool
     doc: str
+    # For signatures of plain keyword parameters (nearly all), binding is two set
+    # operations instead of `Signature.bind`, which costs more than a no-op call.
+    required: FrozenSet[str] = frozenset()
+    accepted: FrozenSet[str] = frozenset()
+    any_keyword: bool = False
+    simple: bool = False
+
+    @classmethod
+    def of(cls, name: str, fn: Callable[..., Any], member: Callable[..., Any]) -> "Command":
+        sig = inspect.signature(fn)
+        params = [p for p in sig.parameters.values() if p.name != CONTEXT_PARAM]
+        return cls(
+            name=name,
+            fn=fn,
+            signature=sig,
+            streaming=inspect.isgeneratorfunction(member),
+            wants_context=CONTEXT_PARAM in sig.parameters,
+            doc=inspect.getdoc(member) or "",
+            required=frozenset(
+                p.name for p in params if p.kind in _KEYWORD_KINDS and p.default is p.empty
+            ),
+            accepted=frozenset(p.name for p in params if p.kind in _KEYWORD_KINDS),
+            any_keyword=any(p.kind is p.VAR_KEYWORD for p in params),
+            simple=all(p.kind in _KEYWORD_KINDS or p.kind is p.VAR_KEYWORD for p in params),
+        )
 
     @property
     def params(self) -> List[str]:
         return [p for p in self.signature.parameters if p != CONTEXT_PARAM]
 
-    def bind(self, args: Dict[str, Any], ctx: Context) -> inspect.BoundArguments:
-        """Bind JSON arguments to the signature; raises TypeError when they do not fit."""
+    def call_args(
+        self, args: Dict[str, Any], ctx: Optional[Context]
+    ) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
+        """Bind JSON arguments (a dict the caller gives up) to the signature as
+        (positional, keyword) arguments; raises TypeError when they do not fit."""
         if CONTEXT_PARAM in args:
             raise TypeError(f"'{CONTEXT_PARAM}' is reserved for the request context")
-        call_args = dict(args)
+        if self.simple:
+            missing = self.required.difference(args) if self.required else ()
+            if missing:
+                raise TypeError(f"missing a required argument: {sorted(missing)[0]!r}")
+            if not self.any_keyword and args and not self.accepted.issuperset(args):
+                extra = sorted(set(args) - self.accepted)[0]
+                raise TypeError(f"got an unexpected keyword argument {extra!r}")
+            if self.wants_context:
+                args[CONTEXT_PARAM] = ctx
+            return (), args
         if self.wants_context:
-            call_args[CONTEXT_PARAM] = ctx
-        return self.signature.bind(**call_args)
+            args[CONTEXT_PARAM] = ctx
+        bound = self.signature.bind(**args)
+        return bound.args, bound.kwargs
 
 
 class Adapter:
@@ -86,16 +127,7 @@ class Adapter:
             cmd_name = getattr(member, "__snakepit_command__", None)
             if cmd_name is None:
                 continue
-            bound = getattr(self, attr)
-            sig = inspect.signature(bound)
-            self._commands[cmd_name] = Command(
-                name=cmd_name,
-                fn=bound,
-                signature=sig,
-                streaming=inspect.isgeneratorfunction(member),
-                wants_context=CONTEXT_PARAM in sig.parameters,
-                doc=inspect.getdoc(member) or "",
-            )
+            self._commands[cmd_name] = Command.of(cmd_name, getattr(self, attr), member)
 
     @property
     def name(self) -> str:

@@ -6,13 +6,12 @@ code escapes, and nothing is swallowed.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import sys
 import threading
 import time
-from typing import Callable, Dict, Iterator, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 from . import errors, telemetry
 from ._proto import (
@@ -29,12 +28,17 @@ from .adapter import Adapter, Command, Context, Session
 REQUEST_ID_KEY = "x-snakepit-request-id"
 CORRELATION_ID_KEY = "x-correlation-id"
 
-Prepared = Tuple[Command, inspect.BoundArguments]
+# (command, positional arguments, keyword arguments)
+Prepared = Tuple[Command, tuple, dict]
+
+# allow_nan=False: NaN/Infinity are not JSON and the Rust side would reject them. One
+# encoder for all calls: json.dumps with options builds a new one each time.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_NO_ARGS = (b"", b"{}")
 
 
 def encode_json(value: object) -> bytes:
-    # allow_nan=False: NaN/Infinity are not JSON and the Rust side would reject them.
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    return _ENCODER.encode(value).encode()
 
 
 def _rss_bytes() -> int:
@@ -56,7 +60,7 @@ class Dispatcher:
     # -- requests ---------------------------------------------------------------
 
     @staticmethod
-    def _span(req, metadata: Dict[str, str]):
+    def _span(req, metadata: Mapping[str, str]):
         return telemetry.request_span(
             req.command,
             metadata,
@@ -65,7 +69,7 @@ class Dispatcher:
         )
 
     def _prepare(
-        self, req, metadata: Dict[str, str], deadline: Optional[float]
+        self, req, metadata: Mapping[str, str], deadline: Optional[float]
     ) -> Union[Prepared, "WorkerError"]:
         """Decode, look up and bind a request; a WorkerError if any step fails."""
         cmd = self.adapter.lookup(req.command)
@@ -76,43 +80,52 @@ class Dispatcher:
                 "UnknownCommand",
                 f"unknown command {req.command!r}; this adapter offers: {known}",
             )
-        try:
-            text = bytes(req.args_json).decode("utf-8") if req.args_json else "{}"
-        except UnicodeDecodeError as exc:
-            return errors.plain(
-                WorkerError.INVALID_ARGS, "InvalidArgs", f"arguments are not valid UTF-8: {exc}"
+        raw = req.args_json
+        if raw in _NO_ARGS:
+            args = {}
+        else:
+            try:
+                text = bytes(raw).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return errors.plain(
+                    WorkerError.INVALID_ARGS, "InvalidArgs", f"arguments are not valid UTF-8: {exc}"
+                )
+            try:
+                args = json.loads(text)
+            except ValueError as exc:
+                return errors.plain(
+                    WorkerError.INVALID_ARGS, "InvalidArgs", f"arguments are not valid JSON: {exc}"
+                )
+            if not isinstance(args, dict):
+                return errors.plain(
+                    WorkerError.INVALID_ARGS,
+                    "InvalidArgs",
+                    f"arguments must be a JSON object of keyword arguments, got {type(args).__name__}",
+                )
+        session = self._session_for(req.session_id)
+        ctx = None
+        if cmd.wants_context:
+            ctx = Context(
+                request_id=metadata.get(REQUEST_ID_KEY, ""),
+                correlation_id=metadata.get(CORRELATION_ID_KEY, ""),
+                deadline_seconds=deadline,
+                session=session,
+                metadata=dict(metadata),
             )
         try:
-            args = json.loads(text)
-        except ValueError as exc:
-            return errors.plain(
-                WorkerError.INVALID_ARGS, "InvalidArgs", f"arguments are not valid JSON: {exc}"
-            )
-        if not isinstance(args, dict):
-            return errors.plain(
-                WorkerError.INVALID_ARGS,
-                "InvalidArgs",
-                f"arguments must be a JSON object of keyword arguments, got {type(args).__name__}",
-            )
-        ctx = Context(
-            request_id=metadata.get(REQUEST_ID_KEY, ""),
-            correlation_id=metadata.get(CORRELATION_ID_KEY, ""),
-            deadline_seconds=deadline,
-            session=self._session_for(req.session_id),
-            metadata=metadata,
-        )
-        try:
-            bound = cmd.bind(args, ctx)
+            pos, kw = cmd.call_args(args, ctx)
         except TypeError as exc:
             return errors.plain(
                 WorkerError.INVALID_ARGS,
                 "InvalidArgs",
                 f"{req.command}: {exc} (parameters: {', '.join(cmd.params) or 'none'})",
             )
-        return cmd, bound
+        return cmd, pos, kw
 
-    def execute(self, req, metadata: Dict[str, str], deadline: Optional[float]):
+    def execute(self, req, metadata: Mapping[str, str], deadline: Optional[float]):
         self.requests_handled += 1
+        if not telemetry.active():
+            return self._execute(req, metadata, deadline, None)
         with self._span(req, metadata) as span:
             return self._execute(req, metadata, deadline, span)
 
@@ -121,9 +134,9 @@ class Dispatcher:
         if isinstance(prepared, WorkerError):
             telemetry.record_failure(span, ValueError(prepared.message), prepared.type)
             return ExecuteResponse(error=prepared)
-        cmd, bound = prepared
+        cmd, pos, kw = prepared
         try:
-            result = cmd.fn(*bound.args, **bound.kwargs)
+            result = cmd.fn(*pos, **kw)
             if cmd.streaming:
                 result = list(result)  # a unary call of a generator gets all chunks
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything
@@ -141,7 +154,7 @@ class Dispatcher:
     def execute_stream(
         self,
         req,
-        metadata: Dict[str, str],
+        metadata: Mapping[str, str],
         deadline: Optional[float],
         is_active: Callable[[], bool] = lambda: True,
     ) -> Iterator[object]:
@@ -155,9 +168,9 @@ class Dispatcher:
         if isinstance(prepared, WorkerError):
             yield StreamChunk(final=True, error=prepared)
             return
-        cmd, bound = prepared
+        cmd, pos, kw = prepared
         try:
-            produced = cmd.fn(*bound.args, **bound.kwargs)
+            produced = cmd.fn(*pos, **kw)
             items = produced if cmd.streaming else iter([produced])
             for item in items:
                 try:
@@ -173,6 +186,8 @@ class Dispatcher:
                     close = getattr(items, "close", None)
                     if close is not None:
                         close()
+                    # Every stream ends with exactly one final chunk, cancelled or not.
+                    yield StreamChunk(final=True)
                     return
         except BaseException as exc:  # noqa: BLE001
             telemetry.record_failure(span, exc, errors.qualified_type(exc))

@@ -79,6 +79,11 @@ class ExampleAdapter(Adapter):
         return {"held_mb": sum(len(b) for b in self._held) // MIB}
 
     @command
+    def blob(self, kib: int = 1) -> str:
+        """Return a string of `kib` KiB (response-size tests and benchmarks)."""
+        return "x" * (kib * 1024)
+
+    @command
     def describe(self) -> List[Dict[str, Any]]:
         """List this adapter's commands with their parameters and docs."""
         return [

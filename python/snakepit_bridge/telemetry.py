@@ -21,6 +21,11 @@ _provider = None
 _propagator = None
 
 
+def active() -> bool:
+    """True when request spans are recorded (callers skip span set-up otherwise)."""
+    return _tracer is not None
+
+
 def _wanted() -> bool:
     flag = os.environ.get("SNAKEPIT_OTEL", "")
     if flag.lower() in ("0", "false", "off"):

@@ -1,4 +1,5 @@
-"""Worker process entry point: `python -m snakepit_bridge --adapter module:Class --socket PATH`.
+"""Worker process entry point: `python -m snakepit_bridge --adapter module:Class --socket PATH`
+(gRPC) or `... --pipe-fds 3,4,5,6` (framed protobuf on inherited pipes; see pipe_server.py).
 
 Start-up protocol with the pool: load the adapter, bind the gRPC server, then print
 one line `SNAKEPIT_READY {json}` on stdout. Anything printed before or after is
@@ -26,7 +27,6 @@ import traceback
 from . import telemetry
 from .adapter import Adapter
 from .dispatch import Dispatcher
-from .server import build_server
 
 READY_MARKER = "SNAKEPIT_READY"
 PROTOCOL_VERSION = 1
@@ -42,6 +42,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--adapter", required=True, help="module:Class of the adapter to serve")
     p.add_argument("--socket", help="Unix socket path to serve on")
     p.add_argument("--address", help="gRPC address instead of --socket, e.g. 127.0.0.1:0")
+    p.add_argument(
+        "--pipe-fds",
+        help="serve framed protobuf on inherited pipes instead of gRPC: data-in,data-out,control-in,control-out",
+    )
     p.add_argument("--worker-id", default="worker")
     p.add_argument("--pool", default="default")
     p.add_argument("--run-id", default="", help="the pool run this worker belongs to")
@@ -109,17 +113,32 @@ def main(argv=None) -> int:
         sys.stderr.flush()
         return EXIT_BAD_ADAPTER
 
-    address = args.address or (f"unix:{args.socket}" if args.socket else None)
-    if address is None:
-        print("one of --socket or --address is required", file=sys.stderr)
-        return EXIT_BIND_FAILED
     telemetry.setup(args.worker_id, args.pool, adapter.name)
     dispatcher = Dispatcher(adapter)
-    try:
-        server = build_server(dispatcher, address, args.max_message_bytes, args.threads)
-    except (OSError, RuntimeError) as exc:
-        print(f"cannot serve on {address}: {exc}", file=sys.stderr)
-        return EXIT_BIND_FAILED
+    if args.pipe_fds:
+        # Imported here: a pipe worker never pays for importing grpc.
+        from .pipe_server import PipeServer
+
+        try:
+            fds = [int(f) for f in args.pipe_fds.split(",")]
+            if len(fds) != 4:
+                raise ValueError("need four descriptors")
+        except ValueError as exc:
+            print(f"--pipe-fds {args.pipe_fds!r}: {exc}", file=sys.stderr)
+            return EXIT_BIND_FAILED
+        server = PipeServer(dispatcher, fds, args.max_message_bytes)
+    else:
+        address = args.address or (f"unix:{args.socket}" if args.socket else None)
+        if address is None:
+            print("one of --socket, --address or --pipe-fds is required", file=sys.stderr)
+            return EXIT_BIND_FAILED
+        from .server import build_server
+
+        try:
+            server = build_server(dispatcher, address, args.max_message_bytes, args.threads)
+        except (OSError, RuntimeError) as exc:
+            print(f"cannot serve on {address}: {exc}", file=sys.stderr)
+            return EXIT_BIND_FAILED
 
     stop = threading.Event()
 
@@ -139,7 +158,10 @@ def main(argv=None) -> int:
     print(f"{READY_MARKER} {json.dumps(ready)}", flush=True)
     while not stop.wait(timeout=1.0):
         pass
-    server.stop(grace=args.stop_grace).wait()
+    if args.pipe_fds:
+        server.stop(grace=args.stop_grace)
+    else:
+        server.stop(grace=args.stop_grace).wait()
     telemetry.shutdown()
     return 0
 

@@ -29,6 +29,9 @@ CommandInfo = _message("CommandInfo")
 InitSessionRequest = _message("InitSessionRequest")
 CloseSessionRequest = _message("CloseSessionRequest")
 SessionAck = _message("SessionAck")
+Frame = _message("Frame")
+Cancel = _message("Cancel")
+FrameError = _message("FrameError")
 
 __all__ = [
     "SERVICE_NAME",
@@ -44,4 +47,7 @@ __all__ = [
     "InitSessionRequest",
     "CloseSessionRequest",
     "SessionAck",
+    "Frame",
+    "Cancel",
+    "FrameError",
 ]

@@ -1,0 +1,183 @@
+"""The pipe face of a worker: length-prefixed Frames over two pairs of pipes.
+
+The data pair carries one request at a time and is served inline by one thread (no
+hand-off between threads on the hot path). The control pair (health, describe,
+sessions, cancel) has its own thread, so health checks are answered while a request
+runs. EOF on the data pipe means the pool is gone: the worker exits at once. A frame
+that does not decode or is too long is answered with a `frame_error` and ends the
+worker (exit code 5): the pool replaces it.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import time
+from typing import Callable, Mapping, Optional, Set
+
+from google.protobuf.message import DecodeError
+
+from ._proto import Frame, FrameError
+from .dispatch import Dispatcher
+
+EXIT_BAD_FRAME = 5
+_HEADER = struct.Struct(">I")
+_READ_SIZE = 64 * 1024
+
+
+class FrameTooLarge(Exception):
+    """An incoming frame announced a length over the limit."""
+
+
+class ReplyTooLarge(Exception):
+    """A reply would exceed the limit; it was not written."""
+
+
+class Pipe:
+    """One direction-pair of framed messages."""
+
+    def __init__(self, read_fd: int, write_fd: int, max_frame: int) -> None:
+        self.read_fd = read_fd
+        self.write_fd = write_fd
+        self.max_frame = max_frame
+        self._write_lock = threading.Lock()
+        # Bytes read but not yet consumed: a small frame usually arrives in one read.
+        self._buf = bytearray()
+
+    def _fill(self, n: int) -> bool:
+        """Buffer at least `n` bytes; False at EOF."""
+        buf = self._buf
+        while len(buf) < n:
+            chunk = os.read(self.read_fd, max(_READ_SIZE, n - len(buf)))
+            if not chunk:
+                return False
+            buf += chunk
+        return True
+
+    def read(self):
+        """The next Frame, or None at EOF. Raises FrameTooLarge or DecodeError."""
+        if not self._fill(4):
+            return None
+        (length,) = _HEADER.unpack_from(self._buf)
+        if length > self.max_frame:
+            raise FrameTooLarge(f"frame of {length} bytes exceeds the limit of {self.max_frame}")
+        if not self._fill(4 + length):
+            return None
+        body = bytes(self._buf[4 : 4 + length])
+        del self._buf[: 4 + length]
+        return Frame.FromString(body)
+
+    def write(self, frame) -> None:
+        data = frame.SerializeToString()
+        if len(data) > self.max_frame:
+            raise ReplyTooLarge(
+                f"reply of {len(data)} bytes exceeds the limit of {self.max_frame} (max_response_bytes)"
+            )
+        buf = _HEADER.pack(len(data)) + data
+        with self._write_lock:
+            view = memoryview(buf)
+            while view:
+                written = os.write(self.write_fd, view)
+                view = view[written:]
+
+
+def _deadline(frame) -> Optional[float]:
+    return frame.timeout_ms / 1000.0 if frame.timeout_ms else None
+
+
+def _fatal(pipe: Pipe, message: str) -> None:
+    try:
+        pipe.write(Frame(id=0, frame_error=FrameError(message=message)))
+    finally:
+        os._exit(EXIT_BAD_FRAME)
+
+
+class PipeServer:
+    def __init__(self, dispatcher: Dispatcher, fds, max_frame: int) -> None:
+        data_in, data_out, ctl_in, ctl_out = fds
+        self.dispatcher = dispatcher
+        self.data = Pipe(data_in, data_out, max_frame)
+        self.control = Pipe(ctl_in, ctl_out, max_frame)
+        self.cancelled: Set[int] = set()
+        # A plain flag, not an Event: it flips twice per request and only stop() reads it.
+        self.busy = False
+
+    def _serve_control(self) -> None:
+        d = self.dispatcher
+        while True:
+            try:
+                frame = self.control.read()
+            except (FrameTooLarge, DecodeError) as exc:
+                _fatal(self.control, f"bad control frame: {exc}")
+                return
+            if frame is None:
+                return
+            kind = frame.WhichOneof("body")
+            if kind == "health":
+                reply = Frame(id=frame.id, health_result=d.health())
+            elif kind == "describe":
+                reply = Frame(id=frame.id, describe_result=d.describe())
+            elif kind == "init_session":
+                r = frame.init_session
+                reply = Frame(id=frame.id, session_ack=d.init_session(r.session_id, r.metadata_json))
+            elif kind == "close_session":
+                reply = Frame(id=frame.id, session_ack=d.close_session(frame.close_session.session_id))
+            elif kind == "cancel":
+                self.cancelled.add(frame.id)
+                continue
+            else:
+                _fatal(self.control, f"unexpected {kind!r} frame on the control pipe")
+                return
+            self.control.write(reply)
+
+    def _serve_data(self) -> None:
+        d = self.dispatcher
+        while True:
+            try:
+                frame = self.data.read()
+            except (FrameTooLarge, DecodeError) as exc:
+                _fatal(self.data, f"bad data frame: {exc}")
+                return
+            if frame is None:
+                os._exit(0)  # the pool is gone
+            kind = frame.WhichOneof("body")
+            metadata: Mapping[str, str] = frame.metadata
+            self.busy = True
+            try:
+                if kind == "execute":
+                    resp = d.execute(frame.execute, metadata, _deadline(frame))
+                    self.data.write(Frame(id=frame.id, execute_result=resp))
+                elif kind == "execute_stream":
+                    self._stream(frame, metadata)
+                else:
+                    _fatal(self.data, f"unexpected {kind!r} frame on the data pipe")
+            except ReplyTooLarge as exc:
+                # Nothing of the reply was written: the pipe is in step, keep serving.
+                self.data.write(Frame(id=frame.id, frame_error=FrameError(message=str(exc), too_large=True)))
+            finally:
+                self.busy = False
+
+    def _stream(self, frame, metadata: Mapping[str, str]) -> None:
+        call_id = frame.id
+        # A cancel that raced the stream's end stays behind; ids only grow, so drop those.
+        for stale in [i for i in list(self.cancelled) if i < call_id]:
+            self.cancelled.discard(stale)
+        active: Callable[[], bool] = lambda: call_id not in self.cancelled
+        chunks = self.dispatcher.execute_stream(frame.execute_stream, metadata, _deadline(frame), active)
+        try:
+            for chunk in chunks:
+                self.data.write(Frame(id=call_id, chunk=chunk))
+        finally:
+            # On a too-large chunk the stream ends here: close the user's generator.
+            chunks.close()
+            self.cancelled.discard(call_id)
+
+    def start(self) -> None:
+        threading.Thread(target=self._serve_control, name="snakepit-control", daemon=True).start()
+        threading.Thread(target=self._serve_data, name="snakepit-data", daemon=True).start()
+
+    def stop(self, grace: float) -> None:
+        """Let a running request finish (up to `grace` seconds)."""
+        deadline = time.monotonic() + grace
+        while self.busy and time.monotonic() < deadline:
+            time.sleep(0.01)

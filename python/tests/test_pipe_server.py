@@ -1,0 +1,169 @@
+"""The pipe transport as a real process: framed calls on the data pipe, control calls
+answered while a request runs, streams and cancel, bad frames, parent death, SIGTERM."""
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from snakepit_bridge import _proto as pb
+
+HEADER = struct.Struct(">I")
+
+
+class PipeWorker:
+    def __init__(self):
+        self.data_in_r, self.data_in_w = os.pipe()    # pool -> worker
+        self.data_out_r, self.data_out_w = os.pipe()  # worker -> pool
+        self.ctl_in_r, self.ctl_in_w = os.pipe()
+        self.ctl_out_r, self.ctl_out_w = os.pipe()
+        child = (self.data_in_r, self.data_out_w, self.ctl_in_r, self.ctl_out_w)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "snakepit_bridge", "--adapter", "snakepit_bridge.example:ExampleAdapter",
+             "--pipe-fds", ",".join(map(str, child)), "--max-message-bytes", "1048576"],
+            pass_fds=child, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for fd in child:
+            os.close(fd)
+        line = self.proc.stdout.readline()
+        assert line.startswith("SNAKEPIT_READY "), (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
+        self.next_id = 1
+
+    def send(self, fd, frame):
+        data = frame.SerializeToString()
+        os.write(fd, HEADER.pack(len(data)) + data)
+
+    def recv(self, fd):
+        def exact(n):
+            buf = b""
+            while len(buf) < n:
+                chunk = os.read(fd, n - len(buf))
+                if not chunk:
+                    return None
+                buf += chunk
+            return buf
+        head = exact(4)
+        if head is None:
+            return None
+        (n,) = HEADER.unpack(head)
+        return pb.Frame.FromString(exact(n) if n else b"")
+
+    def call(self, command, timeout_ms=0, **args):
+        self.next_id += 1
+        self.send(self.data_in_w, pb.Frame(id=self.next_id, timeout_ms=timeout_ms,
+                                           metadata={"x-correlation-id": "c-pipe"},
+                                           execute=pb.ExecuteRequest(command=command, args_json=json.dumps(args).encode())))
+        reply = self.recv(self.data_out_r)
+        assert reply.id == self.next_id
+        return reply.execute_result
+
+    def control(self, **body):
+        self.next_id += 1
+        self.send(self.ctl_in_w, pb.Frame(id=self.next_id, **body))
+        reply = self.recv(self.ctl_out_r)
+        assert reply.id == self.next_id
+        return reply
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        for fd in (self.data_in_w, self.data_out_r, self.ctl_in_w, self.ctl_out_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def worker():
+    w = PipeWorker()
+    yield w
+    w.close()
+
+
+def test_calls_results_errors_and_context(worker):
+    assert json.loads(worker.call("ping").result_json) == "pong"
+    who = json.loads(worker.call("whoami", timeout_ms=4000).result_json)
+    assert who["correlation_id"] == "c-pipe" and 0 < who["deadline_seconds"] <= 4
+    err = worker.call("fail", type="KeyError", message="gone").error
+    assert err.type == "KeyError" and "raise exc_type(message)" in err.traceback
+    assert worker.call("nope").error.kind == pb.WorkerError.UNKNOWN_COMMAND
+
+
+def test_print_in_user_code_does_not_corrupt_the_channel(worker):
+    # stdout is not the channel: what user code prints goes to the log.
+    assert json.loads(worker.call("echo", text="x" * 100).result_json) == {"text": "x" * 100}
+
+
+def test_control_answers_while_a_request_runs(worker):
+    worker.next_id += 1
+    busy_id = worker.next_id
+    worker.send(worker.data_in_w, pb.Frame(id=busy_id, execute=pb.ExecuteRequest(command="sleep", args_json=b'{"ms": 800}')))
+    start = time.monotonic()
+    health = worker.control(health=pb.HealthRequest()).health_result
+    assert health.status == "ok" and health.pid == worker.proc.pid
+    assert time.monotonic() - start < 0.5, "health waited for the request"
+    assert worker.control(describe=pb.DescribeRequest()).describe_result.commands
+    assert worker.control(init_session=pb.InitSessionRequest(session_id="s1")).session_ack.changed
+    assert worker.recv(worker.data_out_r).id == busy_id
+
+
+def test_stream_chunks_then_final_and_cancel(worker):
+    worker.next_id += 1
+    worker.send(worker.data_in_w, pb.Frame(id=worker.next_id, execute_stream=pb.ExecuteRequest(command="stream", args_json=b'{"n": 3}')))
+    frames = [worker.recv(worker.data_out_r) for _ in range(4)]
+    assert [json.loads(f.chunk.data_json) for f in frames[:3]] == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert frames[3].chunk.final
+    # Cancel a long stream after its first chunk: it ends early with its final chunk.
+    worker.next_id += 1
+    sid = worker.next_id
+    worker.send(worker.data_in_w, pb.Frame(id=sid, execute_stream=pb.ExecuteRequest(command="stream", args_json=b'{"n": 1000, "delay_ms": 10}')))
+    assert worker.recv(worker.data_out_r).chunk.data_json
+    worker.send(worker.ctl_in_w, pb.Frame(id=sid, cancel=pb.Cancel()))
+    count = 1
+    while True:
+        f = worker.recv(worker.data_out_r)
+        count += 1
+        if f.chunk.final:
+            break
+    assert count < 100, f"stream went on for {count} chunks after cancel"
+    assert json.loads(worker.call("ping").result_json) == "pong"
+
+
+def test_a_too_large_reply_is_refused_and_the_worker_keeps_serving(worker):
+    worker.next_id += 1
+    worker.send(worker.data_in_w, pb.Frame(id=worker.next_id, execute=pb.ExecuteRequest(command="blob", args_json=b'{"kib": 2048}')))
+    reply = worker.recv(worker.data_out_r)
+    assert reply.id == worker.next_id and reply.frame_error.too_large, reply
+    assert "exceeds the limit" in reply.frame_error.message
+    assert json.loads(worker.call("ping").result_json) == "pong"
+    assert worker.proc.poll() is None
+
+
+def test_a_bad_frame_is_answered_and_ends_the_worker(worker):
+    os.write(worker.data_in_w, HEADER.pack(3) + b"\xff\xff\xff")
+    reply = worker.recv(worker.data_out_r)
+    assert reply.WhichOneof("body") == "frame_error" and "bad data frame" in reply.frame_error.message
+    assert worker.proc.wait(timeout=5) == 5
+
+
+def test_an_oversized_frame_is_refused(worker):
+    os.write(worker.data_in_w, HEADER.pack(50 * 1024 * 1024))
+    reply = worker.recv(worker.data_out_r)
+    assert "exceeds the limit" in reply.frame_error.message
+    assert worker.proc.wait(timeout=5) == 5
+
+
+def test_eof_on_the_data_pipe_means_the_pool_is_gone(worker):
+    os.close(worker.data_in_w)
+    assert worker.proc.wait(timeout=5) == 0
+
+
+def test_sigterm_exits_cleanly(worker):
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(timeout=10) == 0
