@@ -64,7 +64,7 @@ async fn the_dashboard_in_headless_chromium() {
     let pool = Pool::start(
         PoolConfig {
             size: 2,
-            ..PoolConfig::default()
+            ..pool_config()
         },
         events.clone(),
     )

@@ -95,7 +95,7 @@ async fn readiness_follows_the_pool_and_detailed_shows_replacements() {
     let pool = Pool::start(
         PoolConfig {
             size: 2,
-            ..PoolConfig::default()
+            ..pool_config()
         },
         events.clone(),
     )
@@ -218,7 +218,7 @@ async fn rate_limits_and_the_token() {
         ..HealthConfig::default()
     };
     let health = Health::new(cfg, &events).expect("health");
-    let pool = Pool::start(PoolConfig::default(), events.clone())
+    let pool = Pool::start(pool_config(), events.clone())
         .await
         .expect("pool");
     health.add_pool(pool.clone());

@@ -49,7 +49,7 @@ async fn setup(cfg: TelemetryConfig, pool_size: usize) -> Setup {
     }
     let mut pool_cfg = PoolConfig {
         size: pool_size,
-        ..PoolConfig::default()
+        ..pool_config()
     };
     pool_cfg.python.env.extend(telemetry.worker_env());
     let pool = match Pool::start(pool_cfg, events.clone()).await {

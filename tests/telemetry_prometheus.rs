@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
-use snakepit_core::{EventBus, Pool, PoolConfig, Request};
+use snakepit_core::{EventBus, Pool, Request};
 use snakepit_e2e::*;
 use snakepit_otel::{LogFormat, Telemetry, TelemetryConfig};
 use tower::{ServiceBuilder, ServiceExt};
@@ -17,7 +17,7 @@ async fn pool_with_metrics() -> (std::sync::Arc<Telemetry>, Pool) {
     let mut telemetry = Telemetry::build(cfg).expect("telemetry");
     let events = EventBus::default();
     telemetry.attach(&events).expect("attach");
-    let pool = Pool::start(PoolConfig::default(), events.clone())
+    let pool = Pool::start(pool_config(), events.clone())
         .await
         .expect("pool");
     telemetry.watch_pools(std::slice::from_ref(&pool));
@@ -154,7 +154,7 @@ async fn exemplars_link_latency_buckets_to_traces_in_a_real_prometheus() {
     let mut telemetry = Telemetry::build(cfg).expect("telemetry");
     let dispatch = telemetry.subscriber().expect("subscriber");
     let _guard = tracing::dispatcher::set_default(&dispatch);
-    let pool = Pool::start(PoolConfig::default(), EventBus::default())
+    let pool = Pool::start(pool_config(), EventBus::default())
         .await
         .expect("pool");
     let telemetry = std::sync::Arc::new(telemetry);

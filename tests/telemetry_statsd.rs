@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
-use snakepit_core::{EventBus, Pool, PoolConfig, Request};
+use snakepit_core::{EventBus, Pool, Request};
 use snakepit_e2e::*;
 use snakepit_otel::{LogFormat, StatsdConfig, Telemetry, TelemetryConfig};
 
@@ -72,7 +72,7 @@ async fn a_real_statsd_daemon_receives_counters_and_timers() {
     let mut telemetry = Telemetry::build(cfg).expect("telemetry");
     let events = EventBus::default();
     telemetry.attach(&events).expect("attach");
-    let pool = Pool::start(PoolConfig::default(), events.clone())
+    let pool = Pool::start(pool_config(), events.clone())
         .await
         .expect("pool");
     telemetry.watch_pools(std::slice::from_ref(&pool));

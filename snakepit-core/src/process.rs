@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,10 @@ pub(crate) struct SpawnSpec {
     pub worker_id: String,
     pub pool_name: String,
     pub startup_timeout: Duration,
+    /// Descriptors the child inherits, each at the given number (the pipe transport's
+    /// pipes on 3..6). The pool's copies are closed once the child has started, so the
+    /// pool sees EOF when the worker dies.
+    pub pass_fds: Vec<(OwnedFd, RawFd)>,
 }
 
 /// The last lines a worker wrote to stderr.
@@ -90,7 +95,23 @@ impl WorkerProcess {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
-        let mut child = cmd.spawn().map_err(|e| StartError::Spawn {
+        let pass_fds = spec.pass_fds;
+        if !pass_fds.is_empty() {
+            let moves: Vec<(RawFd, RawFd)> = pass_fds
+                .iter()
+                .map(|(fd, at)| (fd.as_raw_fd(), *at))
+                .collect();
+            // SAFETY: the closure runs in the forked child before exec and only calls
+            // fcntl(2) and dup2(2), which are async-signal-safe; it allocates nothing
+            // (`moves` was built before the fork).
+            unsafe {
+                cmd.pre_exec(move || place_fds(&moves));
+            }
+        }
+        let spawned = cmd.spawn();
+        // The child has its copies (or never started): close ours.
+        drop(pass_fds);
+        let mut child = spawned.map_err(|e| StartError::Spawn {
             program: spec.program.display().to_string(),
             message: e.to_string(),
         })?;
@@ -256,6 +277,34 @@ impl Drop for WorkerProcess {
     }
 }
 
+/// In the forked child: put each `(source, target)` descriptor at `target`, without
+/// clobbering a source that sits on another's target. Sources are close-on-exec; the
+/// placed copies are not, so exactly the targets survive exec.
+fn place_fds(moves: &[(RawFd, RawFd)]) -> std::io::Result<()> {
+    /// Above every target, so the parking copies collide with none of them.
+    const PARK_FLOOR: RawFd = 64;
+    let mut parked = [0 as RawFd; 16];
+    if moves.len() > parked.len() {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    for (i, (source, _)) in moves.iter().enumerate() {
+        // SAFETY: fcntl on a descriptor we own; F_DUPFD_CLOEXEC creates a new one.
+        let fd = unsafe { libc::fcntl(*source, libc::F_DUPFD_CLOEXEC, PARK_FLOOR) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        parked[i] = fd;
+    }
+    for (i, (_, target)) in moves.iter().enumerate() {
+        // SAFETY: dup2 onto a number of our choosing; the old descriptor there (if
+        // any) is one the child must not keep anyway.
+        if unsafe { libc::dup2(parked[i], *target) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Resident set size of a process, read from `/proc/<pid>/statm` (measured by us, not
 /// reported by the worker).
 pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
@@ -363,6 +412,7 @@ mod tests {
             worker_id: "t-1".into(),
             pool_name: "t".into(),
             startup_timeout: Duration::from_secs(10),
+            pass_fds: vec![],
         };
         match WorkerProcess::spawn(spec).await {
             Err(StartError::ExitedDuringStartup {
@@ -376,6 +426,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn passed_fds_land_on_their_numbers_and_ours_close() {
+        use std::io::Read;
+        let (mut rx3, tx3) = std::io::pipe().unwrap();
+        let (mut rx4, tx4) = std::io::pipe().unwrap();
+        // Passed crosswise so one source may sit on the other's target.
+        let spec = SpawnSpec {
+            program: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                "echo SNAKEPIT_READY {}; echo three >&3; echo four >&4".into(),
+            ],
+            env: vec![],
+            worker_id: "t-3".into(),
+            pool_name: "t".into(),
+            startup_timeout: Duration::from_secs(10),
+            pass_fds: vec![(tx4.into(), 4), (tx3.into(), 3)],
+        };
+        let process = WorkerProcess::spawn(spec).await.unwrap();
+        let (mut three, mut four) = (String::new(), String::new());
+        // read_to_string ends only at EOF: the pool's copies must be closed.
+        rx3.read_to_string(&mut three).unwrap();
+        rx4.read_to_string(&mut four).unwrap();
+        assert_eq!((three.as_str(), four.as_str()), ("three\n", "four\n"));
+        assert_eq!(
+            process
+                .wait_exit(Duration::from_secs(5))
+                .await
+                .unwrap()
+                .code,
+            Some(0)
+        );
+    }
+
+    #[tokio::test]
     async fn startup_timeout_kills_the_process() {
         let spec = SpawnSpec {
             program: "/bin/sh".into(),
@@ -384,6 +468,7 @@ mod tests {
             worker_id: "t-2".into(),
             pool_name: "t".into(),
             startup_timeout: Duration::from_millis(300),
+            pass_fds: vec![],
         };
         let err = WorkerProcess::spawn(spec).await.err();
         let Some(StartError::StartupTimeout { stderr_tail, .. }) = err else {

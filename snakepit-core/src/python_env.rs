@@ -50,6 +50,10 @@ const EMBEDDED_BRIDGE: &[(&str, &str)] = &[
         include_str!("../../python/snakepit_bridge/example.py"),
     ),
     (
+        "snakepit_bridge/pipe_server.py",
+        include_str!("../../python/snakepit_bridge/pipe_server.py"),
+    ),
+    (
         "snakepit_bridge/server.py",
         include_str!("../../python/snakepit_bridge/server.py"),
     ),

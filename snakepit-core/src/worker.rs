@@ -1,7 +1,8 @@
 //! A started worker: its process, its transport, and the counters stats read.
 //!
-//! Start-up is: spawn `python -m snakepit_bridge ...` → wait for its ready line →
-//! connect the transport → one health call as the handshake. Only then is the worker
+//! Start-up is: spawn `python -m snakepit_bridge ...` (with a socket path for gRPC, or
+//! inheriting four pipes for the pipe transport) → wait for its ready line → connect
+//! the transport → one health call as the handshake. Only then is the worker
 //! registered with the pool and given requests.
 
 use std::ffi::OsString;
@@ -10,11 +11,12 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::PoolConfig;
+use crate::config::{PoolConfig, TransportKind};
 use crate::error::StartError;
 use crate::process::{SpawnSpec, WorkerProcess};
 use crate::stats::{WorkerState, WorkerStats};
 use crate::transport::grpc::GrpcTransport;
+use crate::transport::pipe::{self, PipeTransport};
 use crate::transport::WorkerTransport;
 
 /// Thread-pool variables of numeric libraries, pinned to 1 per worker by default.
@@ -74,7 +76,14 @@ pub(crate) struct Worker {
     pub process: WorkerProcess,
     pub transport: Arc<dyn WorkerTransport>,
     pub status: Arc<WorkerStatus>,
-    socket: PathBuf,
+    /// The gRPC socket file, removed with the worker.
+    socket: Option<PathBuf>,
+}
+
+/// How the pool reaches a worker it is starting.
+enum Channel {
+    Socket(PathBuf),
+    Pipes(pipe::PipeEnds),
 }
 
 impl Worker {
@@ -84,25 +93,53 @@ impl Worker {
         launch: &LaunchSpec,
     ) -> Result<Worker, StartError> {
         let started = Instant::now();
-        let socket = launch.run_dir.join(format!("{}.sock", id));
-        let _ = std::fs::remove_file(&socket);
-        let process = WorkerProcess::spawn(spawn_spec(&id, cfg, launch, &socket)).await?;
+        let mut spec = spawn_spec(&id, cfg, launch);
+        let channel = match cfg.transport {
+            TransportKind::Grpc => {
+                let socket = launch.run_dir.join(format!("{}.sock", id));
+                let _ = std::fs::remove_file(&socket);
+                spec.args.push("--socket".into());
+                spec.args.push(socket.as_os_str().to_owned());
+                Channel::Socket(socket)
+            }
+            TransportKind::Pipe => {
+                let (ours, theirs) = pipe::pipes()
+                    .map_err(|e| StartError::Io(format!("cannot create pipes: {e}")))?;
+                spec.args.push("--pipe-fds".into());
+                let numbers: Vec<String> = pipe::CHILD_FDS.iter().map(i32::to_string).collect();
+                spec.args.push(numbers.join(",").into());
+                spec.pass_fds = theirs.into_iter().zip(pipe::CHILD_FDS).collect();
+                Channel::Pipes(ours)
+            }
+        };
+        let process = WorkerProcess::spawn(spec).await?;
         let remaining = cfg.startup_timeout().saturating_sub(started.elapsed());
         let handshake_timeout = remaining.max(Duration::from_secs(1));
         let handshake_err = |message: String| StartError::Handshake {
             worker_id: id.to_string(),
             message,
         };
-        let transport = GrpcTransport::connect(&socket, cfg.max_response_bytes, handshake_timeout)
-            .await
-            .map_err(|e| handshake_err(e.to_string()))?;
+        let (transport, socket): (Arc<dyn WorkerTransport>, _) = match channel {
+            Channel::Socket(socket) => {
+                let transport =
+                    GrpcTransport::connect(&socket, cfg.max_response_bytes, handshake_timeout)
+                        .await
+                        .map_err(|e| handshake_err(e.to_string()))?;
+                (Arc::new(transport), Some(socket))
+            }
+            Channel::Pipes(ends) => {
+                let transport = PipeTransport::new(ends, cfg.max_response_bytes)
+                    .map_err(|e| handshake_err(format!("cannot use the pipes: {e}")))?;
+                (Arc::new(transport), None)
+            }
+        };
         let health = transport
             .health(handshake_timeout)
             .await
             .map_err(|e| handshake_err(format!("health check failed: {e}")))?;
         if health.pid != process.pid() {
             return Err(handshake_err(format!(
-                "socket answered for pid {} but the worker is pid {}",
+                "the worker channel answered for pid {} but the worker is pid {}",
                 health.pid,
                 process.pid()
             )));
@@ -118,7 +155,7 @@ impl Worker {
         Ok(Worker {
             id,
             process,
-            transport: Arc::new(transport),
+            transport,
             status,
             socket,
         })
@@ -135,23 +172,19 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.socket);
+        if let Some(socket) = &self.socket {
+            let _ = std::fs::remove_file(socket);
+        }
     }
 }
 
-fn spawn_spec(
-    id: &str,
-    cfg: &PoolConfig,
-    launch: &LaunchSpec,
-    socket: &std::path::Path,
-) -> SpawnSpec {
+/// The worker command line and environment, without its channel (socket or pipes).
+fn spawn_spec(id: &str, cfg: &PoolConfig, launch: &LaunchSpec) -> SpawnSpec {
     let mut args: Vec<OsString> = ["-u", "-m", "snakepit_bridge", "--adapter"]
         .into_iter()
         .map(OsString::from)
         .collect();
     args.push(cfg.adapter.clone().into());
-    args.push("--socket".into());
-    args.push(socket.as_os_str().to_owned());
     for (flag, value) in [
         ("--worker-id", id.to_string()),
         ("--pool", cfg.name.clone()),
@@ -198,5 +231,6 @@ fn spawn_spec(
         worker_id: id.to_string(),
         pool_name: cfg.name.clone(),
         startup_timeout: cfg.startup_timeout(),
+        pass_fds: Vec::new(),
     }
 }

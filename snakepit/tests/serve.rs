@@ -35,16 +35,19 @@ drain_timeout_ms = 10000
 [[pools]]
 name = "default"
 size = 2
+{transport}
 
 [[pools]]
 name = "tiny"
 size = 1
 max_queue_size = 0
+{transport}
 
 [telemetry.logs]
 format = "json"
 {extra_toml}
-"#
+"#,
+        transport = transport_toml(),
     );
     std::fs::write(&config, toml).expect("write config");
     let log = std::fs::File::create(dir.path().join("serve.log")).expect("log file");
@@ -56,15 +59,19 @@ format = "json"
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start snakepit serve");
-    let server = Server {
+    let mut server = Server {
         child,
         port,
         _dir: dir,
     };
+    let mut exited = None;
+    let ready = wait_until(Duration::from_secs(60), || {
+        exited = server.child.try_wait().ok().flatten();
+        exited.is_some() || (port_open(port) && http_get(port, "/health/ready", &[]).status == 200)
+    });
     assert!(
-        wait_until(Duration::from_secs(60), || port_open(port)
-            && http_get(port, "/health/ready", &[]).status == 200),
-        "snakepit serve never became ready"
+        ready && exited.is_none(),
+        "snakepit serve never became ready (exit: {exited:?}; its stderr is above)"
     );
     server
 }

@@ -24,6 +24,34 @@ pub fn python() -> PathBuf {
     }
 }
 
+/// The worker transport under test: `TRANSPORT_UNDER_TEST=grpc|pipe` (scripts/test
+/// runs the suite once per transport); unset means the pool's default.
+pub fn transport() -> snakepit_core::TransportKind {
+    use snakepit_core::TransportKind;
+    match std::env::var("TRANSPORT_UNDER_TEST").as_deref() {
+        Ok("grpc") => TransportKind::Grpc,
+        Ok("pipe") => TransportKind::Pipe,
+        Ok(other) => panic!("TRANSPORT_UNDER_TEST={other:?}: expected grpc or pipe"),
+        Err(_) => snakepit_core::PoolConfig::default().transport,
+    }
+}
+
+/// The default pool config on the transport under test.
+pub fn pool_config() -> snakepit_core::PoolConfig {
+    snakepit_core::PoolConfig {
+        transport: transport(),
+        ..Default::default()
+    }
+}
+
+/// `transport = "..."` for a `[[pools]]` table of `snakepit.toml`.
+pub fn transport_toml() -> String {
+    match transport() {
+        snakepit_core::TransportKind::Grpc => r#"transport = "grpc""#.into(),
+        snakepit_core::TransportKind::Pipe => r#"transport = "pipe""#.into(),
+    }
+}
+
 /// A TCP port free right now on 127.0.0.1.
 pub fn free_port() -> u16 {
     match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
@@ -121,6 +149,8 @@ pub struct Rotel {
     pub grpc_port: u16,
     pub http_port: u16,
     pub dump: TempDir,
+    /// Dump what arrives (tests) or drop it unread (benchmarks: no Python per span).
+    dumping: bool,
     proc: Option<Proc>,
 }
 
@@ -143,11 +173,20 @@ pub fn rotel_agent() -> PathBuf {
 
 impl Rotel {
     pub fn start() -> Rotel {
-        let dump = TempDir::new("rotel");
+        Rotel::start_with(true)
+    }
+
+    /// A receiver that accepts everything and keeps nothing (for benchmarks).
+    pub fn start_blackhole() -> Rotel {
+        Rotel::start_with(false)
+    }
+
+    fn start_with(dumping: bool) -> Rotel {
         let mut rotel = Rotel {
             grpc_port: free_port(),
             http_port: free_port(),
-            dump,
+            dump: TempDir::new("rotel"),
+            dumping,
             proc: None,
         };
         rotel.restart();
@@ -158,8 +197,8 @@ impl Rotel {
     pub fn restart(&mut self) {
         let dir = self.dump.path().to_path_buf();
         let processor = repo().join("tests/support/rotel_processor.py");
-        let child = Command::new(rotel_agent())
-            .arg("start")
+        let mut cmd = Command::new(rotel_agent());
+        cmd.arg("start")
             .args([
                 "--otlp-grpc-endpoint",
                 &format!("127.0.0.1:{}", self.grpc_port),
@@ -168,13 +207,14 @@ impl Rotel {
                 "--otlp-http-endpoint",
                 &format!("127.0.0.1:{}", self.http_port),
             ])
-            .args(["--exporter", "blackhole"])
-            .arg("--otlp-with-trace-processor")
-            .arg(&processor)
-            .arg("--otlp-with-logs-processor")
-            .arg(&processor)
-            .arg("--otlp-with-metrics-processor")
-            .arg(&processor)
+            .args(["--exporter", "blackhole"]);
+        if self.dumping {
+            for kind in ["trace", "logs", "metrics"] {
+                cmd.arg(format!("--otlp-with-{kind}-processor"))
+                    .arg(&processor);
+            }
+        }
+        let child = cmd
             .arg("--pid-file")
             .arg(dir.join("rotel.pid"))
             .arg("--log-file")

@@ -270,6 +270,13 @@ async fn transport_failure(
             },
             None,
         ),
+        TransportError::Protocol(message) => (
+            Error::Transport {
+                worker_id,
+                message: format!("{message}; the worker is replaced"),
+            },
+            Some(Exit::Broken { message }),
+        ),
         TransportError::Other(message) => (Error::Transport { worker_id, message }, None),
     }
 }

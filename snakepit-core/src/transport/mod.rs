@@ -1,5 +1,6 @@
-//! How the pool talks to one worker process, behind a small internal trait so a second
-//! transport (framed protobuf over pipes) can be added without touching the pool.
+//! How the pool talks to one worker process, behind a small internal trait: gRPC over a
+//! Unix socket (`grpc`) or length-prefixed protobuf frames over inherited pipes (`pipe`).
+//! The pool sees only `WorkerTransport`.
 //!
 //! A transport only moves contract messages (`proto/snakepit/v1/worker.proto`); it
 //! does not enforce request timeouts (the worker driver does, so that an overrun
@@ -7,6 +8,7 @@
 //! deadline so Python code can see it.
 
 pub(crate) mod grpc;
+pub(crate) mod pipe;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -46,6 +48,10 @@ pub(crate) enum TransportError {
     /// deadline sent with them).
     #[error("deadline exceeded")]
     TimedOut,
+    /// The worker broke the wire protocol (a frame that does not decode, is over the
+    /// limit, or answers the wrong call): the channel cannot be trusted any more.
+    #[error("protocol error: {0}")]
+    Protocol(String),
     #[error("{0}")]
     Other(String),
 }

@@ -5,6 +5,7 @@
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
+use snakepit_core::config::TransportKind;
 use snakepit_core::events::Subscription;
 use snakepit_core::{Event, EventBus, EventKind, Pattern, Pool, PoolConfig};
 
@@ -23,10 +24,22 @@ pub fn init_tracing() {
     });
 }
 
+/// The transport the suite runs on: `TRANSPORT_UNDER_TEST=grpc|pipe` (the test script
+/// runs the whole suite once per transport); unset means the pool's default.
+pub fn test_transport() -> TransportKind {
+    match std::env::var("TRANSPORT_UNDER_TEST").as_deref() {
+        Ok("grpc") => TransportKind::Grpc,
+        Ok("pipe") => TransportKind::Pipe,
+        Ok(other) => panic!("TRANSPORT_UNDER_TEST={other:?}: expected grpc or pipe"),
+        Err(_) => PoolConfig::default().transport,
+    }
+}
+
 /// A config for tests: small, fast health checks, short timeouts.
 pub fn test_config(size: usize) -> PoolConfig {
     PoolConfig {
         size,
+        transport: test_transport(),
         queue_timeout_ms: 10_000,
         request_timeout_ms: 20_000,
         health_check_interval_ms: 2_000,

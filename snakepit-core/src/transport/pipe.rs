@@ -1,0 +1,428 @@
+//! Pipe transport: the contract's messages as length-prefixed `Frame`s over two pairs of
+//! pipes inherited by the worker (see `proto/snakepit/v1/worker.proto`).
+//!
+//! The data pair carries one request at a time: the driver's task writes the frame and
+//! reads the reply itself, so a call costs no hop through another task. A stream holds
+//! the data pair until its final chunk; if its consumer drops it early, a `Cancel` goes
+//! out on the control pair and the next call first reads the rest of that stream. The
+//! control pair (health, describe, sessions, cancel) is multiplexed by frame id, with
+//! one reader task, so health checks are answered while a request runs. A frame that
+//! does not decode or is too long is a `Protocol` error: the worker gets replaced.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream;
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::pipe;
+use tokio::sync::{oneshot, Mutex as AsyncMutex, OwnedMutexGuard};
+
+use super::{
+    BoxFuture, CallMeta, ChunkStream, TransportError, WorkerTransport, CORRELATION_ID_HEADER,
+    REQUEST_ID_HEADER,
+};
+use crate::proto::{self, frame::Body, Frame};
+
+/// The descriptors the worker finds its pipes on (`--pipe-fds 3,4,5,6`).
+pub(crate) const CHILD_FDS: [i32; 4] = [3, 4, 5, 6];
+
+/// The pool's ends of the four pipes.
+pub(crate) struct PipeEnds {
+    pub data_tx: OwnedFd,
+    pub data_rx: OwnedFd,
+    pub control_tx: OwnedFd,
+    pub control_rx: OwnedFd,
+}
+
+/// Create the pipes; returns the pool's ends and the worker's ends (in `CHILD_FDS` order:
+/// data in, data out, control in, control out).
+pub(crate) fn pipes() -> std::io::Result<(PipeEnds, [OwnedFd; 4])> {
+    let (data_child_rx, data_tx) = std::io::pipe()?;
+    let (data_rx, data_child_tx) = std::io::pipe()?;
+    let (control_child_rx, control_tx) = std::io::pipe()?;
+    let (control_rx, control_child_tx) = std::io::pipe()?;
+    Ok((
+        PipeEnds {
+            data_tx: data_tx.into(),
+            data_rx: data_rx.into(),
+            control_tx: control_tx.into(),
+            control_rx: control_rx.into(),
+        },
+        [
+            data_child_rx.into(),
+            data_child_tx.into(),
+            control_child_rx.into(),
+            control_child_tx.into(),
+        ],
+    ))
+}
+
+fn sender(fd: OwnedFd) -> std::io::Result<pipe::Sender> {
+    pipe::Sender::from_file(File::from(fd))
+}
+
+fn receiver(fd: OwnedFd) -> std::io::Result<pipe::Receiver> {
+    pipe::Receiver::from_file(File::from(fd))
+}
+
+fn protocol(message: impl Into<String>) -> TransportError {
+    TransportError::Protocol(message.into())
+}
+
+async fn write_frame(tx: &mut pipe::Sender, frame: &Frame) -> Result<(), TransportError> {
+    let len = frame.encoded_len();
+    let mut buf = Vec::with_capacity(4 + len);
+    buf.extend_from_slice(&(len as u32).to_be_bytes());
+    frame
+        .encode(&mut buf)
+        .map_err(|e| protocol(format!("cannot encode frame: {e}")))?;
+    tx.write_all(&buf)
+        .await
+        .map_err(|e| TransportError::Disconnected(format!("writing to the worker: {e}")))
+}
+
+async fn read_frame(
+    rx: &mut BufReader<pipe::Receiver>,
+    max: usize,
+) -> Result<Frame, TransportError> {
+    let mut head = [0u8; 4];
+    rx.read_exact(&mut head)
+        .await
+        .map_err(|e| TransportError::Disconnected(format!("reading from the worker: {e}")))?;
+    let len = u32::from_be_bytes(head) as usize;
+    if len > max {
+        return Err(protocol(format!(
+            "worker sent a frame of {len} bytes, over the limit of {max} (max_response_bytes)"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    rx.read_exact(&mut body)
+        .await
+        .map_err(|e| TransportError::Disconnected(format!("reading from the worker: {e}")))?;
+    let frame = Frame::decode(body.as_slice())
+        .map_err(|e| protocol(format!("worker sent a frame that does not decode: {e}")))?;
+    if let Some(Body::FrameError(e)) = &frame.body {
+        if e.too_large {
+            // The worker withheld an oversized reply; the pipe is still in step.
+            return Err(TransportError::TooLarge(e.message.clone()));
+        }
+        return Err(protocol(format!("worker rejected a frame: {}", e.message)));
+    }
+    Ok(frame)
+}
+
+fn frame_meta(meta: &CallMeta<'_>) -> HashMap<String, String> {
+    let mut m = HashMap::with_capacity(2 + meta.extra.len());
+    m.insert(REQUEST_ID_HEADER.to_string(), meta.request_id.to_string());
+    if let Some(c) = meta.correlation_id {
+        m.insert(CORRELATION_ID_HEADER.to_string(), c.to_string());
+    }
+    for (k, v) in meta.extra {
+        m.insert(k.clone(), v.clone());
+    }
+    m
+}
+
+struct Data {
+    tx: pipe::Sender,
+    rx: BufReader<pipe::Receiver>,
+    next_id: u64,
+    /// A stream whose consumer left before its final chunk: read it out first.
+    unfinished: Option<u64>,
+}
+
+impl Data {
+    /// Read the rest of an abandoned stream so the pipe is in step again.
+    async fn catch_up(&mut self, max: usize) -> Result<(), TransportError> {
+        while let Some(id) = self.unfinished {
+            let frame = read_frame(&mut self.rx, max).await?;
+            match frame.body {
+                Some(Body::Chunk(c)) if frame.id == id && c.r#final => self.unfinished = None,
+                Some(Body::Chunk(_)) if frame.id == id => {}
+                other => {
+                    return Err(protocol(format!(
+                        "expected chunks of stream {id}, got {other:?}"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Frame, TransportError>>>>>;
+
+pub(crate) struct PipeTransport {
+    data: Arc<AsyncMutex<Data>>,
+    control_tx: Arc<AsyncMutex<pipe::Sender>>,
+    pending: Pending,
+    next_control_id: AtomicU64,
+    max_frame: usize,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PipeTransport {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl PipeTransport {
+    /// Wrap the pool's pipe ends (call inside a Tokio runtime).
+    pub fn new(ends: PipeEnds, max_frame: usize) -> std::io::Result<PipeTransport> {
+        let data = Data {
+            tx: sender(ends.data_tx)?,
+            rx: BufReader::with_capacity(64 * 1024, receiver(ends.data_rx)?),
+            next_id: 0,
+            unfinished: None,
+        };
+        let mut control_rx = BufReader::new(receiver(ends.control_rx)?);
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let reader_pending = pending.clone();
+        let reader = tokio::spawn(async move {
+            // Route every control reply to its caller; on a broken pipe, fail them all.
+            let failure = loop {
+                match read_frame(&mut control_rx, max_frame).await {
+                    Ok(frame) => {
+                        let waiter = match reader_pending.lock() {
+                            Ok(mut p) => p.remove(&frame.id),
+                            Err(p) => p.into_inner().remove(&frame.id),
+                        };
+                        if let Some(w) = waiter {
+                            let _ = w.send(Ok(frame));
+                        }
+                    }
+                    Err(e) => break e,
+                }
+            };
+            let waiters: Vec<_> = match reader_pending.lock() {
+                Ok(mut p) => p.drain().map(|(_, w)| w).collect(),
+                Err(p) => p.into_inner().drain().map(|(_, w)| w).collect(),
+            };
+            for w in waiters {
+                let _ = w.send(Err(failure.clone()));
+            }
+        });
+        Ok(PipeTransport {
+            data: Arc::new(AsyncMutex::new(data)),
+            control_tx: Arc::new(AsyncMutex::new(sender(ends.control_tx)?)),
+            pending,
+            next_control_id: AtomicU64::new(1),
+            max_frame,
+            reader,
+        })
+    }
+
+    /// One call on the control pair, answered within `timeout`.
+    async fn control(&self, body: Body, timeout: Duration) -> Result<Body, TransportError> {
+        let id = self.next_control_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        match self.pending.lock() {
+            Ok(mut p) => p.insert(id, tx),
+            Err(p) => p.into_inner().insert(id, tx),
+        };
+        let frame = Frame {
+            id,
+            body: Some(body),
+            ..Frame::default()
+        };
+        let call = async {
+            write_frame(&mut *self.control_tx.lock().await, &frame).await?;
+            match rx.await {
+                Ok(result) => result,
+                Err(_) => Err(TransportError::Disconnected(
+                    "control reader stopped".into(),
+                )),
+            }
+        };
+        let result = tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or(Err(TransportError::TimedOut));
+        if result.is_err() {
+            match self.pending.lock() {
+                Ok(mut p) => p.remove(&id),
+                Err(p) => p.into_inner().remove(&id),
+            };
+        }
+        result?
+            .body
+            .ok_or_else(|| protocol("control reply without a body"))
+    }
+
+    fn execute_frame(data: &mut Data, body: Body, meta: &CallMeta<'_>) -> Frame {
+        data.next_id += 1;
+        Frame {
+            id: data.next_id,
+            metadata: frame_meta(meta),
+            timeout_ms: meta.timeout.map_or(0, |t| t.as_millis().max(1) as u64),
+            body: Some(body),
+        }
+    }
+}
+
+/// The chunks of one stream, read by whoever polls it, holding the data pair.
+struct StreamState {
+    data: OwnedMutexGuard<Data>,
+    id: u64,
+    max: usize,
+    done: bool,
+    control_tx: Arc<AsyncMutex<pipe::Sender>>,
+}
+
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Left early: the next call reads the rest; tell the worker to stop producing.
+        self.data.unfinished = Some(self.id);
+        let (control_tx, id) = (self.control_tx.clone(), self.id);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let cancel = Frame {
+                    id,
+                    body: Some(Body::Cancel(proto::Cancel {})),
+                    ..Frame::default()
+                };
+                let _ = write_frame(&mut *control_tx.lock().await, &cancel).await;
+            });
+        }
+    }
+}
+
+impl WorkerTransport for PipeTransport {
+    fn execute<'a>(
+        &'a self,
+        req: proto::ExecuteRequest,
+        meta: CallMeta<'a>,
+    ) -> BoxFuture<'a, Result<proto::ExecuteResponse, TransportError>> {
+        Box::pin(async move {
+            let mut data = self.data.lock().await;
+            data.catch_up(self.max_frame).await?;
+            let frame = Self::execute_frame(&mut data, Body::Execute(req), &meta);
+            write_frame(&mut data.tx, &frame).await?;
+            let reply = read_frame(&mut data.rx, self.max_frame).await?;
+            match reply.body {
+                Some(Body::ExecuteResult(r)) if reply.id == frame.id => Ok(r),
+                other => Err(protocol(format!(
+                    "expected the result of call {}, got {other:?} for call {}",
+                    frame.id, reply.id
+                ))),
+            }
+        })
+    }
+
+    fn execute_stream<'a>(
+        &'a self,
+        req: proto::ExecuteRequest,
+        meta: CallMeta<'a>,
+    ) -> BoxFuture<'a, Result<ChunkStream, TransportError>> {
+        Box::pin(async move {
+            let mut data = self.data.clone().lock_owned().await;
+            data.catch_up(self.max_frame).await?;
+            let frame = Self::execute_frame(&mut data, Body::ExecuteStream(req), &meta);
+            write_frame(&mut data.tx, &frame).await?;
+            let state = StreamState {
+                data,
+                id: frame.id,
+                max: self.max_frame,
+                done: false,
+                control_tx: self.control_tx.clone(),
+            };
+            let chunks = stream::unfold(state, |mut st| async move {
+                if st.done {
+                    return None;
+                }
+                let item = match read_frame(&mut st.data.rx, st.max).await {
+                    Ok(Frame {
+                        id,
+                        body: Some(Body::Chunk(c)),
+                        ..
+                    }) if id == st.id => Ok(c),
+                    Ok(other) => Err(protocol(format!(
+                        "expected a chunk of stream {}, got {:?}",
+                        st.id, other.body
+                    ))),
+                    Err(e) => Err(e),
+                };
+                // Final chunk or failure: the stream ends and the pipe is in step.
+                st.done = item.as_ref().map_or(true, |c| c.r#final);
+                Some((item, st))
+            });
+            let boxed: ChunkStream = Box::pin(chunks);
+            Ok(boxed)
+        })
+    }
+
+    fn health(
+        &self,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<proto::HealthResponse, TransportError>> {
+        Box::pin(async move {
+            match self
+                .control(Body::Health(proto::HealthRequest {}), timeout)
+                .await?
+            {
+                Body::HealthResult(h) => Ok(h),
+                other => Err(protocol(format!("expected a health reply, got {other:?}"))),
+            }
+        })
+    }
+
+    fn describe(
+        &self,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<proto::DescribeResponse, TransportError>> {
+        Box::pin(async move {
+            match self
+                .control(Body::Describe(proto::DescribeRequest {}), timeout)
+                .await?
+            {
+                Body::DescribeResult(d) => Ok(d),
+                other => Err(protocol(format!(
+                    "expected a describe reply, got {other:?}"
+                ))),
+            }
+        })
+    }
+
+    fn init_session<'a>(
+        &'a self,
+        session_id: &'a str,
+        metadata_json: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<bool, TransportError>> {
+        Box::pin(async move {
+            let body = Body::InitSession(proto::InitSessionRequest {
+                session_id: session_id.to_string(),
+                metadata_json,
+            });
+            match self.control(body, timeout).await? {
+                Body::SessionAck(a) => Ok(a.changed),
+                other => Err(protocol(format!("expected a session ack, got {other:?}"))),
+            }
+        })
+    }
+
+    fn close_session<'a>(
+        &'a self,
+        session_id: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<bool, TransportError>> {
+        Box::pin(async move {
+            let body = Body::CloseSession(proto::CloseSessionRequest {
+                session_id: session_id.to_string(),
+            });
+            match self.control(body, timeout).await? {
+                Body::SessionAck(a) => Ok(a.changed),
+                other => Err(protocol(format!("expected a session ack, got {other:?}"))),
+            }
+        })
+    }
+}

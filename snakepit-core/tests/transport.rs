@@ -1,0 +1,142 @@
+//! What either transport must guarantee beyond the command suite: user output never
+//! corrupts the channel, an oversized reply is refused without losing the worker, and
+//! (pipe) a worker that breaks the frame protocol is replaced, never waited on.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use snakepit_core::{Error, EventBus, EventKind, PoolConfig, PythonConfig, Request, TransportKind};
+
+/// An adapter that misbehaves on the wire, written to a temporary directory.
+fn rogue_adapter_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("snakepit-rogue-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("rogue_adapter.py"),
+        r#"import os, sys
+from snakepit_bridge import Adapter, command
+
+class Rogue(Adapter):
+    @command
+    def chatty(self, n: int = 200) -> int:
+        # Everything user code can print, on both standard streams and raw descriptors.
+        for i in range(n):
+            print(f"chatty line {i}")
+            print(f"chatty err {i}", file=sys.stderr)
+        sys.stdout.flush()
+        os.write(1, b"\x00\x00\x00\x05raw-bytes-on-stdout\n")
+        return n
+
+    @command
+    def garbage(self) -> str:
+        # A frame that does not decode, written on the data pipe before the real reply.
+        os.write(4, b"\x00\x00\x00\x03\xff\xff\xff")
+        return "unreachable"
+
+    @command
+    def huge_header(self) -> str:
+        # A length prefix far over any limit.
+        os.write(4, b"\xff\xff\xff\xff")
+        return "unreachable"
+"#,
+    )
+    .unwrap();
+    dir
+}
+
+fn rogue_config(transport: TransportKind) -> PoolConfig {
+    PoolConfig {
+        adapter: "rogue_adapter:Rogue".into(),
+        transport,
+        python: PythonConfig {
+            pythonpath: vec![rogue_adapter_dir()],
+            ..PythonConfig::default()
+        },
+        ..test_config(1)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn printing_user_code_does_not_corrupt_the_channel() {
+    let pool = start(rogue_config(test_transport())).await;
+    for _ in 0..3 {
+        let resp = pool
+            .execute(Request::new("chatty", json!({"n": 200})))
+            .await
+            .unwrap();
+        assert_eq!(resp.value().unwrap(), json!(200));
+    }
+    assert_eq!(pool.stats().crashes_total, 0);
+    pool.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_reply_is_refused_and_the_worker_keeps_serving() {
+    let pool = start(PoolConfig {
+        max_payload_bytes: 16 * 1024,
+        max_response_bytes: 64 * 1024,
+        ..test_config(1)
+    })
+    .await;
+    let before = pids(&pool);
+    let err = pool
+        .execute(Request::new("blob", json!({"kib": 256})))
+        .await
+        .unwrap_err();
+    match &err {
+        Error::Transport { message, .. } => {
+            assert!(message.contains("max_response_bytes"), "{message}")
+        }
+        other => panic!("expected Transport, got {other:?}"),
+    }
+    // Just under the limit still passes, on the same worker.
+    let resp = pool
+        .execute(Request::new("blob", json!({"kib": 60})))
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.value().unwrap().as_str().map(str::len),
+        Some(60 * 1024)
+    );
+    assert_eq!(pids(&pool), before, "the worker was replaced");
+    pool.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_frame_from_the_worker_replaces_it() {
+    let bus = EventBus::default();
+    let mut events = subscribe_all(&bus);
+    let pool = start_with_events(rogue_config(TransportKind::Pipe), bus).await;
+    for (command, says) in [
+        ("garbage", "does not decode"),
+        ("huge_header", "over the limit"),
+    ] {
+        let before = pids(&pool);
+        let err = tokio::time::timeout(LONG, pool.execute(Request::new(command, json!({}))))
+            .await
+            .unwrap_or_else(|_| panic!("{command}: the call hung"))
+            .unwrap_err();
+        match &err {
+            Error::Transport { message, .. } => {
+                assert!(message.contains(says), "{command}: {message}");
+                assert!(message.contains("replaced"), "{command}: {message}");
+            }
+            other => panic!("{command}: expected Transport, got {other:?}"),
+        }
+        let ev = wait_event(&mut events, EventKind::WorkerRecycled, LONG, |_| true).await;
+        assert_eq!(ev.meta("reason").unwrap(), json!("transport_broken"));
+        full_strength(&pool, LONG).await;
+        assert_ne!(pids(&pool), before, "{command}: the worker was kept");
+    }
+    // The replacement serves normally.
+    let resp = pool
+        .execute(Request::new("chatty", json!({"n": 1})))
+        .await
+        .unwrap();
+    assert_eq!(resp.value().unwrap(), json!(1));
+    pool.shutdown(Duration::from_secs(5)).await;
+}
