@@ -1,170 +1,27 @@
 //! Pool overhead against a bare tonic client driving identical Python workers, side by
-//! side in one run, plus worker start-up time (1 vs 8 workers).
+//! side in one run, plus worker start-up time (1 vs 8 workers). The pool runs on the
+//! gRPC transport here so both sides move the same bytes; the pipe transport and
+//! Python's own pools are compared in `cargo bench -p snakepit --bench peers`.
 //!
 //!     cargo bench -p snakepit-core --bench pool_overhead            # full run (~1 min)
 //!     cargo bench -p snakepit-core --bench pool_overhead -- --quick # smoke run
 //!
-//! "bare": N worker processes started by hand (same bridge, adapter and flags as the
-//! pool's), one tonic client each over its Unix socket, one call in flight per worker
-//! (the pool's execution model); callers take workers round robin. "pool": the same
+//! "bare": N worker processes started by hand (see `support/bare_tonic.rs`). "pool": the same
 //! load through `Pool` (admission, queue, driver, events with no consumers). Each cell
 //! alternates bare and pool twice to spread machine noise over both.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::Arc;
+#[path = "support/bare_tonic.rs"]
+mod bare_tonic;
+#[path = "support/measure.rs"]
+mod measure;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
+use bare_tonic::{spawn_bare, Bare, BoxError};
+use measure::{drive, Sample};
 use serde_json::json;
-use snakepit_core::proto::worker_client::WorkerClient;
-use snakepit_core::proto::ExecuteRequest;
-use snakepit_core::{EventBus, Pool, PoolConfig, PythonConfig, Request};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::UnixStream;
-use tokio::process::{Child, Command};
-use tokio::sync::Mutex;
-use tonic::transport::{Channel, Endpoint};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-struct Bare {
-    clients: Vec<Arc<Mutex<WorkerClient<Channel>>>>,
-    _children: Vec<Child>,
-    dir: PathBuf,
-}
-
-impl Drop for Bare {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn spawn_bare(python: &Path, n: usize) -> Result<Bare, BoxError> {
-    let dir = std::env::temp_dir().join(format!("snakepit-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let mut clients = Vec::new();
-    let mut children = Vec::new();
-    for i in 0..n {
-        let socket = dir.join(format!("b{i}.sock"));
-        let mut child = Command::new(python)
-            .args(["-u", "-m", "snakepit_bridge", "--adapter"])
-            .arg(PoolConfig::default().adapter)
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--threads", "4", "--watch-stdin"])
-            .env("OMP_NUM_THREADS", "1")
-            .env("OPENBLAS_NUM_THREADS", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        loop {
-            match lines.next_line().await? {
-                Some(l) if l.starts_with("SNAKEPIT_READY") => break,
-                Some(_) => continue,
-                None => return Err("bare worker exited before ready".into()),
-            }
-        }
-        let path = socket.clone();
-        let channel =
-            Endpoint::from_static("http://bare")
-                .connect_with_connector(tower::service_fn(move |_| {
-                    let path = path.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
-                    }
-                }))
-                .await?;
-        clients.push(Arc::new(Mutex::new(WorkerClient::new(channel))));
-        children.push(child);
-    }
-    Ok(Bare {
-        clients,
-        _children: children,
-        dir,
-    })
-}
-
-#[derive(Default)]
-struct Sample {
-    micros: Vec<u32>,
-    elapsed: Duration,
-    errors: usize,
-    /// CPU time this (Rust) process spent, user + system: less noisy than wall time.
-    cpu: Duration,
-}
-
-fn process_cpu() -> Duration {
-    // SAFETY: getrusage writes into the struct we pass; no other preconditions.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-impl Sample {
-    fn merge(&mut self, other: Sample) {
-        self.micros.extend(other.micros);
-        self.elapsed += other.elapsed;
-        self.errors += other.errors;
-        self.cpu += other.cpu;
-    }
-    fn cpu_per_call_us(&self) -> f64 {
-        self.cpu.as_secs_f64() * 1e6 / self.micros.len().max(1) as f64
-    }
-    fn pct(&mut self, p: f64) -> f64 {
-        if self.micros.is_empty() {
-            return f64::NAN;
-        }
-        self.micros.sort_unstable();
-        let i = ((self.micros.len() - 1) as f64 * p).round() as usize;
-        self.micros[i] as f64
-    }
-    fn rps(&self) -> f64 {
-        self.micros.len() as f64 / self.elapsed.as_secs_f64()
-    }
-}
-
-/// `concurrency` callers loop for `duration`, each call timed.
-async fn drive<F, Fut>(concurrency: usize, duration: Duration, call: F) -> Sample
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let call = Arc::new(call);
-    let cpu_start = process_cpu();
-    let start = Instant::now();
-    let deadline = start + duration;
-    let mut tasks = Vec::new();
-    for i in 0..concurrency {
-        let call = call.clone();
-        tasks.push(tokio::spawn(async move {
-            let (mut micros, mut errors) = (Vec::new(), 0usize);
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                if call(i).await {
-                    micros.push(t.elapsed().as_micros() as u32);
-                } else {
-                    errors += 1;
-                }
-            }
-            (micros, errors)
-        }));
-    }
-    let mut sample = Sample::default();
-    for t in tasks {
-        if let Ok((m, e)) = t.await {
-            sample.micros.extend(m);
-            sample.errors += e;
-        }
-    }
-    sample.elapsed = start.elapsed();
-    sample.cpu = process_cpu().saturating_sub(cpu_start);
-    sample
-}
+use snakepit_core::{EventBus, Pool, PoolConfig, PythonConfig, Request, TransportKind};
 
 async fn run_bare(
     bare: &Bare,
@@ -173,18 +30,10 @@ async fn run_bare(
     c: usize,
     d: Duration,
 ) -> Sample {
-    let clients = bare.clients.clone();
+    let clients = bare.clients();
     drive(c, d, move |i| {
-        let client = clients[i % clients.len()].clone();
-        async move {
-            let mut client = client.lock().await;
-            let req = ExecuteRequest {
-                command: command.into(),
-                args_json: args.as_bytes().to_vec().into(),
-                session_id: String::new(),
-            };
-            matches!(client.execute(req).await, Ok(r) if r.get_ref().outcome.is_some())
-        }
+        let clients = clients.clone();
+        async move { clients.call(i, command, args).await }
     })
     .await
 }
@@ -281,6 +130,8 @@ async fn run() -> Result<(), BoxError> {
         let pool = Pool::start(
             PoolConfig {
                 size: workers,
+                // The same transport as the bare client, so the difference is the pool.
+                transport: TransportKind::Grpc,
                 python: PythonConfig {
                     interpreter: Some(python.clone()),
                     ..PythonConfig::default()
