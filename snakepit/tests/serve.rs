@@ -67,7 +67,8 @@ format = "json"
     let mut exited = None;
     let ready = wait_until(Duration::from_secs(60), || {
         exited = server.child.try_wait().ok().flatten();
-        exited.is_some() || (port_open(port) && http_get(port, "/health/ready", &[]).status == 200)
+        // A refused connection is "not ready yet"; a dead server is caught by try_wait.
+        exited.is_some() || try_http_get(port, "/health/ready", &[]).is_ok_and(|r| r.status == 200)
     });
     assert!(
         ready && exited.is_none(),
@@ -241,12 +242,18 @@ fn every_example_command_and_status_code_over_http() {
     let busy = std::thread::spawn(move || {
         exec(p, r#"{"command":"sleep","args":{"ms":1500},"pool":"tiny"}"#)
     });
-    assert!(wait_until(Duration::from_secs(5), || exec(
-        p,
-        r#"{"command":"ping","pool":"tiny"}"#
-    )
-    .status
-        == 429));
+    // Ping only once the sleep holds the worker: a ping that won the race to the
+    // server would take the only slot and turn the sleep into the 429.
+    let tiny_busy = || {
+        get_json(p, "/health/detailed")["pools"]
+            .as_array()
+            .and_then(|pools| pools.iter().find(|x| x["name"] == "tiny").cloned())
+            .is_some_and(|tiny| tiny["busy_workers"] == 1)
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), tiny_busy),
+        "the tiny pool never got busy with the sleep"
+    );
     let r = exec(p, r#"{"command":"ping","pool":"tiny"}"#);
     assert_eq!(r.status, 429);
     assert_eq!(r.header("retry-after"), Some("1"));

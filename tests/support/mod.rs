@@ -488,20 +488,27 @@ impl HttpResponse {
 
 /// `GET` over a plain socket with extra request headers (no HTTP client on a fresh machine).
 pub fn http_get(port: u16, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    match try_http_get(port, path, headers) {
+        Ok(r) => r,
+        Err(e) => panic!("GET 127.0.0.1:{port}{path}: {e}"),
+    }
+}
+
+/// `http_get` that reports a connection failure instead of panicking (for polling).
+pub fn try_http_get(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<HttpResponse> {
     use std::io::Read;
-    let mut sock = match std::net::TcpStream::connect(("127.0.0.1", port)) {
-        Ok(s) => s,
-        Err(e) => panic!("connect 127.0.0.1:{port}: {e}"),
-    };
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port))?;
     let _ = sock.set_read_timeout(Some(Duration::from_secs(30)));
     let mut request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n");
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
     request.push_str("\r\n");
-    if let Err(e) = sock.write_all(request.as_bytes()) {
-        panic!("send: {e}");
-    }
+    sock.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
     let _ = sock.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -516,9 +523,9 @@ pub fn http_get(port: u16, path: &str, headers: &[(&str, &str)]) -> HttpResponse
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    HttpResponse {
+    Ok(HttpResponse {
         status,
         headers,
         body: body.to_string(),
-    }
+    })
 }
