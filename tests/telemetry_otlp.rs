@@ -42,7 +42,7 @@ async fn setup(cfg: TelemetryConfig, pool_size: usize) -> Setup {
         Err(e) => panic!("telemetry: {e}"),
     };
     let dispatch = telemetry.subscriber().expect("a subscriber");
-    let guard = tracing::dispatcher::set_default(&dispatch);
+    let guard = set_test_default(&dispatch);
     let events = EventBus::default();
     if let Err(e) = telemetry.attach(&events) {
         panic!("attach: {e}");

@@ -153,7 +153,7 @@ async fn exemplars_link_latency_buckets_to_traces_in_a_real_prometheus() {
     cfg.logs.format = LogFormat::Off;
     let mut telemetry = Telemetry::build(cfg).expect("telemetry");
     let dispatch = telemetry.subscriber().expect("subscriber");
-    let _guard = tracing::dispatcher::set_default(&dispatch);
+    let _guard = set_test_default(&dispatch);
     let pool = Pool::start(pool_config(), EventBus::default())
         .await
         .expect("pool");

@@ -9,6 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod dispatch;
+
+pub use dispatch::set_test_default;
 pub use serde_json::Value;
 
 /// The repository root.
