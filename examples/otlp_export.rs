@@ -17,6 +17,8 @@ use tower::{ServiceBuilder, ServiceExt};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cfg = TelemetryConfig::default();
     cfg.traces.otlp = true;
+    // A span per request inside the worker too, parent of the adapter's own spans.
+    cfg.traces.worker_spans = true;
     cfg.metrics.otlp = true;
     cfg.metrics.export_interval_ms = 1_000;
     cfg.logs.otlp = true;

@@ -27,6 +27,7 @@ fn config(endpoint: String, protocol: OtlpProtocol) -> TelemetryConfig {
     cfg.otlp.breaker_failures = 2;
     cfg.otlp.breaker_cooldown_ms = 1_000;
     cfg.traces.otlp = true;
+    cfg.traces.worker_spans = true;
     cfg.logs.otlp = true;
     cfg.logs.requests = true;
     cfg.metrics.otlp = true;
@@ -143,6 +144,35 @@ async fn one_trace_across_rust_and_python(protocol: OtlpProtocol) {
         .expect("queue span");
     assert_eq!(queue["parent_span_id"], rust["span_id"]);
 
+    // The worker span is emitted by the pool from the worker's timing; spans user code
+    // opens in Python (the Python SDK exports them) are its children.
+    let traced = service(&s)
+        .oneshot(Request::new("traced", json!({"steps": 2})))
+        .await
+        .expect("traced");
+    assert_eq!(traced.value().unwrap()["traced"], true);
+    let named = |name: &str| rotel.spans().into_iter().find(|sp| sp["name"] == name);
+    assert!(
+        wait_until(Duration::from_secs(20), || named("example.step.1")
+            .is_some()
+            && named("snakepit.worker/traced").is_some()),
+        "spans received: {:#?}",
+        rotel.spans()
+    );
+    let request = named("default/traced").expect("request span");
+    let worker = named("snakepit.worker/traced").unwrap();
+    assert_eq!(worker["parent_span_id"], request["span_id"]);
+    assert_eq!(worker["trace_id"], request["trace_id"]);
+    assert!(attr(&worker, "snakepit.worker_id")
+        .as_str()
+        .is_some_and(|w| w.starts_with("default")));
+    for step in ["example.step.0", "example.step.1"] {
+        let user = named(step).unwrap();
+        assert_eq!(user["parent_span_id"], worker["span_id"], "{step}");
+        assert_eq!(user["trace_id"], request["trace_id"], "{step}");
+        assert_eq!(user["resource"]["service.name"], "snakepit-worker");
+    }
+
     // Logs and metrics arrive too.
     assert!(
         wait_until(Duration::from_secs(20), || !rotel.logs().is_empty()
@@ -173,6 +203,38 @@ async fn one_execute_is_one_trace_over_grpc() {
 #[tokio::test]
 async fn one_execute_is_one_trace_over_http() {
     one_trace_across_rust_and_python(OtlpProtocol::HttpProtobuf).await;
+}
+
+#[tokio::test]
+async fn without_worker_spans_user_spans_join_the_request_span() {
+    let rotel = Rotel::start();
+    let mut cfg = config(rotel.grpc_endpoint(), OtlpProtocol::Grpc);
+    cfg.traces.worker_spans = false;
+    let s = setup(cfg, 1).await;
+    service(&s)
+        .oneshot(Request::new("traced", json!({"steps": 1})))
+        .await
+        .expect("traced");
+    let named = |name: &str| rotel.spans().into_iter().find(|sp| sp["name"] == name);
+    assert!(
+        wait_until(Duration::from_secs(20), || named("example.step.0")
+            .is_some()
+            && named("default/traced").is_some()),
+        "spans received: {:#?}",
+        rotel.spans()
+    );
+    let request = named("default/traced").unwrap();
+    let user = named("example.step.0").unwrap();
+    assert_eq!(user["parent_span_id"], request["span_id"]);
+    s.telemetry.flush();
+    assert!(
+        !rotel.spans().iter().any(|sp| sp["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("snakepit.worker/"))),
+        "no worker span was asked for"
+    );
+    s.pool.shutdown(Duration::from_secs(5)).await;
+    s.telemetry.shutdown(Duration::from_secs(5));
 }
 
 #[tokio::test]
@@ -214,6 +276,28 @@ async fn a_python_failure_is_an_error_span_a_log_line_and_a_metric() {
         stack.contains("raise exc_type(message)") && stack.contains("ValueError: bad input"),
         "{stack}"
     );
+
+    // The worker span under it failed too, with the exception where it was raised.
+    assert!(wait_until(Duration::from_secs(20), || rotel
+        .spans()
+        .iter()
+        .any(|sp| sp["name"] == "snakepit.worker/fail")));
+    let worker = rotel
+        .spans()
+        .into_iter()
+        .find(|sp| sp["name"] == "snakepit.worker/fail")
+        .unwrap();
+    assert_eq!(worker["parent_span_id"], span["span_id"]);
+    assert_eq!(worker["status_code"], "error", "{worker}");
+    assert_eq!(attr(&worker, "error.type"), "ValueError");
+    assert_eq!(worker["resource"]["service.name"], "snakepit-worker");
+    let raised = worker["events"]
+        .as_array()
+        .and_then(|events| events.iter().find(|e| e["name"] == "exception"))
+        .expect("exception event on the worker span");
+    assert!(raised["attributes"]["exception.stacktrace"]
+        .as_str()
+        .is_some_and(|st| st.contains("raise exc_type(message)")));
 
     // A JSON log line with the same trace id and the traceback.
     let trace_id = span["trace_id"].as_str().unwrap().to_string();

@@ -56,6 +56,7 @@ class Dispatcher:
         self.requests_handled = 0
         self._sessions: Dict[str, Session] = {}
         self._lock = threading.Lock()
+        self._report_spans = telemetry.worker_spans_wanted()
 
     # -- requests ---------------------------------------------------------------
 
@@ -124,15 +125,27 @@ class Dispatcher:
 
     def execute(self, req, metadata: Mapping[str, str], deadline: Optional[float]):
         self.requests_handled += 1
-        if not telemetry.active():
-            return self._execute(req, metadata, deadline, None)
-        with self._span(req, metadata) as span:
-            return self._execute(req, metadata, deadline, span)
+        traceparent = telemetry.sampled_traceparent(metadata)
+        if traceparent is None:
+            return self._execute(req, metadata, deadline)
+        if not self._report_spans:
+            if not telemetry.active():
+                return self._execute(req, metadata, deadline)
+            caller = bytes.fromhex(traceparent[36:52])
+            with telemetry.user_span_parent(traceparent, caller, metadata):
+                return self._execute(req, metadata, deadline)
+        timer = telemetry.WorkerTimer()
+        if telemetry.active():
+            with telemetry.user_span_parent(traceparent, timer.span_id, metadata):
+                resp = self._execute(req, metadata, deadline)
+        else:
+            resp = self._execute(req, metadata, deadline)
+        timer.fill(resp.span)
+        return resp
 
-    def _execute(self, req, metadata, deadline, span):
+    def _execute(self, req, metadata, deadline):
         prepared = self._prepare(req, metadata, deadline)
         if isinstance(prepared, WorkerError):
-            telemetry.record_failure(span, ValueError(prepared.message), prepared.type)
             return ExecuteResponse(error=prepared)
         cmd, pos, kw = prepared
         try:
@@ -140,13 +153,11 @@ class Dispatcher:
             if cmd.streaming:
                 result = list(result)  # a unary call of a generator gets all chunks
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything
-            telemetry.record_failure(span, exc, errors.qualified_type(exc))
             # skip_frames=1 drops this frame: the traceback starts at the user's code.
             return ExecuteResponse(error=errors.from_exception(exc, skip_frames=1))
         try:
             return ExecuteResponse(result_json=encode_json(result))
         except (TypeError, ValueError) as exc:
-            telemetry.record_failure(span, exc, "InvalidResult")
             return ExecuteResponse(
                 error=errors.from_exception(exc, kind=WorkerError.INVALID_RESULT)
             )

@@ -121,3 +121,17 @@ class ExampleAdapter(Adapter):
             "deadline_seconds": ctx.deadline_seconds,
             "traceparent": ctx.metadata.get("traceparent"),
         }
+
+    @command
+    def traced(self, steps: int = 2) -> Dict[str, Any]:
+        """Open `steps` spans with the OpenTelemetry API, as user code would; they nest
+        under the worker span of the request. Without the API installed, only counts."""
+        try:
+            from opentelemetry import trace
+        except ImportError:
+            return {"steps": steps, "traced": False}
+        tracer = trace.get_tracer("snakepit.example")
+        for i in range(steps):
+            with tracer.start_as_current_span(f"example.step.{i}"):
+                pass
+        return {"steps": steps, "traced": True}

@@ -63,6 +63,8 @@ pub struct PythonError {
     pub message: String,
     /// The full formatted traceback, most recent call last.
     pub traceback: String,
+    /// The worker's timing of the failed call, when its trace context was sampled.
+    pub worker_span: Option<crate::request::WorkerSpan>,
 }
 
 /// Why a request failed.

@@ -60,7 +60,7 @@ pub use error::{Error, ExitInfo, PythonError, StartError};
 pub use events::{Event, EventBus, EventData, EventKind, Pattern};
 pub use pool::{Pool, ResponseStream, StreamingPool};
 pub use pools::Pools;
-pub use request::{Args, Chunk, Request, Response, Served};
+pub use request::{Args, Chunk, Request, Response, Served, WorkerSpan};
 pub use sanitize::Sanitizer;
 pub use session::{SessionInfo, SessionOptions};
 pub use stats::{PoolLoad, PoolStats, WindowStats, WorkerState, WorkerStats};

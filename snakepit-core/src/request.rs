@@ -1,6 +1,6 @@
 //! What callers send to a pool and what they get back.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -165,6 +165,35 @@ pub struct Served {
     pub queue_time: Duration,
     /// From the worker taking the request until its result.
     pub duration: Duration,
+    /// The worker's own timing, when the request's trace context was sampled.
+    pub worker_span: Option<WorkerSpan>,
+}
+
+/// Where the worker spent a request, as the worker measured it: telemetry turns it into
+/// the worker's server span (child of the request span) without Python exporting spans.
+/// The worker chose `span_id`, so spans user code opened are already its children.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSpan {
+    pub span_id: [u8; 8],
+    pub worker_id: String,
+    pub started_at: SystemTime,
+    pub duration: Duration,
+}
+
+impl WorkerSpan {
+    /// From the contract message; `None` when the worker sent no usable span id.
+    pub(crate) fn from_proto(span: &crate::proto::WorkerSpan, worker_id: &str) -> Option<Self> {
+        let span_id: [u8; 8] = span.span_id.as_ref().try_into().ok()?;
+        if span_id == [0; 8] {
+            return None;
+        }
+        Some(WorkerSpan {
+            span_id,
+            worker_id: worker_id.to_string(),
+            started_at: SystemTime::UNIX_EPOCH + Duration::from_nanos(span.start_unix_nanos),
+            duration: Duration::from_nanos(span.duration_nanos),
+        })
+    }
 }
 
 /// A command's result.

@@ -135,7 +135,13 @@ async fn a_full_queue_rejects_with_queue_full_and_emits_saturated() {
             p.execute(Request::new("sleep", json!({"ms": 600}))).await
         }));
     }
-    eventually(LONG, "pool full", || pool.stats().in_flight == 3).await;
+    // Admitted is not yet running: wait until the worker has taken the first request,
+    // so the saturation event sees it busy.
+    eventually(LONG, "pool full", || {
+        let s = pool.stats();
+        s.in_flight == 3 && s.busy_workers == 1
+    })
+    .await;
     let err = pool
         .execute(Request::new("ping", json!({})))
         .await

@@ -28,7 +28,9 @@
 //! ## How data flows
 //! - **Requests**: [`CorrelationLayer`] makes sure a correlation id exists;
 //!   [`TraceLayer`] opens the request span, injects W3C `traceparent` into the request
-//!   metadata (so Python spans join the trace) and records errors and Python exceptions;
+//!   metadata (so Python spans join the trace), records errors and Python exceptions,
+//!   and emits the worker's server span from the timing the worker reported
+//!   ([`worker_spans`]);
 //!   [`MetricsLayer`] records `snakepit_requests_total`, the duration and queue-time
 //!   histograms.
 //! - **Lifecycle**: the core's event stream feeds the worker/pool counters and the
@@ -52,6 +54,8 @@ mod otlp;
 pub mod statsd;
 pub mod telemetry;
 pub mod trace;
+mod traces;
+pub mod worker_spans;
 
 pub use config::{
     CorrelationConfig, LogFormat, LogsConfig, MetricsConfig, OtlpConfig, OtlpProtocol,

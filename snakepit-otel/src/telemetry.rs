@@ -6,6 +6,7 @@
 //!                                   │ tracing span       │ OTel instruments
 //!            tracing subscriber ◄───┘                    ▼
 //!            ├─ OTel span layer ─► QueueSpanProcessor ─► export thread ─► OTLP
+//!            TraceLayer ─► WorkerSpans (worker's timing) ─► export thread ─► OTLP
 //!            └─ LogLayer ─► line writer thread (JSON/text)
 //!                        └─► OTel logger ─► QueueLogProcessor ─► export thread ─► OTLP
 //! meter ─► Prometheus registry (scraped by /metrics) and/or PeriodicReader ─► OTLP
@@ -22,7 +23,7 @@ use opentelemetry::KeyValue;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 use prometheus::{Encoder, TextEncoder};
 use snakepit_core::events::ConsumerHandle;
@@ -32,9 +33,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, OtlpProtocol, TelemetryConfig};
 use crate::correlation::CorrelationLayer;
-use crate::export::{
-    Batcher, OtelLogs, OtelSpans, QueueLogProcessor, QueueSpanProcessor, SignalCounters,
-};
+use crate::export::{Batcher, OtelLogs, QueueLogProcessor, SignalCounters};
 use crate::export_metrics::MetricPusher;
 use crate::lifecycle;
 use crate::logs::{LineWriter, LogLayer};
@@ -42,6 +41,7 @@ use crate::metrics::{MetricsLayer, RequestInstruments};
 use crate::otlp::{export_settings, otlp_exporter};
 use crate::statsd::StatsdSink;
 use crate::trace::TraceLayer;
+use crate::worker_spans::WorkerSpans;
 
 /// Why telemetry could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +92,7 @@ pub struct Telemetry {
     sanitizer: Sanitizer,
     tracer_provider: Option<SdkTracerProvider>,
     tracer: Option<SdkTracer>,
+    worker_spans: Option<WorkerSpans>,
     meter_provider: Option<SdkMeterProvider>,
     meter: Option<Meter>,
     logger_provider: Option<SdkLoggerProvider>,
@@ -146,6 +147,7 @@ impl Telemetry {
             sanitizer: sanitizer.clone(),
             tracer_provider: None,
             tracer: None,
+            worker_spans: None,
             meter_provider: None,
             meter: None,
             logger_provider: None,
@@ -170,36 +172,11 @@ impl Telemetry {
             .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
             .build();
 
-        // Traces. Spans always exist (log lines carry their ids); export is optional.
-        let mut tracer_builder = SdkTracerProvider::builder()
-            .with_resource(resource.clone())
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                t.cfg.traces.sampling_ratio,
-            ))));
-        if t.cfg.traces.otlp {
-            let otlp = t.cfg.otlp.clone();
-            let res = resource.clone();
-            let batcher = Batcher::start(
-                "spans",
-                export_settings(&otlp),
-                t.span_counters.clone(),
-                move || {
-                    let mut exporter = otlp_exporter!(
-                        opentelemetry_otlp::SpanExporter::builder(),
-                        &otlp,
-                        "traces"
-                    )
-                    .map_err(|e| e.to_string())?;
-                    opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &res);
-                    Ok(OtelSpans(exporter))
-                },
-            )
+        let traces = crate::traces::build(&t.cfg, &resource, &t.span_counters)
             .map_err(|e| setup("span export thread")(e.to_string()))?;
-            tracer_builder = tracer_builder.with_span_processor(QueueSpanProcessor(batcher));
-        }
-        let tracer_provider = tracer_builder.build();
-        t.tracer = Some(tracer_provider.tracer("snakepit"));
-        t.tracer_provider = Some(tracer_provider);
+        t.tracer = Some(traces.provider.tracer("snakepit"));
+        t.tracer_provider = Some(traces.provider);
+        t.worker_spans = traces.worker_spans;
 
         // Metrics.
         if t.cfg.metrics.prometheus || t.cfg.metrics.otlp {
@@ -348,6 +325,7 @@ impl Telemetry {
             self.tracer.clone(),
             self.cfg.logs.requests,
         )
+        .with_worker_spans(self.worker_spans.clone())
     }
 
     pub fn metrics_layer(&self) -> MetricsLayer {
@@ -402,18 +380,28 @@ impl Telemetry {
         })
     }
 
-    /// Environment for Python workers so their spans reach the same collector and join
-    /// the trace (merge into `PoolConfig::python.env`).
+    /// Environment for Python workers (merge into `PoolConfig::python.env`): whether
+    /// to time requests for the worker spans this telemetry emits, and where spans user
+    /// code opens go, so they reach the same collector and join the trace.
     pub fn worker_env(&self) -> Vec<(String, String)> {
         if !self.cfg.enabled || !self.cfg.traces.otlp {
-            return vec![("SNAKEPIT_OTEL".into(), "0".into())];
+            return vec![
+                ("SNAKEPIT_OTEL".into(), "0".into()),
+                ("SNAKEPIT_WORKER_SPANS".into(), "0".into()),
+            ];
         }
+        let worker_spans = if self.worker_spans.is_some() {
+            "1"
+        } else {
+            "0"
+        };
         let protocol = match self.cfg.otlp.protocol {
             OtlpProtocol::Grpc => "grpc",
             OtlpProtocol::HttpProtobuf => "http/protobuf",
         };
         vec![
             ("SNAKEPIT_OTEL".into(), "1".into()),
+            ("SNAKEPIT_WORKER_SPANS".into(), worker_spans.into()),
             (
                 "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
                 self.cfg.otlp.endpoint_or_default(),
@@ -496,6 +484,9 @@ impl Telemetry {
         if let Some(p) = &self.tracer_provider {
             let _ = p.force_flush();
         }
+        if let Some(w) = &self.worker_spans {
+            w.flush(Duration::from_secs(10));
+        }
         if let Some(p) = &self.logger_provider {
             let _ = p.force_flush();
         }
@@ -513,6 +504,9 @@ impl Telemetry {
         self.statsd.take();
         if let Some(p) = self.tracer_provider.take() {
             let _ = p.shutdown_with_timeout(timeout);
+        }
+        if let Some(w) = self.worker_spans.take() {
+            w.shutdown(timeout);
         }
         if let Some(pusher) = self.metric_pusher.take() {
             pusher.stop(); // one last push before the provider goes away

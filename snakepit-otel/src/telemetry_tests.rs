@@ -22,6 +22,7 @@ fn capture() -> (
                     worker_id: "w".into(),
                     queue_time: Duration::ZERO,
                     duration: Duration::ZERO,
+                    worker_span: None,
                 },
             })
         }
@@ -81,4 +82,40 @@ async fn enabled_layers_inject_traceparent_and_count() {
         "{text}"
     );
     t.shutdown(Duration::from_secs(1));
+}
+
+#[test]
+fn worker_env_says_whether_workers_time_requests_for_worker_spans() {
+    let get = |env: &[(String, String)], key: &str| {
+        env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    };
+    let mut cfg = TelemetryConfig::default();
+    cfg.logs.format = crate::LogFormat::Off;
+    let off = Telemetry::build(cfg.clone()).unwrap();
+    assert_eq!(
+        get(&off.worker_env(), "SNAKEPIT_WORKER_SPANS").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        get(&off.worker_env(), "SNAKEPIT_OTEL").as_deref(),
+        Some("0")
+    );
+
+    // OTLP on (nothing listens on port 9: the export thread drops and counts).
+    cfg.traces.otlp = true;
+    cfg.traces.worker_spans = true;
+    cfg.otlp.endpoint = Some("http://127.0.0.1:9".into());
+    let on = Telemetry::build(cfg.clone()).unwrap();
+    assert_eq!(
+        get(&on.worker_env(), "SNAKEPIT_WORKER_SPANS").as_deref(),
+        Some("1")
+    );
+    assert_eq!(get(&on.worker_env(), "SNAKEPIT_OTEL").as_deref(), Some("1"));
+
+    cfg.traces.worker_spans = false;
+    let without = Telemetry::build(cfg).unwrap();
+    assert_eq!(
+        get(&without.worker_env(), "SNAKEPIT_WORKER_SPANS").as_deref(),
+        Some("0")
+    );
 }

@@ -28,6 +28,8 @@ use tracing::field::Empty;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::worker_spans::{SpanParent, WorkerSpans};
+
 /// Queue waits at least this long get their own child span.
 pub const QUEUE_SPAN_MIN: std::time::Duration = std::time::Duration::from_millis(1);
 
@@ -54,6 +56,8 @@ struct TraceShared {
     sanitizer: Sanitizer,
     /// For the queue-wait child span, which needs explicit timestamps.
     tracer: Option<SdkTracer>,
+    /// Emits the worker's span from the timing it reported (OTLP traces only).
+    worker_spans: Option<WorkerSpans>,
 }
 
 /// See the [module docs](self). Cheap to clone.
@@ -84,8 +88,23 @@ impl TraceLayer {
                 log_requests,
                 sanitizer,
                 tracer,
+                worker_spans: None,
             })),
         }
+    }
+
+    /// Also emit each sampled request's worker span (see [`WorkerSpans`]).
+    pub fn with_worker_spans(self, worker_spans: Option<WorkerSpans>) -> Self {
+        let shared = self.shared.map(|s| {
+            Arc::new(TraceShared {
+                default_pool: s.default_pool.clone(),
+                log_requests: s.log_requests,
+                sanitizer: s.sanitizer.clone(),
+                tracer: s.tracer.clone(),
+                worker_spans,
+            })
+        });
+        TraceLayer { shared }
     }
 
     /// A pass-through layer (observability off).
@@ -164,6 +183,14 @@ where
                 .inject_context(&cx, &mut MetadataInjector(&mut req.metadata));
         }
         let sampled = span_context.is_sampled();
+        // What the worker span needs once the request is gone into the pool.
+        let worker_parent = (sampled && shared.worker_spans.is_some()).then(|| {
+            (
+                span_context,
+                req.command.clone(),
+                req.correlation_id.clone(),
+            )
+        });
         if sampled {
             span.set_attribute("rpc.system", "snakepit");
             span.set_attribute("rpc.service", pool);
@@ -189,6 +216,25 @@ where
             match &result {
                 Ok(resp) => on_success(&shared, &span, sampled, started, resp.served()),
                 Err(err) => on_error(&shared, &span, err),
+            }
+            if let (Some(spans), Some((context, command, correlation_id))) =
+                (&shared.worker_spans, worker_parent)
+            {
+                let (worker, failure) = match &result {
+                    Ok(resp) => (resp.served().and_then(|s| s.worker_span.as_ref()), None),
+                    Err(err) => (
+                        err.python().and_then(|p| p.worker_span.as_ref()),
+                        err.python(),
+                    ),
+                };
+                if let Some(worker) = worker {
+                    let parent = SpanParent {
+                        context: &context,
+                        command: &command,
+                        correlation_id: correlation_id.as_deref(),
+                    };
+                    spans.emit(&parent, worker, failure, &shared.sanitizer);
+                }
             }
             result
         })

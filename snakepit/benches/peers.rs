@@ -18,7 +18,9 @@
 //!
 //! To investigate one cell (e.g. under `perf`): `-- --workers 4 --in-flight 16
 //! --workload ping --system pipe --seconds 10` (each filter optional). With
-//! `BENCH_WORKER_SPANS=1` the workers export their own spans too.
+//! `BENCH_WORKER_SPANS=1`, `telemetry.traces.worker_spans` is on (a second exported
+//! span per call, built by the pool from the worker's timing) and the workers run
+//! Python's OTel SDK for adapter spans, as `serve` does with OTLP traces on.
 //!
 //! Each cell runs every system in turn, `rounds` times, so machine noise spreads over
 //! all of them. "machine CPU/call" is the busy time of all cores (from /proc/stat) over
@@ -225,6 +227,7 @@ async fn run() -> Result<(), BoxError> {
     cfg.otlp.endpoint = Some(rotel.grpc_endpoint());
     cfg.traces.otlp = true;
     cfg.traces.sampling_ratio = 1.0;
+    cfg.traces.worker_spans = worker_spans;
     cfg.metrics.prometheus = true;
     cfg.metrics.otlp = true;
     cfg.logs.format = LogFormat::Json;
@@ -243,7 +246,11 @@ async fn run() -> Result<(), BoxError> {
     );
     println!(
         "snakepit rows: full Pools service, observability on (spans 100% sampled to OTLP{}, metrics, JSON logs); Rust client",
-        if worker_spans { ", workers' spans too" } else { "; workers' own spans off" }
+        if worker_spans {
+            ", worker spans on; Python OTel SDK on in workers"
+        } else {
+            ", worker spans off; Python OTel SDK off in workers"
+        }
     );
     println!("bare tonic: no pool, no observability; stdlib pools: Python client, the faster of callback-chained and sequential calls\n");
     println!("| workload | workers | in flight | system | p50 µs | p99 µs | req/s | req/s vs mp.Pool | machine CPU/call |");
@@ -265,9 +272,8 @@ async fn run() -> Result<(), BoxError> {
                 },
                 ..PoolConfig::default()
             };
-            if worker_spans {
-                p.python.env.extend(telemetry.worker_env());
-            } else {
+            p.python.env.extend(telemetry.worker_env());
+            if !worker_spans {
                 p.python.env.insert("SNAKEPIT_OTEL".into(), "0".into());
             }
             p

@@ -70,12 +70,13 @@ pub enum LoadError {
 
 const ENV_PREFIX: &str = "SNAKEPIT_";
 /// Variables with the prefix that are not config paths.
-const NOT_PATHS: [&str; 6] = [
+const NOT_PATHS: [&str; 7] = [
     "SNAKEPIT_PYTHON",
     "SNAKEPIT_VENV",
     "SNAKEPIT_BASE_PYTHON",
     "SNAKEPIT_CONFIG",
     "SNAKEPIT_OTEL",
+    "SNAKEPIT_WORKER_SPANS",
     "SNAKEPIT_BRIDGE_SOURCE",
 ];
 

@@ -19,6 +19,7 @@ def _message(name: str):
 
 ExecuteRequest = _message("ExecuteRequest")
 ExecuteResponse = _message("ExecuteResponse")
+WorkerSpan = _message("WorkerSpan")
 StreamChunk = _message("StreamChunk")
 WorkerError = _message("WorkerError")
 HealthRequest = _message("HealthRequest")
@@ -37,6 +38,7 @@ __all__ = [
     "SERVICE_NAME",
     "ExecuteRequest",
     "ExecuteResponse",
+    "WorkerSpan",
     "StreamChunk",
     "WorkerError",
     "HealthRequest",

@@ -14,7 +14,7 @@ use super::shared::PoolShared;
 use crate::error::{Error, PythonError};
 use crate::events::{data, EventKind};
 use crate::proto::{self, worker_error::Kind};
-use crate::request::{Chunk, Response, Served};
+use crate::request::{Chunk, Response, Served, WorkerSpan};
 use crate::stats::WorkerState;
 use crate::transport::{CallMeta, TransportError};
 use crate::worker::Worker;
@@ -61,11 +61,12 @@ pub(crate) async fn run_job(shared: &Arc<PoolShared>, worker: &Worker, job: Job)
         extra: &job.metadata,
         timeout,
     };
-    let served = |duration| Served {
+    let served = |duration, worker_span| Served {
         request_id: job.request_id.clone(),
         worker_id: worker.id.to_string(),
         queue_time,
         duration,
+        worker_span,
     };
     let (outcome, exit) = match &job.reply {
         Reply::Unary(_) => {
@@ -78,9 +79,19 @@ pub(crate) async fn run_job(shared: &Arc<PoolShared>, worker: &Worker, job: Job)
             };
             match result {
                 Ok(resp) => match resp.outcome {
-                    Some(proto::execute_response::Outcome::ResultJson(bytes)) => (Ok(bytes), None),
+                    Some(proto::execute_response::Outcome::ResultJson(bytes)) => {
+                        let span = resp
+                            .span
+                            .as_ref()
+                            .and_then(|s| WorkerSpan::from_proto(s, &worker.id));
+                        (Ok((bytes, span)), None)
+                    }
                     Some(proto::execute_response::Outcome::Error(e)) => {
-                        (Err(worker_error(shared, &job.command, e)), None)
+                        let mut err = worker_error(shared, &job.command, e);
+                        if let (Error::Python(p), Some(span)) = (&mut err, &resp.span) {
+                            p.worker_span = WorkerSpan::from_proto(span, &worker.id);
+                        }
+                        (Err(err), None)
                     }
                     None => (
                         Err(Error::Transport {
@@ -98,7 +109,7 @@ pub(crate) async fn run_job(shared: &Arc<PoolShared>, worker: &Worker, job: Job)
         }
         Reply::Stream(tx) => {
             let (result, exit) = stream(shared, worker, &job, request, meta, timeout, tx).await;
-            (result.map(|()| bytes::Bytes::new()), exit)
+            (result.map(|()| (bytes::Bytes::new(), None)), exit)
         }
     };
     let duration = started.elapsed();
@@ -115,10 +126,10 @@ pub(crate) async fn run_job(shared: &Arc<PoolShared>, worker: &Worker, job: Job)
         timeout,
     );
     match (job.reply, outcome) {
-        (Reply::Unary(tx), Ok(result)) => {
+        (Reply::Unary(tx), Ok((result, worker_span))) => {
             let _ = tx.send(Ok(Response {
                 result,
-                served: served(duration),
+                served: served(duration, worker_span),
             }));
         }
         (Reply::Unary(tx), Err(err)) => {
@@ -218,6 +229,7 @@ fn worker_error(shared: &PoolShared, command: &str, e: proto::WorkerError) -> Er
                 python_type: e.r#type,
                 message: e.message,
                 traceback: e.traceback,
+                worker_span: None,
             }))
         }
     }

@@ -1,0 +1,57 @@
+//! The trace pipeline: the tracer provider (sampler, resource, bounded OTLP export of
+//! the pool's spans) and, when traces go to OTLP, the worker-span exporter.
+
+use std::sync::Arc;
+
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::Resource;
+
+use crate::config::TelemetryConfig;
+use crate::export::{Batcher, OtelSpans, QueueSpanProcessor, SignalCounters};
+use crate::otlp::{export_settings, otlp_exporter};
+use crate::worker_spans::WorkerSpans;
+
+/// Built trace pipeline.
+pub(crate) struct Traces {
+    pub provider: SdkTracerProvider,
+    pub worker_spans: Option<WorkerSpans>,
+}
+
+/// Spans always exist (log lines carry their ids); export is optional.
+pub(crate) fn build(
+    cfg: &TelemetryConfig,
+    resource: &Resource,
+    counters: &Arc<SignalCounters>,
+) -> std::io::Result<Traces> {
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(resource.clone())
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            cfg.traces.sampling_ratio,
+        ))));
+    let mut worker_spans = None;
+    if cfg.traces.otlp {
+        let otlp = cfg.otlp.clone();
+        let res = resource.clone();
+        let batcher = Batcher::start(
+            "spans",
+            export_settings(&otlp),
+            counters.clone(),
+            move || {
+                let mut exporter =
+                    otlp_exporter!(opentelemetry_otlp::SpanExporter::builder(), &otlp, "traces")
+                        .map_err(|e| e.to_string())?;
+                opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &res);
+                Ok(OtelSpans(exporter))
+            },
+        )?;
+        builder = builder.with_span_processor(QueueSpanProcessor(batcher));
+        if cfg.traces.worker_spans {
+            worker_spans = Some(WorkerSpans::start(cfg, counters.clone())?);
+        }
+    }
+    Ok(Traces {
+        provider: builder.build(),
+        worker_spans,
+    })
+}
