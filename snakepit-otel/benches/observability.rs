@@ -2,10 +2,11 @@
 //! everything off (bare `Pool` service, no subscriber) and with everything on
 //! (correlation + trace + metrics layers, 100% sampled spans exported over OTLP/gRPC to
 //! a live rotel receiver, Prometheus + OTLP metrics, JSON logs at info; request
-//! logging with `BENCH_REQUEST_LOGS=1`). Then the cost of rendering `/metrics` with 1,000 series, and the RSS that
-//! observability adds.
+//! logging with `BENCH_REQUEST_LOGS=1`). Then throughput and RSS with the collector
+//! down (refused, and black-holed) against up, the cost of rendering `/metrics` with
+//! 1,000 series, and the RSS that observability adds.
 //!
-//!     cargo bench -p snakepit-otel --bench observability            # ~1 min
+//!     cargo bench -p snakepit-otel --bench observability            # ~3 min
 //!     cargo bench -p snakepit-otel --bench observability -- --quick # smoke run
 //!
 //! Runs on a current-thread runtime so the "on" phases can install the telemetry
@@ -103,6 +104,90 @@ where
         elapsed: start.elapsed(),
         cpu: process_cpu().saturating_sub(cpu),
     }
+}
+
+/// SPEC §8: with the collector down, throughput stays within 5 % and memory bounded.
+/// The same fully-on service, exporting to the live receiver, to a port where nothing
+/// listens (refused at once), and to a black hole (accepts, never answers: every
+/// export waits for its timeout), in alternating rounds; 30 s of load per side.
+async fn collector_down<S>(
+    pool: &Pool,
+    up: &S,
+    up_dispatch: &tracing::Dispatch,
+    cfg: TelemetryConfig,
+    quick: bool,
+) -> Result<(), BoxError>
+where
+    S: Service<Request, Response = snakepit_core::Response, Error = snakepit_core::Error>
+        + Clone
+        + 'static,
+    S::Future: 'static,
+{
+    let (rounds, slice) = if quick {
+        (1, Duration::from_millis(300))
+    } else {
+        (10, Duration::from_millis(3000))
+    };
+    let refused_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    // Accepted by the kernel into the backlog, never read.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let hole_port = hole.local_addr()?.port();
+    let mut sides = Vec::new();
+    for (name, port) in [("refused", refused_port), ("black hole", hole_port)] {
+        let mut c = cfg.clone();
+        c.otlp.endpoint = Some(format!("http://127.0.0.1:{port}"));
+        let sink: Box<dyn std::io::Write + Send> =
+            Box::new(std::fs::OpenOptions::new().write(true).open("/dev/null")?);
+        let mut t = Telemetry::build_with_log_writer(c, sink)?;
+        t.watch_pools(std::slice::from_ref(pool));
+        let dispatch = t.subscriber().ok_or("no subscriber")?;
+        let svc = ServiceBuilder::new()
+            .layer(t.correlation_layer())
+            .layer(t.trace_layer())
+            .layer(t.metrics_layer())
+            .service(pool.clone());
+        sides.push((name, t, dispatch, svc, 0usize, Duration::ZERO));
+    }
+    let (mut up_calls, mut up_time) = (0usize, Duration::ZERO);
+    let rss_before = rss_mib();
+    let mut rss_peak: f64 = rss_before;
+    for _ in 0..rounds {
+        let guard = tracing::dispatcher::set_default(up_dispatch);
+        let s = drive(up.clone(), "ping", json!({}), 8, slice).await;
+        drop(guard);
+        up_calls += s.micros.len();
+        up_time += s.elapsed;
+        for (_, _, dispatch, svc, calls, time) in sides.iter_mut() {
+            let guard = tracing::dispatcher::set_default(dispatch);
+            let s = drive(svc.clone(), "ping", json!({}), 8, slice).await;
+            drop(guard);
+            *calls += s.micros.len();
+            *time += s.elapsed;
+            rss_peak = rss_peak.max(rss_mib());
+        }
+    }
+    let up_rps = up_calls as f64 / up_time.as_secs_f64();
+    println!(
+        "collector down, ping at 8 in flight, {:.1} s of load per side: up {up_rps:.0}/s",
+        (slice * rounds).as_secs_f64()
+    );
+    for (name, t, _, _, calls, time) in sides {
+        let rps = calls as f64 / time.as_secs_f64();
+        let (spans, logs, _) = t.dropped();
+        println!(
+            "  {name:<10} {rps:>8.0}/s  ratio {:.3} (target ≥ 0.95)  spans/log records dropped and counted: {spans}/{logs}",
+            rps / up_rps
+        );
+        t.shutdown(Duration::from_secs(1));
+    }
+    println!(
+        "  RSS while down: {rss_before:.1} MiB before, peak {rss_peak:.1} MiB (bounded queues)"
+    );
+    drop(hole);
+    Ok(())
 }
 
 fn rss_mib() -> f64 {
@@ -216,6 +301,7 @@ async fn run() -> Result<(), BoxError> {
     }
     let sink: Box<dyn std::io::Write + Send> =
         Box::new(std::fs::OpenOptions::new().write(true).open("/dev/null")?);
+    let down_cfg = cfg.clone();
     let mut telemetry = Telemetry::build_with_log_writer(cfg, sink)?;
     telemetry.watch_pools(std::slice::from_ref(&pool));
     let dispatch = telemetry.subscriber().ok_or("no subscriber")?;
@@ -294,6 +380,8 @@ async fn run() -> Result<(), BoxError> {
         "RSS: off {rss_off:.1} MiB, on {rss_on:.1} MiB, observability adds {:.1} MiB (target ≤ 10)",
         rss_on - rss_off
     );
+
+    collector_down(&pool, &on, &dispatch, down_cfg, quick).await?;
 
     // /metrics with 1,000 series: a provider with one counter of 1,000 label sets, plus ours.
     let registry = prometheus::Registry::new();
