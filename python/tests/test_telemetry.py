@@ -57,6 +57,19 @@ def test_span_ids_differ_per_call():
     assert len(ids) == 200
 
 
+def traced_adapter(provider):
+    """An adapter whose command opens one span, as user code would."""
+    tracer = provider.get_tracer("user")
+
+    class Traced(Adapter):
+        @command
+        def work(self):
+            with tracer.start_as_current_span("user.step"):
+                return "done"
+
+    return Traced
+
+
 @pytest.fixture
 def spans(monkeypatch):
     pytest.importorskip("opentelemetry.sdk.trace", reason="the otel extra is not installed")
@@ -76,14 +89,7 @@ def spans(monkeypatch):
 
 def test_unary_calls_create_no_sdk_span_but_user_spans_nest_under_the_worker_span(spans):
     provider, exporter = spans
-    tracer = provider.get_tracer("user")
-
-    class Traced(Adapter):
-        @command
-        def work(self):
-            with tracer.start_as_current_span("user.step"):
-                return "done"
-
+    Traced = traced_adapter(provider)
     resp = call("work", {}, {"traceparent": TRACEPARENT, "tracestate": "vendor=1"}, Traced())
     assert json.loads(resp.result_json) == "done"
     (user,) = exporter.get_finished_spans()  # the bridge itself made none
@@ -130,14 +136,7 @@ def test_off_without_the_flag(monkeypatch):
 def test_without_worker_spans_nothing_is_timed_and_user_spans_join_the_caller(spans, monkeypatch):
     provider, exporter = spans
     monkeypatch.setenv("SNAKEPIT_WORKER_SPANS", "0")
-    tracer = provider.get_tracer("user")
-
-    class Traced(Adapter):
-        @command
-        def work(self):
-            with tracer.start_as_current_span("user.step"):
-                return "done"
-
+    Traced = traced_adapter(provider)
     resp = call("work", {}, {"traceparent": TRACEPARENT}, Traced())
     assert json.loads(resp.result_json) == "done"
     assert not resp.HasField("span")

@@ -3,7 +3,6 @@
 //! scraping it with the shipped `prometheus.yml` and alert rules (a forced crash makes
 //! the crash alert pending or firing), and SIGTERM under load losing no accepted request.
 
-use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -77,37 +76,11 @@ format = "json"
     server
 }
 
-/// `POST path` with a JSON body; (status, headers, body).
+/// `POST path` with a JSON body.
 fn post(port: u16, path: &str, body: &str, headers: &[(&str, &str)]) -> HttpResponse {
-    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let _ = sock.set_read_timeout(Some(Duration::from_secs(60)));
-    let mut req = format!(
-        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    sock.write_all(req.as_bytes()).expect("send");
-    sock.write_all(body.as_bytes()).expect("send body");
-    let mut raw = Vec::new();
-    let _ = sock.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    HttpResponse {
-        status,
-        headers: lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().into(), v.trim().into()))
-            .collect(),
-        body: body.to_string(),
+    match http_request(port, "POST", path, headers, Some(body)) {
+        Ok(r) => r,
+        Err(e) => panic!("POST 127.0.0.1:{port}{path}: {e}"),
     }
 }
 
@@ -308,17 +281,10 @@ fn every_example_command_and_status_code_over_http() {
 }
 
 fn http_delete(port: u16, path: &str) -> u16 {
-    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let _ = sock.set_read_timeout(Some(Duration::from_secs(30)));
-    sock.write_all(format!("DELETE {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .expect("send");
-    let mut raw = Vec::new();
-    let _ = sock.read_to_end(&mut raw);
-    String::from_utf8_lossy(&raw)
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    match http_request(port, "DELETE", path, &[], None) {
+        Ok(r) => r.status,
+        Err(e) => panic!("DELETE 127.0.0.1:{port}{path}: {e}"),
+    }
 }
 
 #[test]

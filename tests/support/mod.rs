@@ -503,14 +503,33 @@ pub fn try_http_get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<HttpResponse> {
+    http_request(port, "GET", path, headers, None)
+}
+
+/// One HTTP/1.0 request over a plain socket (no HTTP client on a fresh machine); a JSON
+/// `body` is sent with its content type and length.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<HttpResponse> {
     use std::io::Read;
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    let _ = sock.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n");
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(60)));
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n");
+    if let Some(body) = body {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
     request.push_str("\r\n");
+    request.push_str(body.unwrap_or(""));
     sock.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
     let _ = sock.read_to_end(&mut raw);
