@@ -77,19 +77,32 @@ class WorkerTimer:
         span.start_unix_nanos = self.start_unix_nanos
 
 
+_api = None
+
+
+def _otel_api():
+    """The OpenTelemetry API pieces `user_span_parent` needs, imported once."""
+    global _api
+    if _api is None:
+        from opentelemetry import context, trace
+        from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+        sampled = TraceFlags(TraceFlags.SAMPLED)
+        _api = (context, trace, NonRecordingSpan, SpanContext, sampled, TraceState)
+    return _api
+
+
 @contextlib.contextmanager
 def user_span_parent(traceparent: str, span_id: bytes, metadata: Mapping[str, str]):
     """Make the pool-emitted worker span current, so user spans become its children."""
-    from opentelemetry import context, trace
-    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
-
+    context, trace, NonRecordingSpan, SpanContext, sampled, TraceState = _otel_api()
     state = metadata.get("tracestate")
     parent = SpanContext(
         trace_id=int(traceparent[3:35], 16),
         span_id=int.from_bytes(span_id, "big"),
         # The worker span lives in the pool's process.
         is_remote=True,
-        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        trace_flags=sampled,
         trace_state=TraceState.from_header([state]) if state else None,
     )
     token = context.attach(trace.set_span_in_context(NonRecordingSpan(parent)))

@@ -50,6 +50,7 @@ impl Outcome for ResponseStream {
     }
 }
 
+#[derive(Clone)]
 struct TraceShared {
     default_pool: String,
     log_requests: bool,
@@ -97,11 +98,8 @@ impl TraceLayer {
     pub fn with_worker_spans(self, worker_spans: Option<WorkerSpans>) -> Self {
         let shared = self.shared.map(|s| {
             Arc::new(TraceShared {
-                default_pool: s.default_pool.clone(),
-                log_requests: s.log_requests,
-                sanitizer: s.sanitizer.clone(),
-                tracer: s.tracer.clone(),
                 worker_spans,
+                ..(*s).clone()
             })
         });
         TraceLayer { shared }
