@@ -155,7 +155,9 @@ async fn one_trace_across_rust_and_python(protocol: OtlpProtocol) {
     assert!(
         wait_until(Duration::from_secs(20), || named("example.step.1")
             .is_some()
-            && named("snakepit.worker/traced").is_some()),
+            && named("snakepit.worker/traced").is_some()
+            // The request span leaves through another export thread: wait for it too.
+            && named("default/traced").is_some()),
         "spans received: {:#?}",
         rotel.spans()
     );
