@@ -65,9 +65,12 @@ class ExampleAdapter(Adapter):
             time.sleep(1)
 
     @command
-    def stream(self, n: int = 3, delay_ms: float = 0):
-        """Yield `n` chunks {"i": 0..n-1}, `delay_ms` apart."""
+    def stream(self, n: int = 3, delay_ms: float = 0, fail_after: int = -1):
+        """Yield `n` chunks {"i": 0..n-1}, `delay_ms` apart; with `fail_after` >= 0, raise
+        ValueError after that many chunks (a generator failing part way)."""
         for i in range(n):
+            if i == fail_after:
+                raise ValueError(f"stream failed after {i} chunks (fail_after={fail_after})")
             if delay_ms:
                 time.sleep(delay_ms / 1000.0)
             yield {"i": i}

@@ -59,6 +59,20 @@ pub enum TransportKind {
     Pipe,
 }
 
+/// What happens to a session whose worker goes away (crash, timeout, a recycle past
+/// its grace): its Python-side state is gone either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnWorkerLoss {
+    /// Its next request fails with `SessionLost` (HTTP 410): the caller learns the
+    /// state is gone and decides.
+    #[default]
+    Fail,
+    /// Its next request re-creates it (metadata kept, state empty) on another worker,
+    /// and the response says it was re-created.
+    Recreate,
+}
+
 /// Where the worker's Python comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -100,6 +114,13 @@ pub struct SessionConfig {
     pub cleanup_interval_ms: u64,
     /// Creating more sessions than this fails with `InvalidArgs`.
     pub max_sessions: usize,
+    /// What a session's next request gets when its worker went away.
+    pub on_worker_loss: OnWorkerLoss,
+    /// A planned recycle (max_requests, max_lifetime, max_memory_mb) of a worker that
+    /// holds live sessions waits up to this long for them to be closed or expire; a
+    /// replacement serves everything else meanwhile. Sessions still open after it are
+    /// lost (see `on_worker_loss`).
+    pub recycle_grace_secs: u64,
 }
 
 impl Default for SessionConfig {
@@ -108,6 +129,8 @@ impl Default for SessionConfig {
             default_ttl_secs: 3600,
             cleanup_interval_ms: 60_000,
             max_sessions: 100_000,
+            on_worker_loss: OnWorkerLoss::Fail,
+            recycle_grace_secs: 300,
         }
     }
 }
@@ -144,7 +167,9 @@ pub struct PoolConfig {
     pub stop_grace_ms: u64,
     pub restart_backoff_initial_ms: u64,
     pub restart_backoff_max_ms: u64,
-    /// A worker that ran this long resets the crash backoff.
+    /// Restarts back off only in a crash loop: a worker that failed to start, or died
+    /// before completing a request and within this long of becoming ready. A worker
+    /// that was serving is replaced at once and resets the backoff.
     pub restart_backoff_reset_secs: u64,
     /// Largest accepted request arguments, in bytes.
     pub max_payload_bytes: usize,
@@ -189,6 +214,49 @@ impl Default for PoolConfig {
             sessions: SessionConfig::default(),
         }
     }
+}
+
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 24 * HOUR_MS;
+const DAY_SECS: u64 = 24 * 3600;
+const YEAR_SECS: u64 = 365 * DAY_SECS;
+/// Largest message either transport carries (gRPC's i32 length).
+const MAX_MESSAGE: u64 = i32::MAX as u64;
+
+/// `value` must lie in `min..=max`; the error names the key, the value and the range.
+pub fn check_range(
+    key: &str,
+    value: u64,
+    min: u64,
+    max: u64,
+    unit: &str,
+) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        key,
+        value,
+        format!("{min}..={max} {unit}"),
+    ))
+}
+
+/// `value` must be a finite number in `min..=max`.
+pub fn check_float(
+    key: &str,
+    value: f64,
+    min: f64,
+    max: f64,
+    what: &str,
+) -> Result<(), ConfigError> {
+    if value.is_finite() && (min..=max).contains(&value) {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        key,
+        value,
+        format!("{what} in [{min:?}, {max:?}]"),
+    ))
 }
 
 fn ms(v: u64) -> Duration {
@@ -243,36 +311,148 @@ impl PoolConfig {
                 "'module:Class', e.g. 'snakepit_bridge.example:ExampleAdapter'",
             ));
         }
-        let positive: [(&str, u64); 8] = [
-            ("size", self.size as u64),
-            ("queue_timeout_ms", self.queue_timeout_ms),
-            ("startup_timeout_ms", self.startup_timeout_ms),
-            ("memory_check_interval_ms", self.memory_check_interval_ms),
-            ("health_check_interval_ms", self.health_check_interval_ms),
-            ("health_check_timeout_ms", self.health_check_timeout_ms),
-            ("health_check_failures", self.health_check_failures as u64),
-            ("stats_window_secs", self.stats_window_secs),
+        // Every duration and size has a range: huge values would overflow a deadline
+        // (`Instant + Duration`) or the admission semaphore instead of meaning "never".
+        let ranges: [(&str, u64, u64, u64, &str); 21] = [
+            ("size", self.size as u64, 1, 1024, "workers"),
+            (
+                "max_queue_size",
+                self.max_queue_size as u64,
+                0,
+                1_000_000,
+                "requests",
+            ),
+            ("queue_timeout_ms", self.queue_timeout_ms, 1, DAY_MS, "ms"),
+            (
+                "request_timeout_ms",
+                self.request_timeout_ms,
+                0,
+                DAY_MS,
+                "ms (0 = none)",
+            ),
+            (
+                "startup_timeout_ms",
+                self.startup_timeout_ms,
+                1,
+                HOUR_MS,
+                "ms",
+            ),
+            (
+                "max_lifetime_secs",
+                self.max_lifetime_secs,
+                0,
+                YEAR_SECS,
+                "s (0 = never)",
+            ),
+            (
+                "max_memory_mb",
+                self.max_memory_mb,
+                0,
+                16 << 20,
+                "MiB (0 = no limit)",
+            ),
+            (
+                "memory_check_interval_ms",
+                self.memory_check_interval_ms,
+                10,
+                DAY_MS,
+                "ms",
+            ),
+            (
+                "health_check_interval_ms",
+                self.health_check_interval_ms,
+                10,
+                DAY_MS,
+                "ms",
+            ),
+            (
+                "health_check_timeout_ms",
+                self.health_check_timeout_ms,
+                1,
+                HOUR_MS,
+                "ms",
+            ),
+            (
+                "health_check_failures",
+                self.health_check_failures as u64,
+                1,
+                1000,
+                "checks",
+            ),
+            ("stop_grace_ms", self.stop_grace_ms, 0, HOUR_MS, "ms"),
+            (
+                "restart_backoff_max_ms",
+                self.restart_backoff_max_ms,
+                1,
+                HOUR_MS,
+                "ms",
+            ),
+            (
+                "restart_backoff_reset_secs",
+                self.restart_backoff_reset_secs,
+                0,
+                DAY_SECS,
+                "s",
+            ),
+            (
+                "max_payload_bytes",
+                self.max_payload_bytes as u64,
+                1,
+                MAX_MESSAGE,
+                "bytes",
+            ),
+            (
+                "max_response_bytes",
+                self.max_response_bytes as u64,
+                1,
+                MAX_MESSAGE,
+                "bytes (gRPC's limit)",
+            ),
+            ("stats_window_secs", self.stats_window_secs, 1, 3600, "s"),
+            (
+                "python.rpc_threads",
+                self.python.rpc_threads as u64,
+                2,
+                256,
+                "threads (one runs the request, one answers health checks)",
+            ),
+            (
+                "sessions.default_ttl_secs",
+                self.sessions.default_ttl_secs,
+                1,
+                YEAR_SECS,
+                "s",
+            ),
+            (
+                "sessions.cleanup_interval_ms",
+                self.sessions.cleanup_interval_ms,
+                10,
+                DAY_MS,
+                "ms",
+            ),
+            (
+                "sessions.recycle_grace_secs",
+                self.sessions.recycle_grace_secs,
+                0,
+                DAY_SECS,
+                "s",
+            ),
         ];
-        for (name, value) in positive {
-            if value == 0 {
-                return Err(ConfigError::new(key(name), value, "a positive integer"));
-            }
+        for (name, value, min, max, unit) in ranges {
+            check_range(&key(name), value, min, max, unit)?;
         }
-        if self.size > 1024 {
-            return Err(ConfigError::new(key("size"), self.size, "1..=1024 workers"));
-        }
-        if self.max_payload_bytes == 0 || self.max_payload_bytes > self.max_response_bytes {
+        check_range(
+            &key("sessions.max_sessions"),
+            self.sessions.max_sessions as u64,
+            1,
+            10_000_000,
+            "sessions",
+        )?;
+        if self.max_payload_bytes > self.max_response_bytes {
             return Err(ConfigError::new(
                 key("max_payload_bytes"),
                 self.max_payload_bytes,
                 format!("1..={} bytes (max_response_bytes)", self.max_response_bytes),
-            ));
-        }
-        if self.max_response_bytes > i32::MAX as usize {
-            return Err(ConfigError::new(
-                key("max_response_bytes"),
-                self.max_response_bytes,
-                "at most 2147483647 bytes (gRPC's limit)",
             ));
         }
         if self.restart_backoff_initial_ms == 0
@@ -293,21 +473,6 @@ impl PoolConfig {
                 self.capacity_warning_percent,
                 "a percentage in (0, 100]",
             ));
-        }
-        if self.python.rpc_threads < 2 {
-            return Err(ConfigError::new(
-                key("python.rpc_threads"),
-                self.python.rpc_threads,
-                "at least 2 (one runs the request, one answers health checks)",
-            ));
-        }
-        if self.sessions.default_ttl_secs == 0 || self.sessions.cleanup_interval_ms == 0 {
-            let (k, v) = if self.sessions.default_ttl_secs == 0 {
-                ("sessions.default_ttl_secs", 0)
-            } else {
-                ("sessions.cleanup_interval_ms", 0)
-            };
-            return Err(ConfigError::new(key(k), v, "a positive integer"));
         }
         Ok(())
     }
@@ -372,28 +537,28 @@ impl EventsConfig {
                     format!("one of: {}", known.join(", ")),
                 ));
             }
-            if !(0.0..=1.0).contains(rate) {
-                return Err(ConfigError::new(
-                    format!("events.sampling.\"{name}\""),
-                    rate,
-                    "a rate in [0.0, 1.0]",
-                ));
-            }
+            check_float(
+                &format!("events.sampling.\"{name}\""),
+                *rate,
+                0.0,
+                1.0,
+                "a rate",
+            )?;
         }
-        if self.consumer_buffer == 0 {
-            return Err(ConfigError::new(
-                "events.consumer_buffer",
-                0,
-                "a positive integer",
-            ));
-        }
-        if self.sanitize.max_string_length < 16 {
-            return Err(ConfigError::new(
-                "events.sanitize.max_string_length",
-                self.sanitize.max_string_length,
-                "at least 16 characters",
-            ));
-        }
+        check_range(
+            "events.consumer_buffer",
+            self.consumer_buffer as u64,
+            1,
+            1_000_000,
+            "events",
+        )?;
+        check_range(
+            "events.sanitize.max_string_length",
+            self.sanitize.max_string_length as u64,
+            16,
+            10_000_000,
+            "characters",
+        )?;
         Ok(())
     }
 }
@@ -417,7 +582,7 @@ mod tests {
         let err = cfg.validate().unwrap_err();
         assert_eq!(err.key, "pools.ml.size");
         assert_eq!(err.value, "0");
-        assert!(err.to_string().contains("positive"), "{err}");
+        assert!(err.to_string().contains("1..=1024 workers"), "{err}");
 
         let cfg = PoolConfig {
             adapter: "no_colon".into(),
@@ -436,6 +601,57 @@ mod tests {
         ev.sampling
             .insert("snakepit.worker.health_check".into(), 1.5);
         assert!(ev.validate().unwrap_err().allowed.contains("[0.0, 1.0]"));
+        let mut ev = EventsConfig::default();
+        ev.sampling
+            .insert("snakepit.worker.health_check".into(), f64::NAN);
+        assert!(ev.validate().is_err(), "NaN is no rate");
+    }
+
+    #[test]
+    fn huge_values_are_refused_with_their_key_and_range() {
+        let keys = [
+            "size",
+            "max_queue_size",
+            "queue_timeout_ms",
+            "request_timeout_ms",
+            "startup_timeout_ms",
+            "max_lifetime_secs",
+            "max_memory_mb",
+            "memory_check_interval_ms",
+            "health_check_interval_ms",
+            "health_check_timeout_ms",
+            "stop_grace_ms",
+            "restart_backoff_initial_ms",
+            "restart_backoff_max_ms",
+            "restart_backoff_reset_secs",
+            "max_payload_bytes",
+            "max_response_bytes",
+            "stats_window_secs",
+            "python.rpc_threads",
+            "sessions.default_ttl_secs",
+            "sessions.cleanup_interval_ms",
+            "sessions.max_sessions",
+            "sessions.recycle_grace_secs",
+        ];
+        for key in keys {
+            let json = match key.split_once('.') {
+                Some((section, k)) => format!(r#"{{"{section}": {{"{k}": {}}}}}"#, u64::MAX),
+                None => format!(r#"{{"{key}": {}}}"#, u64::MAX),
+            };
+            let cfg: PoolConfig = serde_json::from_str(&json).unwrap();
+            let err = cfg.validate().expect_err(key);
+            assert!(err.key.starts_with("pools.default."), "{key}: {err}");
+            assert!(err.allowed.contains("..="), "{key}: {err}");
+        }
+        let cfg = PoolConfig {
+            health_check_failures: u32::MAX,
+            capacity_warning_percent: f64::INFINITY,
+            ..PoolConfig::default()
+        };
+        assert_eq!(
+            cfg.validate().unwrap_err().key,
+            "pools.default.health_check_failures"
+        );
     }
 
     #[test]

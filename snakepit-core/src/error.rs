@@ -77,11 +77,18 @@ pub enum Error {
     #[error("no worker of pool '{pool}' became free within the queue timeout of {} ms; the pool is overloaded or its workers are stuck", timeout.as_millis())]
     QueueTimeout { pool: String, timeout: Duration },
 
-    #[error("'{command}' did not finish within {} ms on worker {worker_id}; the worker was replaced (raise timeout_ms if the command is legitimately slow)", timeout.as_millis())]
+    #[error("'{command}' did not finish within {} ms on worker {worker_id}; {}", timeout.as_millis(), if *caller_stalled {
+        "the caller stopped reading its stream, so the stream was cancelled (the worker was kept)"
+    } else {
+        "the worker was replaced (raise timeout_ms if the command is legitimately slow)"
+    })]
     Timeout {
         command: String,
         worker_id: String,
         timeout: Duration,
+        /// The deadline passed while the worker waited for the caller to read the next
+        /// chunk of a stream, not while Python was working.
+        caller_stalled: bool,
     },
 
     #[error(
@@ -113,6 +120,9 @@ pub enum Error {
 
     #[error("no session '{session_id}': it was never created, was closed, or expired")]
     SessionNotFound { session_id: String },
+
+    #[error("session '{session_id}' lost its state: {reason}; create a new session (or create sessions with on_worker_loss = \"recreate\" to have them re-created empty)")]
+    SessionLost { session_id: String, reason: String },
 
     #[error("no pool named '{name}'; configured pools: {}", available.join(", "))]
     UnknownPool {
@@ -148,6 +158,7 @@ impl Error {
             Error::InvalidArgs { .. } => "InvalidArgs",
             Error::PayloadTooLarge { .. } => "PayloadTooLarge",
             Error::SessionNotFound { .. } => "SessionNotFound",
+            Error::SessionLost { .. } => "SessionLost",
             Error::UnknownPool { .. } => "UnknownPool",
             Error::Transport { .. } => "Transport",
             Error::ShuttingDown { .. } => "ShuttingDown",

@@ -53,12 +53,12 @@ pub mod proto {
 }
 
 pub use config::{
-    ConfigError, EventsConfig, PoolConfig, PythonConfig, SanitizeConfig, SessionConfig,
-    TransportKind, WhenFull,
+    ConfigError, EventsConfig, OnWorkerLoss, PoolConfig, PythonConfig, SanitizeConfig,
+    SessionConfig, TransportKind, WhenFull,
 };
 pub use error::{Error, ExitInfo, PythonError, StartError};
 pub use events::{Event, EventBus, EventData, EventKind, Pattern};
-pub use pool::{Pool, ResponseStream, StreamingPool};
+pub use pool::{Pool, ResponseStream, StreamEnd, StreamOutcome, StreamingPool};
 pub use pools::Pools;
 pub use request::{Args, Chunk, Request, Response, Served, WorkerSpan};
 pub use sanitize::Sanitizer;

@@ -167,6 +167,9 @@ pub struct Served {
     pub duration: Duration,
     /// The worker's own timing, when the request's trace context was sampled.
     pub worker_span: Option<WorkerSpan>,
+    /// Set when the request's session had lost its state with its previous worker and
+    /// was re-created empty for this request (`on_worker_loss = "recreate"`): why.
+    pub session_recreated: Option<String>,
 }
 
 /// Where the worker spent a request, as the worker measured it: telemetry turns it into

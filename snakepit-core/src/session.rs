@@ -1,10 +1,18 @@
 //! Sessions: state a caller keeps in one worker across requests.
 //!
 //! A session has a TTL that counts from its last use (idle expiry) and metadata. Its
-//! requests go to the worker that holds it while that worker lives; when it does not
-//! (crash, recycle), the next request goes to any worker and the session is created
-//! there afresh (its Python-side state is lost, its metadata is not). The store is
-//! plain data behind a mutex: routing never calls a worker.
+//! requests go to the worker that holds it while that worker lives. When that worker
+//! goes away (crash, timeout, a recycle past its grace), the session's Python-side
+//! state is gone, and the pool never hides that: under `on_worker_loss = "fail"` (the
+//! default) the session becomes a tombstone and every later request on it fails with
+//! [`Error::SessionLost`] until it is closed or its TTL passes; under `"recreate"` the
+//! next request re-creates it on another worker (with its metadata) and the response
+//! says so. Either way a `session.expired` event with reason `worker_lost` is emitted at
+//! the moment of the loss.
+//!
+//! The store is plain data behind a mutex: routing never calls a worker. It wakes
+//! waiters ([`SessionStore::changed`]) whenever a session ends, so a worker whose
+//! planned recycle waits for its sessions learns at once when the last one is gone.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,8 +20,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use serde::Serialize;
+use tokio::sync::Notify;
 
+use crate::config::OnWorkerLoss;
 use crate::error::Error;
+
+/// Longest TTL a caller may ask for.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Options for a new session.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -24,6 +37,9 @@ pub struct SessionOptions {
     pub metadata: serde_json::Value,
     /// A caller-chosen id; generated when None.
     pub id: Option<String>,
+    /// What happens when the worker holding the session goes away; the pool's
+    /// `sessions.on_worker_loss` when None.
+    pub on_worker_loss: Option<OnWorkerLoss>,
 }
 
 /// A session as the pool sees it.
@@ -36,6 +52,10 @@ pub struct SessionInfo {
     /// The worker holding it, if any request ran yet.
     pub worker_id: Option<String>,
     pub requests: u64,
+    pub on_worker_loss: OnWorkerLoss,
+    /// Set once the session's worker was lost: why (the session answers `SessionLost`,
+    /// or, under `recreate`, is re-created by its next request).
+    pub lost: Option<String>,
 }
 
 struct Entry {
@@ -46,6 +66,10 @@ struct Entry {
     metadata_json: Bytes,
     worker_id: Option<Arc<str>>,
     requests: u64,
+    on_loss: OnWorkerLoss,
+    /// The worker holding it was lost for this reason: a tombstone (`Fail`) or a session
+    /// waiting to be re-created (`Recreate`).
+    lost: Option<String>,
 }
 
 impl Entry {
@@ -56,11 +80,26 @@ impl Entry {
             ttl: self.ttl,
             worker_id: self.worker_id.as_deref().map(str::to_string),
             requests: self.requests,
+            on_worker_loss: self.on_loss,
+            lost: self.lost.clone(),
+        }
+    }
+
+    fn is_tombstone(&self) -> bool {
+        self.lost.is_some() && self.on_loss == OnWorkerLoss::Fail
+    }
+
+    fn ended(&self, id: &str, now: Instant) -> Ended {
+        Ended {
+            id: id.to_string(),
+            lifetime: now.saturating_duration_since(self.created),
+            requests: self.requests,
+            worker_id: self.worker_id.clone(),
         }
     }
 }
 
-/// A session that ended, for events.
+/// A session that ended (or whose state was lost), for events.
 pub(crate) struct Ended {
     pub id: String,
     pub lifetime: Duration,
@@ -68,24 +107,62 @@ pub(crate) struct Ended {
     pub worker_id: Option<Arc<str>>,
 }
 
+/// What a worker about to run a session's request must do first.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Claim {
+    /// This worker holds the session already.
+    Held,
+    /// First request of the session: initialise it here with this metadata.
+    Init(Bytes),
+    /// Its previous worker was lost (`recreate` policy): initialise it here afresh; the
+    /// response says why.
+    Recreate { metadata: Bytes, reason: String },
+}
+
+#[derive(Default)]
+struct Inner {
+    map: HashMap<String, Entry>,
+    /// Entries that are tombstones, so counting live sessions is O(1).
+    tombstones: usize,
+}
+
 pub(crate) struct SessionStore {
-    map: Mutex<HashMap<String, Entry>>,
+    inner: Mutex<Inner>,
     max: usize,
+    default_on_loss: OnWorkerLoss,
+    changed: Notify,
+}
+
+impl Inner {
+    fn remove(&mut self, id: &str) -> Option<Entry> {
+        let entry = self.map.remove(id)?;
+        if entry.is_tombstone() {
+            self.tombstones -= 1;
+        }
+        Some(entry)
+    }
 }
 
 impl SessionStore {
-    pub fn new(max: usize) -> Self {
+    pub fn new(max: usize, default_on_loss: OnWorkerLoss) -> Self {
         SessionStore {
-            map: Mutex::new(HashMap::new()),
+            inner: Mutex::new(Inner::default()),
             max,
+            default_on_loss,
+            changed: Notify::new(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
-        match self.map.lock() {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        match self.inner.lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         }
+    }
+
+    /// Resolves after the next time a session ends or moves (closed, expired, lost).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 
     pub fn create(&self, opts: &SessionOptions, ttl: Duration) -> Result<SessionInfo, Error> {
@@ -98,6 +175,13 @@ impl SessionStore {
                 "session id must be 1 to 256 characters",
             ));
         }
+        if ttl.is_zero() || ttl > MAX_TTL {
+            return Err(Error::invalid_args(format!(
+                "session ttl must be 1 s to {} s, got {} s",
+                MAX_TTL.as_secs(),
+                ttl.as_secs()
+            )));
+        }
         let metadata_json = match &opts.metadata {
             serde_json::Value::Null => Bytes::from_static(b"{}"),
             v @ serde_json::Value::Object(_) => Bytes::from(v.to_string()),
@@ -107,14 +191,14 @@ impl SessionStore {
                 ))
             }
         };
-        let mut map = self.lock();
-        if map.len() >= self.max {
+        let mut inner = self.lock();
+        if inner.map.len() >= self.max {
             return Err(Error::invalid_args(format!(
                 "too many sessions ({}; sessions.max_sessions); close some or raise the limit",
-                map.len()
+                inner.map.len()
             )));
         }
-        if map.contains_key(&id) {
+        if inner.map.contains_key(&id) {
             return Err(Error::invalid_args(format!(
                 "session '{id}' already exists"
             )));
@@ -128,86 +212,169 @@ impl SessionStore {
             metadata_json,
             worker_id: None,
             requests: 0,
+            on_loss: opts.on_worker_loss.unwrap_or(self.default_on_loss),
+            lost: None,
         };
         let info = entry.info(&id);
-        map.insert(id, entry);
+        inner.map.insert(id, entry);
         Ok(info)
     }
 
     /// A request arrives for the session: refresh it and say which worker holds it.
     pub fn route(&self, id: &str) -> Result<Option<Arc<str>>, Error> {
-        let mut map = self.lock();
-        let entry = map.get_mut(id).ok_or_else(|| Error::SessionNotFound {
-            session_id: id.to_string(),
-        })?;
+        let mut inner = self.lock();
+        let entry = inner
+            .map
+            .get_mut(id)
+            .ok_or_else(|| Error::SessionNotFound {
+                session_id: id.to_string(),
+            })?;
         entry.last_used = Instant::now();
+        if let (true, Some(reason)) = (entry.is_tombstone(), &entry.lost) {
+            return Err(Error::SessionLost {
+                session_id: id.to_string(),
+                reason: reason.clone(),
+            });
+        }
         entry.requests += 1;
         Ok(entry.worker_id.clone())
     }
 
-    /// A worker is about to run a request of the session. Returns the metadata to
-    /// initialise the session with when this worker does not hold it yet.
-    pub fn claim(&self, id: &str, worker_id: &Arc<str>) -> Option<Bytes> {
-        let mut map = self.lock();
-        let entry = map.get_mut(id)?;
-        if entry.worker_id.as_ref() == Some(worker_id) {
-            return None;
+    /// A worker is about to run a request of the session: may it, and what must it do
+    /// first? A session held by another worker means that worker has left (its jobs
+    /// reach others only then), so it counts as lost here if nobody marked it yet; the
+    /// second value is that loss, for its event.
+    pub fn claim(&self, id: &str, worker_id: &Arc<str>) -> (Result<Claim, Error>, Option<Ended>) {
+        let mut inner = self.lock();
+        let Inner { map, tombstones } = &mut *inner;
+        let Some(entry) = map.get_mut(id) else {
+            let err = Error::SessionNotFound {
+                session_id: id.to_string(),
+            };
+            return (Err(err), None);
+        };
+        let mut newly_lost = None;
+        match &entry.worker_id {
+            Some(holder) if holder == worker_id => return (Ok(Claim::Held), None),
+            Some(holder) if entry.lost.is_none() => {
+                entry.lost = Some(format!("its worker {holder} left"));
+                newly_lost = Some(entry.ended(id, Instant::now()));
+                if entry.is_tombstone() {
+                    *tombstones += 1;
+                }
+            }
+            _ => {}
         }
-        entry.worker_id = Some(worker_id.clone());
-        Some(entry.metadata_json.clone())
+        let claim = match entry.lost.clone() {
+            Some(reason) if entry.on_loss == OnWorkerLoss::Fail => Err(Error::SessionLost {
+                session_id: id.to_string(),
+                reason,
+            }),
+            Some(reason) => {
+                entry.lost = None;
+                entry.worker_id = Some(worker_id.clone());
+                Ok(Claim::Recreate {
+                    metadata: entry.metadata_json.clone(),
+                    reason,
+                })
+            }
+            None => {
+                entry.worker_id = Some(worker_id.clone());
+                Ok(Claim::Init(entry.metadata_json.clone()))
+            }
+        };
+        drop(inner);
+        if newly_lost.is_some() {
+            self.changed.notify_waiters();
+        }
+        (claim, newly_lost)
+    }
+
+    /// The worker `worker_id` is gone for `reason`: every session it held loses its
+    /// state. Returns them, for `session.expired` events.
+    pub fn worker_lost(&self, worker_id: &str, reason: &str) -> Vec<Ended> {
+        let now = Instant::now();
+        let mut lost = Vec::new();
+        {
+            let mut inner = self.lock();
+            let Inner { map, tombstones } = &mut *inner;
+            for (id, entry) in map.iter_mut() {
+                if entry.lost.is_none() && entry.worker_id.as_deref() == Some(worker_id) {
+                    entry.lost = Some(reason.to_string());
+                    lost.push(entry.ended(id, now));
+                    match entry.on_loss {
+                        OnWorkerLoss::Recreate => entry.worker_id = None,
+                        OnWorkerLoss::Fail => *tombstones += 1,
+                    }
+                }
+            }
+        }
+        if !lost.is_empty() {
+            self.changed.notify_waiters();
+        }
+        lost
+    }
+
+    /// Live sessions `worker_id` holds (tombstones excluded).
+    pub fn held_by(&self, worker_id: &str) -> usize {
+        self.lock()
+            .map
+            .values()
+            .filter(|e| e.lost.is_none() && e.worker_id.as_deref() == Some(worker_id))
+            .count()
     }
 
     pub fn remove(&self, id: &str) -> Option<Ended> {
         let entry = self.lock().remove(id)?;
-        Some(Ended {
-            id: id.to_string(),
-            lifetime: entry.created.elapsed(),
-            requests: entry.requests,
-            worker_id: entry.worker_id,
-        })
+        self.changed.notify_waiters();
+        Some(entry.ended(id, Instant::now()))
     }
 
-    /// Remove and return every session idle past its TTL.
+    /// Remove every session idle past its TTL (tombstones included); returns the live
+    /// ones (a tombstone's `session.expired` went out when it was lost).
     pub fn take_expired(&self, now: Instant) -> Vec<Ended> {
-        let mut map = self.lock();
-        let expired: Vec<String> = map
+        let mut inner = self.lock();
+        let expired: Vec<String> = inner
+            .map
             .iter()
             .filter(|(_, e)| now.saturating_duration_since(e.last_used) >= e.ttl)
             .map(|(id, _)| id.clone())
             .collect();
-        expired
-            .into_iter()
-            .filter_map(|id| {
-                map.remove(&id).map(|e| Ended {
-                    lifetime: now.saturating_duration_since(e.created),
-                    requests: e.requests,
-                    worker_id: e.worker_id,
-                    id,
-                })
-            })
-            .collect()
+        let mut ended = Vec::new();
+        for id in expired {
+            if let Some(e) = inner.remove(&id) {
+                if !e.is_tombstone() {
+                    ended.push(e.ended(&id, now));
+                }
+            }
+        }
+        drop(inner);
+        if !ended.is_empty() {
+            self.changed.notify_waiters();
+        }
+        ended
     }
 
     /// Remove every session (shutdown).
     pub fn take_all(&self) -> Vec<Ended> {
         let now = Instant::now();
-        self.lock()
-            .drain()
-            .map(|(id, e)| Ended {
-                lifetime: now.saturating_duration_since(e.created),
-                requests: e.requests,
-                worker_id: e.worker_id,
-                id,
-            })
-            .collect()
+        let ended = {
+            let mut inner = self.lock();
+            inner.tombstones = 0;
+            inner.map.drain().map(|(id, e)| e.ended(&id, now)).collect()
+        };
+        self.changed.notify_waiters();
+        ended
     }
 
     pub fn get(&self, id: &str) -> Option<SessionInfo> {
-        self.lock().get(id).map(|e| e.info(id))
+        self.lock().map.get(id).map(|e| e.info(id))
     }
 
+    /// Sessions whose state is alive (tombstones excluded).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        let inner = self.lock();
+        inner.map.len() - inner.tombstones
     }
 }
 
@@ -216,9 +383,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn store() -> SessionStore {
+        SessionStore::new(10, OnWorkerLoss::Fail)
+    }
+
     #[test]
     fn create_route_claim_expire() {
-        let store = SessionStore::new(10);
+        let store = store();
         let opts = SessionOptions {
             metadata: json!({"user": "u"}),
             ..Default::default()
@@ -227,11 +398,12 @@ mod tests {
         assert_eq!(store.route(&s.id).unwrap(), None);
         let w1: Arc<str> = Arc::from("w1");
         assert_eq!(
-            store.claim(&s.id, &w1).as_deref(),
-            Some(&b"{\"user\":\"u\"}"[..])
+            store.claim(&s.id, &w1).0.unwrap(),
+            Claim::Init(Bytes::from_static(b"{\"user\":\"u\"}"))
         );
-        assert_eq!(store.claim(&s.id, &w1), None, "already held by w1");
+        assert_eq!(store.claim(&s.id, &w1).0.unwrap(), Claim::Held);
         assert_eq!(store.route(&s.id).unwrap().as_deref(), Some("w1"));
+        assert_eq!(store.held_by("w1"), 1);
         assert!(store.take_expired(Instant::now()).is_empty());
         let ended = store.take_expired(Instant::now() + Duration::from_secs(1));
         assert_eq!(ended.len(), 1);
@@ -243,14 +415,96 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_worker_leaves_tombstones_that_answer_session_lost() {
+        let store = store();
+        let ttl = Duration::from_secs(60);
+        let (a, b) = (
+            store.create(&SessionOptions::default(), ttl).unwrap(),
+            store.create(&SessionOptions::default(), ttl).unwrap(),
+        );
+        let w1: Arc<str> = Arc::from("w1");
+        store.claim(&a.id, &w1).0.unwrap();
+        let lost = store.worker_lost("w1", "worker w1 crashed");
+        assert_eq!(lost.len(), 1, "only the session w1 held");
+        assert_eq!(lost[0].id, a.id);
+        assert_eq!(store.len(), 1, "the tombstone is not an active session");
+        assert_eq!(store.held_by("w1"), 0);
+        for _ in 0..2 {
+            match store.route(&a.id) {
+                Err(Error::SessionLost { session_id, reason }) => {
+                    assert_eq!(session_id, a.id);
+                    assert_eq!(reason, "worker w1 crashed");
+                }
+                other => panic!("expected SessionLost, got {other:?}"),
+            }
+        }
+        // A job already queued for it fails the same way on another worker.
+        let w2: Arc<str> = Arc::from("w2");
+        assert!(matches!(
+            store.claim(&a.id, &w2).0,
+            Err(Error::SessionLost { .. })
+        ));
+        assert!(store.route(&b.id).is_ok(), "other sessions are untouched");
+        assert!(store.remove(&a.id).is_some(), "a tombstone can be closed");
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.lock().tombstones, 0);
+    }
+
+    #[test]
+    fn recreate_policy_moves_the_session_and_says_why() {
+        let store = store();
+        let opts = SessionOptions {
+            on_worker_loss: Some(OnWorkerLoss::Recreate),
+            metadata: json!({"m": 1}),
+            ..Default::default()
+        };
+        let s = store.create(&opts, Duration::from_secs(60)).unwrap();
+        let (w1, w2): (Arc<str>, Arc<str>) = (Arc::from("w1"), Arc::from("w2"));
+        store.claim(&s.id, &w1).0.unwrap();
+        assert_eq!(store.worker_lost("w1", "recycled").len(), 1);
+        assert_eq!(store.len(), 1, "still active");
+        assert_eq!(store.route(&s.id).unwrap(), None, "goes to any worker");
+        assert_eq!(
+            store.claim(&s.id, &w2).0.unwrap(),
+            Claim::Recreate {
+                metadata: Bytes::from_static(b"{\"m\":1}"),
+                reason: "recycled".into()
+            }
+        );
+        assert_eq!(store.claim(&s.id, &w2).0.unwrap(), Claim::Held);
+    }
+
+    #[test]
+    fn a_session_claimed_away_from_a_departed_worker_counts_as_lost() {
+        let store = store();
+        let s = store
+            .create(&SessionOptions::default(), Duration::from_secs(60))
+            .unwrap();
+        let (w1, w2): (Arc<str>, Arc<str>) = (Arc::from("w1"), Arc::from("w2"));
+        store.claim(&s.id, &w1).0.unwrap();
+        let (claim, lost) = store.claim(&s.id, &w2);
+        assert!(matches!(claim, Err(Error::SessionLost { .. })), "{claim:?}");
+        assert_eq!(lost.map(|l| l.id), Some(s.id.clone()), "reported once");
+        assert!(store.claim(&s.id, &w2).1.is_none());
+        assert!(matches!(
+            store.claim("nope", &w2).0,
+            Err(Error::SessionNotFound { .. })
+        ));
+    }
+
+    #[test]
     fn limits_and_bad_input() {
-        let store = SessionStore::new(1);
+        let store = SessionStore::new(1, OnWorkerLoss::Fail);
         let ttl = Duration::from_secs(1);
         let bad = SessionOptions {
             metadata: json!([1]),
             ..Default::default()
         };
         assert!(store.create(&bad, ttl).is_err());
+        let err = store
+            .create(&SessionOptions::default(), MAX_TTL + ttl)
+            .unwrap_err();
+        assert!(err.to_string().contains("ttl"), "{err}");
         store.create(&SessionOptions::default(), ttl).unwrap();
         let err = store.create(&SessionOptions::default(), ttl).unwrap_err();
         assert!(err.to_string().contains("max_sessions"), "{err}");

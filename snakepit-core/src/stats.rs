@@ -1,8 +1,13 @@
 //! `pool.stats()`: a snapshot of a pool's workers, queue and recent performance.
 //!
-//! Per-second buckets over `stats_window_secs` give rates (requests/s, error rate,
-//! crash rate); a ring of the most recent latencies gives percentiles. Recording is
-//! one short mutex section per finished request; snapshots never call a worker.
+//! Time buckets over `stats_window_secs` (one per second, at most 60: longer windows
+//! use wider buckets) hold counts and a latency histogram each, so rates (requests/s,
+//! error rate, crash rate) *and* percentiles describe exactly the window: once a slow
+//! burst is older than the window it is gone from p99 (readiness depends on that).
+//! Histograms are log-linear (16 sub-bins per power of two of microseconds: a value
+//! is reported within ±3.2 %), 464 bins up to 71 minutes, allocated only for buckets
+//! that saw a request. Recording is one short mutex section per finished request;
+//! snapshots never call a worker.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -14,8 +19,34 @@ fn as_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64() * 1000.0)
 }
 
-/// Latency samples kept for percentiles.
-const SAMPLES: usize = 4096;
+/// Most buckets a window is cut into.
+const MAX_BUCKETS: u64 = 60;
+/// Sub-bins per power of two (2^SUB_BITS).
+const SUB_BITS: u32 = 4;
+const SUB: u64 = 1 << SUB_BITS;
+/// Bins covering 0..=u32::MAX microseconds.
+const BINS: usize = bin_of(u32::MAX as u64) + 1;
+
+/// The histogram bin of `micros`: exact below 16 µs, then 16 bins per octave.
+const fn bin_of(micros: u64) -> usize {
+    if micros < SUB {
+        return micros as usize;
+    }
+    let msb = 63 - micros.leading_zeros();
+    let shift = msb - SUB_BITS;
+    ((shift as u64 + 1) * SUB + ((micros >> shift) - SUB)) as usize
+}
+
+/// The middle of bin `bin`, in microseconds.
+fn bin_value(bin: usize) -> f64 {
+    let bin = bin as u64;
+    if bin < SUB {
+        return bin as f64;
+    }
+    let shift = bin / SUB - 1;
+    let lower = (SUB + bin % SUB) << shift;
+    lower as f64 + ((1u64 << shift) - 1) as f64 / 2.0
+}
 
 /// What a worker is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -25,6 +56,9 @@ pub enum WorkerState {
     Idle,
     Busy,
     Stopping,
+    /// Past a planned recycle, serving only the sessions it holds until they end (or
+    /// the grace passes); a replacement serves everything else. Not counted as ready.
+    Draining,
 }
 
 /// One worker in a snapshot.
@@ -80,7 +114,7 @@ pub struct PoolLoad {
     pub active_sessions: usize,
 }
 
-/// Rates and percentiles over the recent window.
+/// Rates and percentiles over the recent window (`stats_window_secs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct WindowStats {
     #[serde(rename = "window_ms", serialize_with = "as_ms")]
@@ -88,6 +122,8 @@ pub struct WindowStats {
     pub requests: u64,
     pub errors: u64,
     pub crashes: u64,
+    /// Requests the latency percentiles are computed from (those that reached a worker).
+    pub latency_samples: u64,
     pub requests_per_second: f64,
     /// Failed share of requests in the window (0 when there were none).
     pub error_rate: f64,
@@ -98,147 +134,154 @@ pub struct WindowStats {
     pub queue_time_avg_ms: f64,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Bucket {
-    second: u64,
+    /// Index of the bucket's time slice since the window's origin.
+    slice: u64,
     requests: u64,
     errors: u64,
     crashes: u64,
     queue_us: u64,
-}
-
-struct Inner {
-    buckets: VecDeque<Bucket>,
-    samples: Vec<u32>,
-    next_sample: usize,
+    /// Latencies of the requests that reached a worker (allocated on the first one).
+    latency: Option<Box<[u32; BINS]>>,
 }
 
 /// Sliding-window recorder.
 pub(crate) struct Window {
     origin: Instant,
     secs: u64,
-    inner: Mutex<Inner>,
+    /// Seconds per bucket.
+    width: u64,
+    /// Buckets the window spans.
+    slices: u64,
+    inner: Mutex<VecDeque<Bucket>>,
 }
 
 impl Window {
     pub fn new(window: Duration) -> Self {
+        let secs = window.as_secs().max(1);
+        let width = secs.div_ceil(MAX_BUCKETS);
         Window {
             origin: Instant::now(),
-            secs: window.as_secs().max(1),
-            inner: Mutex::new(Inner {
-                buckets: VecDeque::new(),
-                samples: Vec::with_capacity(SAMPLES),
-                next_sample: 0,
-            }),
+            secs,
+            width,
+            slices: secs.div_ceil(width),
+            inner: Mutex::new(VecDeque::new()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Bucket>> {
         match self.inner.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
     }
 
-    fn bucket<'a>(&self, inner: &'a mut Inner, now: Instant) -> &'a mut Bucket {
-        let second = now.saturating_duration_since(self.origin).as_secs();
-        if inner.buckets.back().map(|b| b.second) != Some(second) {
-            inner.buckets.push_back(Bucket {
-                second,
+    /// The current bucket, after dropping those that left the window.
+    fn bucket<'a>(&self, buckets: &'a mut VecDeque<Bucket>, now: Instant) -> &'a mut Bucket {
+        let slice = now.saturating_duration_since(self.origin).as_secs() / self.width;
+        while buckets
+            .front()
+            .is_some_and(|b| b.slice + self.slices <= slice)
+        {
+            buckets.pop_front();
+        }
+        if buckets.back().map(|b| b.slice) != Some(slice) {
+            buckets.push_back(Bucket {
+                slice,
                 ..Bucket::default()
             });
-            while inner
-                .buckets
-                .front()
-                .is_some_and(|b| b.second + self.secs <= second)
-            {
-                inner.buckets.pop_front();
-            }
         }
         // Just pushed or matched above, so back() exists.
-        let last = inner.buckets.len() - 1;
-        &mut inner.buckets[last]
+        let last = buckets.len() - 1;
+        &mut buckets[last]
     }
 
     /// A request that reached a worker (or failed trying).
     pub fn record_request(&self, duration: Duration, queue_time: Duration, ok: bool) {
         let now = Instant::now();
-        let mut inner = self.lock();
-        let b = self.bucket(&mut inner, now);
+        let micros = duration.as_micros().min(u32::MAX as u128) as u64;
+        let mut buckets = self.lock();
+        let b = self.bucket(&mut buckets, now);
         b.requests += 1;
         b.errors += u64::from(!ok);
         b.queue_us += queue_time.as_micros() as u64;
-        let micros = duration.as_micros().min(u32::MAX as u128) as u32;
-        if inner.samples.len() < SAMPLES {
-            inner.samples.push(micros);
-        } else {
-            let i = inner.next_sample;
-            inner.samples[i] = micros;
-        }
-        inner.next_sample = (inner.next_sample + 1) % SAMPLES;
+        let hist = b.latency.get_or_insert_with(|| Box::new([0; BINS]));
+        hist[bin_of(micros)] += 1;
     }
 
     /// A request refused before reaching a worker (counts toward the error rate).
     pub fn record_rejection(&self) {
-        let mut inner = self.lock();
-        let b = self.bucket(&mut inner, Instant::now());
+        let mut buckets = self.lock();
+        let b = self.bucket(&mut buckets, Instant::now());
         b.requests += 1;
         b.errors += 1;
     }
 
     pub fn record_crash(&self) {
-        let mut inner = self.lock();
-        self.bucket(&mut inner, Instant::now()).crashes += 1;
+        let mut buckets = self.lock();
+        self.bucket(&mut buckets, Instant::now()).crashes += 1;
     }
 
     pub fn snapshot(&self) -> WindowStats {
         let now = Instant::now();
-        let (totals, mut samples) = {
-            let mut inner = self.lock();
+        let mut latency = vec![0u64; BINS];
+        let (mut requests, mut errors, mut crashes, mut queue_us) = (0, 0, 0, 0);
+        {
+            let mut buckets = self.lock();
             // Touch the current bucket so expired ones are pruned.
-            self.bucket(&mut inner, now);
-            let totals = inner
-                .buckets
-                .iter()
-                .fold(Bucket::default(), |acc, b| Bucket {
-                    second: 0,
-                    requests: acc.requests + b.requests,
-                    errors: acc.errors + b.errors,
-                    crashes: acc.crashes + b.crashes,
-                    queue_us: acc.queue_us + b.queue_us,
-                });
-            (totals, inner.samples.clone())
+            self.bucket(&mut buckets, now);
+            for b in buckets.iter() {
+                requests += b.requests;
+                errors += b.errors;
+                crashes += b.crashes;
+                queue_us += b.queue_us;
+                if let Some(hist) = &b.latency {
+                    for (sum, n) in latency.iter_mut().zip(hist.iter()) {
+                        *sum += u64::from(*n);
+                    }
+                }
+            }
+        }
+        let samples: u64 = latency.iter().sum();
+        // Nearest rank over the histogram.
+        let pct = |p: f64| -> f64 {
+            if samples == 0 {
+                return 0.0;
+            }
+            let rank = ((p * samples as f64).ceil() as u64).clamp(1, samples);
+            let mut seen = 0;
+            for (bin, n) in latency.iter().enumerate() {
+                seen += n;
+                if seen >= rank {
+                    return bin_value(bin) / 1000.0;
+                }
+            }
+            0.0
         };
         // Until the pool is `secs` old, rates are over its actual age.
         let elapsed = now.saturating_duration_since(self.origin).as_secs_f64();
         let span = elapsed.clamp(1.0, self.secs as f64);
-        samples.sort_unstable();
-        let pct = |p: f64| -> f64 {
-            if samples.is_empty() {
-                return 0.0;
-            }
-            let idx = ((samples.len() as f64 - 1.0) * p).round() as usize;
-            samples[idx.min(samples.len() - 1)] as f64 / 1000.0
-        };
         WindowStats {
             window: Duration::from_secs(self.secs),
-            requests: totals.requests,
-            errors: totals.errors,
-            crashes: totals.crashes,
-            requests_per_second: totals.requests as f64 / span,
-            error_rate: if totals.requests == 0 {
+            requests,
+            errors,
+            crashes,
+            latency_samples: samples,
+            requests_per_second: requests as f64 / span,
+            error_rate: if requests == 0 {
                 0.0
             } else {
-                totals.errors as f64 / totals.requests as f64
+                errors as f64 / requests as f64
             },
-            crashes_per_minute: totals.crashes as f64 * 60.0 / span,
+            crashes_per_minute: crashes as f64 * 60.0 / span,
             latency_p50_ms: pct(0.50),
             latency_p95_ms: pct(0.95),
             latency_p99_ms: pct(0.99),
-            queue_time_avg_ms: if totals.requests == 0 {
+            queue_time_avg_ms: if requests == 0 {
                 0.0
             } else {
-                totals.queue_us as f64 / totals.requests as f64 / 1000.0
+                queue_us as f64 / requests as f64 / 1000.0
             },
         }
     }
@@ -247,6 +290,10 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn close(got: f64, want: f64) -> bool {
+        (got - want).abs() <= want * 0.04
+    }
 
     #[test]
     fn percentiles_rates_and_error_rate() {
@@ -264,19 +311,61 @@ mod tests {
         assert_eq!(s.requests, 101);
         assert_eq!(s.errors, 11);
         assert_eq!(s.crashes, 1);
-        assert!((s.latency_p50_ms - 50.0).abs() <= 1.0, "{s:?}");
-        assert!((s.latency_p99_ms - 99.0).abs() <= 1.0, "{s:?}");
+        assert_eq!(s.latency_samples, 100);
+        assert!(close(s.latency_p50_ms, 50.0), "{s:?}");
+        assert!(close(s.latency_p95_ms, 95.0), "{s:?}");
+        assert!(close(s.latency_p99_ms, 99.0), "{s:?}");
         assert!((s.error_rate - 11.0 / 101.0).abs() < 1e-9);
         // Less than a second old: rates are per the one-second minimum span.
         assert!((s.requests_per_second - 101.0).abs() < 1e-9);
     }
 
     #[test]
-    fn samples_are_bounded() {
-        let w = Window::new(Duration::from_secs(60));
-        for _ in 0..(SAMPLES * 3) {
-            w.record_request(Duration::from_micros(5), Duration::ZERO, true);
+    fn bins_are_contiguous_and_their_values_within_a_few_percent() {
+        let mut last = 0;
+        for micros in 0..200_000u64 {
+            let bin = bin_of(micros);
+            assert!(bin == last || bin == last + 1, "gap at {micros}");
+            last = bin;
+            let v = bin_value(bin);
+            assert!(
+                (v - micros as f64).abs() <= (micros as f64 * 0.033).max(0.5),
+                "{micros}: {v}"
+            );
         }
-        assert_eq!(w.lock().samples.len(), SAMPLES);
+        assert_eq!(bin_of(u32::MAX as u64), BINS - 1);
+        let top = bin_value(BINS - 1);
+        assert!(close(top, u32::MAX as f64), "{top}");
+    }
+
+    #[test]
+    fn old_requests_leave_the_percentiles_with_the_window() {
+        let w = Window::new(Duration::from_secs(2));
+        for _ in 0..50 {
+            w.record_request(Duration::from_millis(600), Duration::ZERO, true);
+        }
+        assert!(close(w.snapshot().latency_p99_ms, 600.0));
+        // Age the window by moving its origin back, as if three seconds had passed.
+        let aged = Window {
+            origin: w.origin - Duration::from_secs(3),
+            secs: w.secs,
+            width: w.width,
+            slices: w.slices,
+            inner: Mutex::new(w.lock().clone()),
+        };
+        let s = aged.snapshot();
+        assert_eq!((s.requests, s.latency_samples), (0, 0), "{s:?}");
+        assert_eq!(s.latency_p99_ms, 0.0);
+        aged.record_request(Duration::from_millis(2), Duration::ZERO, true);
+        let s = aged.snapshot();
+        assert!(close(s.latency_p99_ms, 2.0), "only the new request: {s:?}");
+    }
+
+    #[test]
+    fn long_windows_use_at_most_sixty_buckets() {
+        let w = Window::new(Duration::from_secs(3600));
+        assert_eq!((w.width, w.slices), (60, 60));
+        let w = Window::new(Duration::from_secs(5));
+        assert_eq!((w.width, w.slices), (1, 5));
     }
 }

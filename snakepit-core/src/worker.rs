@@ -35,6 +35,9 @@ pub(crate) struct WorkerStatus {
     pub started_at: Instant,
     state: AtomicU8,
     pub requests: AtomicU64,
+    /// Requests the worker answered (a result or a Python error): a worker that has
+    /// answered one was serving, so its death is not a crash loop.
+    pub completed: AtomicU64,
     pub rss_bytes: AtomicU64,
 }
 
@@ -48,7 +51,8 @@ impl WorkerStatus {
             0 => WorkerState::Starting,
             1 => WorkerState::Idle,
             2 => WorkerState::Busy,
-            _ => WorkerState::Stopping,
+            3 => WorkerState::Stopping,
+            _ => WorkerState::Draining,
         }
     }
 
@@ -150,6 +154,7 @@ impl Worker {
             started_at: process.started_at,
             state: AtomicU8::new(WorkerState::Idle as u8),
             requests: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
             rss_bytes: AtomicU64::new(health.rss_bytes),
         });
         Ok(Worker {
@@ -167,6 +172,10 @@ impl Worker {
 
     pub fn requests(&self) -> u64 {
         self.status.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn completed(&self) -> u64 {
+        self.status.completed.load(Ordering::Relaxed)
     }
 }
 

@@ -1,14 +1,16 @@
-//! Sessions against real workers: affinity, metadata, expiry, close, and re-creation
-//! on another worker after the holder dies.
+//! Sessions against real workers: affinity, metadata, expiry, close; what happens when
+//! the holder dies (`SessionLost`, or re-creation that says so); planned recycles that
+//! wait for the sessions their worker holds.
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use snakepit_core::{
-    Error, EventBus, EventKind, PoolConfig, Request, SessionConfig, SessionOptions,
+    Error, EventBus, EventKind, OnWorkerLoss, PoolConfig, Request, SessionConfig, SessionOptions,
+    WorkerState,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,7 +135,7 @@ async fn expiry_fires_session_expired_and_cleanup() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn explicit_close_and_recreation_after_the_holder_dies() {
+async fn explicit_close_and_duplicate_ids() {
     let bus = EventBus::default();
     let mut events = subscribe_all(&bus);
     let pool = start_with_events(test_config(2), bus).await;
@@ -151,29 +153,13 @@ async fn explicit_close_and_recreation_after_the_holder_dies() {
             ..Default::default()
         })
         .is_err());
-    let put = pool
-        .execute(Request::new("session_put", json!({"key": "x", "value": 1})).session("my-session"))
-        .await
-        .unwrap()
-        .value()
-        .unwrap();
-    let holder = put["pid"].as_u64().unwrap() as u32;
-
-    // Kill the holder: the next request goes elsewhere, session re-created with its
-    // metadata but without the lost Python state.
-    // SAFETY: plain kill(2) of a process this test started.
-    unsafe { libc::kill(holder as i32, libc::SIGKILL) };
-    wait_event(&mut events, EventKind::WorkerCrashed, LONG, |_| true).await;
-    let got: Value = pool
+    let got = pool
         .execute(Request::new("session_get", json!({})).session("my-session"))
         .await
         .unwrap()
         .value()
         .unwrap();
-    assert_ne!(got["pid"].as_u64().unwrap() as u32, holder);
     assert_eq!(got["metadata"], json!({"model": "m1"}));
-    assert_eq!(got["state"], json!({}));
-
     pool.close_session("my-session").await.unwrap();
     let ev = wait_event(&mut events, EventKind::SessionExpired, LONG, |_| true).await;
     assert_eq!(ev.meta("reason").unwrap(), json!("closed"));
@@ -181,5 +167,194 @@ async fn explicit_close_and_recreation_after_the_holder_dies() {
         pool.close_session("my-session").await,
         Err(Error::SessionNotFound { .. })
     ));
+    pool.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Put `key` into the session and return the pid that served it.
+async fn put(pool: &snakepit_core::Pool, session: &str, key: &str) -> u32 {
+    let v = pool
+        .execute(Request::new("session_put", json!({"key": key, "value": 1})).session(session))
+        .await
+        .unwrap()
+        .value()
+        .unwrap();
+    v["pid"].as_u64().unwrap() as u32
+}
+
+fn kill(pid: u32) {
+    // SAFETY: plain kill(2) of a worker process this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_worker_dies_fails_with_session_lost_not_silently() {
+    let bus = EventBus::default();
+    let mut events = subscribe_all(&bus);
+    let pool = start_with_events(test_config(2), bus).await;
+    let session = pool.create_session(SessionOptions::default()).unwrap();
+    let holder = put(&pool, &session.id, "x").await;
+    kill(holder);
+    let ev = wait_event(&mut events, EventKind::SessionExpired, LONG, |_| true).await;
+    assert_eq!(ev.meta("reason").unwrap(), json!("worker_lost"));
+    assert_eq!(ev.meta("session_id").unwrap(), json!(session.id));
+    let detail = ev.meta("detail").unwrap().to_string();
+    assert!(detail.contains("crashed"), "{detail}");
+    // Every later request says so (it is not re-created empty behind the caller's back).
+    for _ in 0..2 {
+        match pool
+            .execute(Request::new("session_get", json!({})).session(&session.id))
+            .await
+        {
+            Err(Error::SessionLost { session_id, reason }) => {
+                assert_eq!(session_id, session.id);
+                assert!(reason.contains("crashed"), "{reason}");
+            }
+            other => panic!("expected SessionLost, got {other:?}"),
+        }
+    }
+    assert_eq!(pool.stats().active_sessions, 0);
+    assert!(pool.session(&session.id).unwrap().lost.is_some());
+    // Closing it is still possible (and then it is gone).
+    pool.close_session(&session.id).await.unwrap();
+    assert!(matches!(
+        pool.execute(Request::new("session_get", json!({})).session(&session.id))
+            .await,
+        Err(Error::SessionNotFound { .. })
+    ));
+    pool.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreate_policy_re_creates_the_session_and_the_response_says_so() {
+    let bus = EventBus::default();
+    let mut events = subscribe_all(&bus);
+    let pool = start_with_events(test_config(2), bus).await;
+    let session = pool
+        .create_session(SessionOptions {
+            metadata: json!({"model": "m1"}),
+            on_worker_loss: Some(OnWorkerLoss::Recreate),
+            ..Default::default()
+        })
+        .unwrap();
+    let holder = put(&pool, &session.id, "x").await;
+    kill(holder);
+    let ev = wait_event(&mut events, EventKind::SessionExpired, LONG, |_| true).await;
+    assert_eq!(ev.meta("reason").unwrap(), json!("worker_lost"));
+    let resp = pool
+        .execute(Request::new("session_get", json!({})).session(&session.id))
+        .await
+        .unwrap();
+    let reason = resp.served.session_recreated.clone().expect("flagged");
+    assert!(reason.contains("crashed"), "{reason}");
+    let got = resp.value().unwrap();
+    assert_ne!(got["pid"].as_u64().unwrap() as u32, holder);
+    assert_eq!(got["metadata"], json!({"model": "m1"}), "metadata kept");
+    assert_eq!(
+        got["state"],
+        json!({}),
+        "state is gone, and the caller was told"
+    );
+    let ev = wait_event(&mut events, EventKind::SessionCreated, LONG, |_| true).await;
+    assert_eq!(ev.meta("session_id").unwrap(), json!(session.id));
+    // Only the first request after the loss carries the flag.
+    let again = pool
+        .execute(Request::new("session_get", json!({})).session(&session.id))
+        .await
+        .unwrap();
+    assert_eq!(again.served.session_recreated, None);
+    pool.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_recycle_waits_for_the_sessions_its_worker_holds() {
+    let bus = EventBus::default();
+    let mut events = subscribe_all(&bus);
+    // The shipped session grace (300 s): the session ends well before it.
+    let pool = start_with_events(
+        PoolConfig {
+            max_requests: 3,
+            ..test_config(1)
+        },
+        bus,
+    )
+    .await;
+    let session = pool.create_session(SessionOptions::default()).unwrap();
+    let holder = put(&pool, &session.id, "k1").await;
+    for key in ["k2", "k3", "k4", "k5"] {
+        assert_eq!(
+            put(&pool, &session.id, key).await,
+            holder,
+            "session stays put"
+        );
+    }
+    let got = pool
+        .execute(Request::new("session_get", json!({})).session(&session.id))
+        .await
+        .unwrap()
+        .value()
+        .unwrap();
+    assert_eq!(got["state"].as_object().unwrap().len(), 5, "{got}");
+    // Meanwhile a replacement serves everything else, and new sessions.
+    let ping = pool
+        .execute(Request::new("whoami", json!({})))
+        .await
+        .unwrap();
+    let other = ping.value().unwrap()["pid"].as_u64().unwrap() as u32;
+    assert_ne!(other, holder);
+    let fresh = pool.create_session(SessionOptions::default()).unwrap();
+    assert_eq!(put(&pool, &fresh.id, "a").await, other);
+    let stats = pool.stats();
+    assert_eq!(
+        stats.ready_workers, 1,
+        "the draining worker is not counted ready"
+    );
+    assert!(stats
+        .workers
+        .iter()
+        .any(|w| w.pid == holder && w.state == WorkerState::Draining));
+    // The session ends: now the old worker is recycled.
+    pool.close_session(&session.id).await.unwrap();
+    let ev = wait_event(&mut events, EventKind::WorkerRecycled, LONG, |_| true).await;
+    assert_eq!(ev.meta("reason").unwrap(), json!("max_requests"));
+    assert_eq!(ev.meta("pid").unwrap(), json!(holder));
+    eventually(LONG, "old worker gone", || !alive(holder)).await;
+    assert_eq!(pool.stats().workers.len(), 1);
+    pool.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recycle_past_its_grace_loses_the_sessions_and_says_so() {
+    let bus = EventBus::default();
+    let mut events = subscribe_all(&bus);
+    let pool = start_with_events(
+        PoolConfig {
+            max_requests: 2,
+            sessions: SessionConfig {
+                // 1 s instead of the default 300 s, so the grace runs out within the
+                // test; the default is exercised by the deferral test above.
+                recycle_grace_secs: 1,
+                ..SessionConfig::default()
+            },
+            ..test_config(1)
+        },
+        bus,
+    )
+    .await;
+    let session = pool.create_session(SessionOptions::default()).unwrap();
+    let holder = put(&pool, &session.id, "k1").await;
+    put(&pool, &session.id, "k2").await;
+    let ev = wait_event(&mut events, EventKind::SessionExpired, LONG, |_| true).await;
+    assert_eq!(ev.meta("reason").unwrap(), json!("worker_lost"));
+    let ev = wait_event(&mut events, EventKind::WorkerRecycled, LONG, |_| true).await;
+    assert_eq!(ev.meta("pid").unwrap(), json!(holder));
+    match pool
+        .execute(Request::new("session_get", json!({})).session(&session.id))
+        .await
+    {
+        Err(Error::SessionLost { reason, .. }) => {
+            assert!(reason.contains("recycle_grace_secs"), "{reason}")
+        }
+        other => panic!("expected SessionLost, got {other:?}"),
+    }
     pool.shutdown(Duration::from_secs(5)).await;
 }

@@ -51,8 +51,12 @@ struct Check {
 }
 
 fn checks_of(stats: &PoolStats, c: &ReadinessCriteria) -> Vec<Check> {
+    // Rate and latency criteria judge the present (the stats window), and only once it
+    // holds enough requests: an idle window passes, or an unready pod that gets no
+    // traffic could never become ready again.
     let w = &stats.window;
-    let enough = w.requests >= c.min_requests_for_error_rate;
+    let enough_for_errors = w.requests >= c.min_requests_for_error_rate;
+    let enough_for_latency = w.latency_samples >= c.min_requests_for_response_time;
     vec![
         Check {
             criterion: "min_available_workers",
@@ -68,7 +72,7 @@ fn checks_of(stats: &PoolStats, c: &ReadinessCriteria) -> Vec<Check> {
             observed: w.error_rate,
             unit: "ratio",
             limit: c.max_error_rate,
-            pass: !enough || w.error_rate <= c.max_error_rate,
+            pass: !enough_for_errors || w.error_rate <= c.max_error_rate,
         },
         Check {
             criterion: "max_queue_size",
@@ -84,7 +88,7 @@ fn checks_of(stats: &PoolStats, c: &ReadinessCriteria) -> Vec<Check> {
             observed: w.latency_p99_ms,
             unit: "ms",
             limit: c.max_response_time_ms,
-            pass: w.latency_p99_ms <= c.max_response_time_ms,
+            pass: !enough_for_latency || w.latency_p99_ms <= c.max_response_time_ms,
         },
     ]
 }

@@ -1,6 +1,7 @@
 //! Health, rate-limit and dashboard configuration (serde).
 
 use serde::{Deserialize, Serialize};
+use snakepit_core::config::{check_float, check_range};
 use snakepit_core::ConfigError;
 
 /// When a pool counts as ready. A pool failing any criterion makes `/health/ready`
@@ -17,8 +18,10 @@ pub struct ReadinessCriteria {
     pub min_requests_for_error_rate: u64,
     /// Requests waiting for a worker.
     pub max_queue_size: usize,
-    /// p99 latency over the stats window.
+    /// p99 latency over the stats window (evaluated once the window holds at least
+    /// `min_requests_for_response_time` requests that reached a worker).
     pub max_response_time_ms: f64,
+    pub min_requests_for_response_time: u64,
 }
 
 impl Default for ReadinessCriteria {
@@ -29,6 +32,7 @@ impl Default for ReadinessCriteria {
             min_requests_for_error_rate: 20,
             max_queue_size: 1000,
             max_response_time_ms: 5000.0,
+            min_requests_for_response_time: 20,
         }
     }
 }
@@ -132,19 +136,47 @@ impl HealthConfig {
             }
         }
         let c = &self.criteria;
-        if !(0.0..=1.0).contains(&c.max_error_rate) {
-            return Err(ConfigError::new(
-                "health.criteria.max_error_rate",
-                c.max_error_rate,
-                "a rate in [0, 1]",
-            ));
-        }
-        if c.max_response_time_ms <= 0.0 {
+        check_float(
+            "health.criteria.max_error_rate",
+            c.max_error_rate,
+            0.0,
+            1.0,
+            "a rate",
+        )?;
+        if !(c.max_response_time_ms > 0.0 && c.max_response_time_ms <= 86_400_000.0) {
             return Err(ConfigError::new(
                 "health.criteria.max_response_time_ms",
                 c.max_response_time_ms,
-                "a positive number of milliseconds",
+                "a positive number of milliseconds, at most 86400000 (a day)",
             ));
+        }
+        for (key, value, max, unit) in [
+            (
+                "health.criteria.min_available_workers",
+                c.min_available_workers as u64,
+                1024,
+                "workers",
+            ),
+            (
+                "health.criteria.min_requests_for_error_rate",
+                c.min_requests_for_error_rate,
+                1_000_000,
+                "requests",
+            ),
+            (
+                "health.criteria.min_requests_for_response_time",
+                c.min_requests_for_response_time,
+                1_000_000,
+                "requests",
+            ),
+            (
+                "health.criteria.max_queue_size",
+                c.max_queue_size as u64,
+                1_000_000,
+                "requests",
+            ),
+        ] {
+            check_range(key, value, 0, max, unit)?;
         }
         let r = &self.rate_limit;
         for (key, v) in [
@@ -156,17 +188,49 @@ impl HealthConfig {
             ),
             ("health.rate_limit.detailed_burst", r.detailed_burst),
         ] {
-            if r.enabled && v <= 0.0 {
-                return Err(ConfigError::new(key, v, "a positive number"));
+            if r.enabled && !(v > 0.0 && v <= 1_000_000.0) {
+                return Err(ConfigError::new(
+                    key,
+                    v,
+                    "a positive number, at most 1000000",
+                ));
             }
         }
-        if self.dashboard.update_interval_ms < 100 {
+        let d = &self.dashboard;
+        check_range(
+            "health.dashboard.update_interval_ms",
+            d.update_interval_ms,
+            100,
+            3_600_000,
+            "ms",
+        )?;
+        // The ring holds history_minutes × 60 000 / update_interval_ms points per pool.
+        check_range(
+            "health.dashboard.history_minutes",
+            d.history_minutes,
+            1,
+            24 * 60,
+            "minutes",
+        )?;
+        let points = d.history_minutes * 60_000 / d.update_interval_ms;
+        if points > 100_000 {
             return Err(ConfigError::new(
-                "health.dashboard.update_interval_ms",
-                self.dashboard.update_interval_ms,
-                "at least 100 ms",
+                "health.dashboard.history_minutes",
+                d.history_minutes,
+                format!(
+                    "at most {} minutes at update_interval_ms = {} (100000 points per pool)",
+                    100_000 * d.update_interval_ms / 60_000,
+                    d.update_interval_ms
+                ),
             ));
         }
+        check_range(
+            "health.dashboard.max_recent_errors",
+            d.max_recent_errors as u64,
+            1,
+            10_000,
+            "errors",
+        )?;
         if self.auth_token.as_deref().is_some_and(|t| t.len() < 16) {
             return Err(ConfigError::new(
                 "health.auth_token",

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use snakepit_core::config::{check_float, check_range};
 use snakepit_core::{ConfigError, SanitizeConfig};
 
 /// OTLP wire protocol.
@@ -302,33 +303,81 @@ impl TelemetryConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(0.0..=1.0).contains(&self.traces.sampling_ratio) {
-            return Err(ConfigError::new(
-                "telemetry.traces.sampling_ratio",
-                self.traces.sampling_ratio,
-                "a ratio in [0, 1]",
-            ));
-        }
-        let positive = [
-            ("telemetry.otlp.timeout_ms", self.otlp.timeout_ms),
+        check_float(
+            "telemetry.traces.sampling_ratio",
+            self.traces.sampling_ratio,
+            0.0,
+            1.0,
+            "a ratio",
+        )?;
+        const HOUR_MS: u64 = 3_600_000;
+        let ranges: [(&str, u64, u64, u64, &str); 9] = [
+            (
+                "telemetry.sanitize.max_string_length",
+                self.sanitize.max_string_length as u64,
+                16,
+                10_000_000,
+                "characters",
+            ),
+            (
+                "telemetry.otlp.timeout_ms",
+                self.otlp.timeout_ms,
+                1,
+                HOUR_MS,
+                "ms",
+            ),
             (
                 "telemetry.otlp.max_queue_size",
                 self.otlp.max_queue_size as u64,
+                1,
+                10_000_000,
+                "items",
+            ),
+            (
+                "telemetry.otlp.breaker_failures",
+                self.otlp.breaker_failures as u64,
+                1,
+                1_000_000,
+                "failures",
+            ),
+            (
+                "telemetry.otlp.breaker_cooldown_ms",
+                self.otlp.breaker_cooldown_ms,
+                0,
+                HOUR_MS,
+                "ms",
             ),
             (
                 "telemetry.metrics.export_interval_ms",
                 self.metrics.export_interval_ms,
+                100,
+                HOUR_MS,
+                "ms",
             ),
             (
                 "telemetry.metrics.max_command_labels",
                 self.metrics.max_command_labels as u64,
+                1,
+                10_000,
+                "labels per pool",
             ),
-            ("telemetry.logs.buffer_lines", self.logs.buffer_lines as u64),
+            (
+                "telemetry.logs.buffer_lines",
+                self.logs.buffer_lines as u64,
+                1,
+                10_000_000,
+                "lines",
+            ),
+            (
+                "telemetry.statsd.flush_interval_ms",
+                self.statsd.as_ref().map_or(1000, |s| s.flush_interval_ms),
+                10,
+                HOUR_MS,
+                "ms",
+            ),
         ];
-        for (key, value) in positive {
-            if value == 0 {
-                return Err(ConfigError::new(key, value, "a positive integer"));
-            }
+        for (key, value, min, max, unit) in ranges {
+            check_range(key, value, min, max, unit)?;
         }
         if self.correlation.header_name.is_empty()
             || !self

@@ -46,6 +46,7 @@ pub mod config;
 pub mod correlation;
 pub mod export;
 pub mod export_metrics;
+pub mod labels;
 pub mod lifecycle;
 pub mod logs;
 pub mod metrics;

@@ -1,94 +1,59 @@
 //! `MetricsLayer`: per-request instruments (SPEC §4), named so the Prometheus bridge
 //! exposes exactly `snakepit_requests_total{pool_name,command,status}`,
-//! `snakepit_request_duration_seconds{pool_name,command}` and
-//! `snakepit_request_queue_time_seconds{pool_name}`, with the seed's buckets.
+//! `snakepit_request_duration_seconds{pool_name,command}`,
+//! `snakepit_request_queue_time_seconds{pool_name}` and, for streams,
+//! `snakepit_request_time_to_first_chunk_seconds{pool_name,command}`, with the seed's
+//! buckets.
 //!
-//! `command` comes from callers, so its values are capped per layer: the first
-//! `max_command_labels` distinct commands keep their name, later ones are recorded as
-//! `__other__`, so a client sending random command names cannot explode the series count.
+//! A stream is recorded when it ends, not when its first chunk arrives: duration to
+//! the end, `status` `success`, `error` (the generator raised part way) or `cancelled`
+//! (the caller dropped it). Label values come from [`RequestLabels`], so callers
+//! cannot create series for commands or pools that do not exist.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use opentelemetry::metrics::{Counter, Histogram, Meter};
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry::{KeyValue, StringValue};
-use snakepit_core::{Error, Request};
+use snakepit_core::{Error, Pool, Request, Served};
 use tower::{Layer, Service};
-
-use opentelemetry::trace::TraceContextExt;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::labels::{Evidence, RequestLabels};
 use crate::openmetrics::{Exemplar, ExemplarStore};
 use crate::trace::Outcome;
+
+pub use crate::labels::{LabelCap, MAX_LABEL_LEN, OVERFLOW_LABEL, UNKNOWN_LABEL};
 
 /// The seed's request-duration buckets, in seconds.
 pub const REQUEST_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
 /// The seed's worker start-up buckets, in seconds.
 pub const STARTUP_BUCKETS: [f64; 7] = [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
-/// Longest label value kept (callers choose command names).
-pub const MAX_LABEL_LEN: usize = 100;
-/// The label value that stands for every command beyond the cap.
-pub const OVERFLOW_LABEL: &str = "__other__";
-
-/// Caps the distinct values of a caller-supplied label.
-#[derive(Debug)]
-pub struct LabelCap {
-    max: usize,
-    seen: RwLock<HashSet<Arc<str>>>,
-}
-
-impl LabelCap {
-    pub fn new(max: usize) -> Self {
-        LabelCap {
-            max,
-            seen: RwLock::new(HashSet::new()),
-        }
-    }
-
-    /// The value to record for `value`: itself while under the cap, else the overflow.
-    /// Values are cut to [`MAX_LABEL_LEN`] characters.
-    pub fn get(&self, value: &str) -> StringValue {
-        let value = match value.char_indices().nth(MAX_LABEL_LEN) {
-            Some((cut, _)) => &value[..cut],
-            None => value,
-        };
-        {
-            let seen = match self.seen.read() {
-                Ok(s) => s,
-                Err(p) => p.into_inner(),
-            };
-            if let Some(v) = seen.get(value) {
-                return StringValue::from(v.clone());
-            }
-            if seen.len() >= self.max {
-                return StringValue::from(OVERFLOW_LABEL);
-            }
-        }
-        let mut seen = match self.seen.write() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
-        if seen.len() >= self.max {
-            return StringValue::from(OVERFLOW_LABEL);
-        }
-        let v: Arc<str> = Arc::from(value);
-        seen.insert(v.clone());
-        StringValue::from(v)
-    }
-}
 
 /// The request instruments, shared by every clone of the layer.
 pub struct RequestInstruments {
     requests: Counter<u64>,
     duration: Histogram<f64>,
     queue_time: Histogram<f64>,
-    commands: LabelCap,
+    first_chunk: Histogram<f64>,
+    labels: RequestLabels,
     /// Trace ids of recent requests per duration bucket, for OpenMetrics exemplars.
     pub(crate) exemplars: Option<ExemplarStore>,
+}
+
+/// One finished request, as the instruments record it.
+struct Finished<'a> {
+    pool: &'a str,
+    command: &'a str,
+    evidence: Evidence,
+    status: &'static str,
+    elapsed: f64,
+    served: Option<&'a Served>,
+    first_chunk: Option<f64>,
 }
 
 impl RequestInstruments {
@@ -101,7 +66,9 @@ impl RequestInstruments {
             duration: meter
                 .f64_histogram("snakepit.request.duration")
                 .with_unit("s")
-                .with_description("Request duration as the caller saw it, queue wait included")
+                .with_description(
+                    "Request duration as the caller saw it, queue wait included; streams to their end",
+                )
                 .with_boundaries(REQUEST_BUCKETS.to_vec())
                 .build(),
             queue_time: meter
@@ -110,7 +77,13 @@ impl RequestInstruments {
                 .with_description("Time requests waited for a free worker")
                 .with_boundaries(REQUEST_BUCKETS.to_vec())
                 .build(),
-            commands: LabelCap::new(max_command_labels),
+            first_chunk: meter
+                .f64_histogram("snakepit.request.time_to_first_chunk")
+                .with_unit("s")
+                .with_description("Streaming requests: time until the first chunk reached the caller")
+                .with_boundaries(REQUEST_BUCKETS.to_vec())
+                .build(),
+            labels: RequestLabels::new(max_command_labels),
             exemplars: None,
         }
     }
@@ -121,17 +94,33 @@ impl RequestInstruments {
         self
     }
 
-    /// Remember the current (request) span as the exemplar of `elapsed`'s bucket, if it
-    /// is sampled and that bucket has no fresh exemplar.
-    fn capture_exemplar(&self, pool: &StringValue, command: &StringValue, elapsed: f64) {
+    /// Only these pools, and the commands their adapters declare, get series.
+    pub fn register_pools(&self, pools: &[Pool]) {
+        self.labels.register(pools);
+    }
+
+    /// The current (request) span, when exemplars are kept and it is sampled.
+    fn exemplar_context(&self) -> Option<SpanContext> {
+        self.exemplars.as_ref()?;
+        let cx = tracing::Span::current().context();
+        let sc = cx.span().span_context().clone();
+        (sc.is_valid() && sc.is_sampled()).then_some(sc)
+    }
+
+    /// Remember `context` as the exemplar of `elapsed`'s bucket if that bucket has no
+    /// fresh exemplar.
+    fn capture_exemplar(
+        &self,
+        pool: &StringValue,
+        command: &StringValue,
+        elapsed: f64,
+        context: impl FnOnce() -> Option<SpanContext>,
+    ) {
         let Some(store) = &self.exemplars else { return };
         if !store.wants(pool.as_str(), command.as_str(), elapsed) {
             return;
         }
-        let cx = tracing::Span::current().context();
-        let span = cx.span();
-        let sc = span.span_context();
-        if sc.is_valid() && sc.is_sampled() {
+        if let Some(sc) = context() {
             store.record(
                 pool.as_str(),
                 command.as_str(),
@@ -142,6 +131,30 @@ impl RequestInstruments {
                     at: std::time::SystemTime::now(),
                 },
             );
+        }
+    }
+
+    fn record(&self, done: Finished<'_>, context: impl FnOnce() -> Option<SpanContext>) {
+        let (pool, command) = self.labels.get(done.pool, done.command, done.evidence);
+        self.capture_exemplar(&pool, &command, done.elapsed, context);
+        let pool_kv = KeyValue::new("pool_name", pool);
+        let command_kv = KeyValue::new("command", command);
+        self.requests.add(
+            1,
+            &[
+                pool_kv.clone(),
+                command_kv.clone(),
+                KeyValue::new("status", done.status),
+            ],
+        );
+        let both = [pool_kv.clone(), command_kv];
+        self.duration.record(done.elapsed, &both);
+        if let Some(first) = done.first_chunk {
+            self.first_chunk.record(first, &both);
+        }
+        if let Some(served) = done.served {
+            self.queue_time
+                .record(served.queue_time.as_secs_f64(), &[pool_kv]);
         }
     }
 }
@@ -213,59 +226,50 @@ where
         let Some(instruments) = self.instruments.clone() else {
             return Box::pin(self.inner.call(req));
         };
-        let pool = match &req.pool {
-            Some(p) => StringValue::from(p.clone()),
-            None => StringValue::from(self.default_pool.clone()),
+        let pool: Arc<str> = match &req.pool {
+            Some(p) => Arc::from(p.as_str()),
+            None => self.default_pool.clone(),
         };
-        let command = instruments.commands.get(&req.command);
+        let command = req.command.clone();
         let started = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {
-            let result = fut.await;
-            let elapsed = started.elapsed().as_secs_f64();
-            let status = if result.is_ok() { "success" } else { "error" };
-            instruments.capture_exemplar(&pool, &command, elapsed);
-            let pool_kv = KeyValue::new("pool_name", pool);
-            let command_kv = KeyValue::new("command", command);
-            instruments.requests.add(
-                1,
-                &[
-                    pool_kv.clone(),
-                    command_kv.clone(),
-                    KeyValue::new("status", status),
-                ],
-            );
-            instruments
-                .duration
-                .record(elapsed, &[pool_kv.clone(), command_kv]);
-            if let Some(served) = result.as_ref().ok().and_then(Outcome::served) {
-                instruments
-                    .queue_time
-                    .record(served.queue_time.as_secs_f64(), &[pool_kv]);
+            let mut result = fut.await;
+            let evidence = Evidence::of(&result);
+            let stream = match &mut result {
+                Ok(resp) => resp.as_stream(),
+                Err(_) => None,
+            };
+            if let Some(stream) = stream {
+                // Inside the request span now; the stream ends outside it.
+                let context = instruments.exemplar_context();
+                stream.on_end(move |end| {
+                    let done = Finished {
+                        pool: &pool,
+                        command: &command,
+                        evidence,
+                        status: end.outcome.status(),
+                        elapsed: started.elapsed().as_secs_f64(),
+                        served: end.served,
+                        first_chunk: end
+                            .first_chunk_at
+                            .map(|at| at.saturating_duration_since(started).as_secs_f64()),
+                    };
+                    instruments.record(done, || context);
+                });
+                return result;
             }
+            let done = Finished {
+                pool: &pool,
+                command: &command,
+                evidence,
+                status: if result.is_ok() { "success" } else { "error" },
+                elapsed: started.elapsed().as_secs_f64(),
+                served: result.as_ref().ok().and_then(Outcome::served),
+                first_chunk: None,
+            };
+            instruments.record(done, || instruments.exemplar_context());
             result
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_cap_keeps_the_first_values_then_overflows() {
-        let cap = LabelCap::new(2);
-        assert_eq!(cap.get("a").as_str(), "a");
-        assert_eq!(cap.get("b").as_str(), "b");
-        assert_eq!(cap.get("c").as_str(), OVERFLOW_LABEL);
-        assert_eq!(cap.get("a").as_str(), "a");
-        for i in 0..1000 {
-            assert_eq!(cap.get(&format!("x{i}")).as_str(), OVERFLOW_LABEL);
-        }
-        let long = LabelCap::new(5);
-        assert_eq!(
-            long.get(&"é".repeat(500)).as_str().chars().count(),
-            MAX_LABEL_LEN
-        );
     }
 }

@@ -17,7 +17,7 @@ use snakepit_core::events::ConsumerHandle;
 use snakepit_core::{Event, EventBus, EventKind, Pattern};
 
 use crate::config::StatsdConfig;
-use crate::metrics::LabelCap;
+use crate::labels::{LabelCap, UNKNOWN_LABEL};
 
 /// Payload budget per datagram (safe under common MTUs).
 const MAX_PACKET: usize = 1_400;
@@ -104,7 +104,16 @@ impl StatsdSink {
                         "{base}.requests.{}",
                         if ok { "success" } else { "error" }
                     ));
-                    let command = clean(commands.get(&meta(ev, "command")).as_str());
+                    // Only a command that succeeded earns a label of its own: a made-up
+                    // name can reach a worker (before the pool learned its commands)
+                    // but never succeeds.
+                    let name = meta(ev, "command");
+                    let label = if ok {
+                        commands.get(&name)
+                    } else {
+                        commands.seen(&name).unwrap_or(UNKNOWN_LABEL.into())
+                    };
+                    let command = clean(label.as_str());
                     for (name, key) in [
                         (format!("{base}.request.duration"), "duration_ms"),
                         (format!("{base}.request.queue_time"), "queue_time_ms"),

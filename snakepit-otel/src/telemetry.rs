@@ -353,10 +353,15 @@ impl Telemetry {
         Ok(())
     }
 
-    /// Worker, queue and session gauges of `pools`, read at each collection.
+    /// Worker, queue and session gauges of `pools`, read at each collection; and these
+    /// pools (with the commands their adapters declare) become the only label values
+    /// request metrics use, so callers cannot create series for made-up names.
     pub fn watch_pools(&self, pools: &[Pool]) {
         if let Some(meter) = &self.meter {
             lifecycle::observe_pools(meter, pools.to_vec());
+        }
+        if let Some(instruments) = &self.instruments {
+            instruments.register_pools(pools);
         }
     }
 

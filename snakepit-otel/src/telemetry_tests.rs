@@ -23,6 +23,7 @@ fn capture() -> (
                     queue_time: Duration::ZERO,
                     duration: Duration::ZERO,
                     worker_span: None,
+                    session_recreated: None,
                 },
             })
         }

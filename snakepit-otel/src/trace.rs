@@ -9,6 +9,10 @@
 //! on failure it sets status Error and `error.type`, and a Python exception becomes an
 //! `exception` event with type, message and stacktrace, plus one log line with the
 //! traceback.
+//!
+//! A streaming call's span stays open until the stream ends: it covers every chunk,
+//! and a generator that raises part way sets status Error with the exception event; a
+//! stream the caller drops early ends with `snakepit.stream.outcome = "cancelled"`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,7 +25,9 @@ use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer 
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracer;
-use snakepit_core::{Error, Request, Response, ResponseStream, Sanitizer, Served};
+use snakepit_core::{
+    Error, Request, Response, ResponseStream, Sanitizer, Served, StreamEnd, StreamOutcome,
+};
 use tower::{Layer, Service};
 use tracing::field::Empty;
 
@@ -35,7 +41,12 @@ pub const QUEUE_SPAN_MIN: std::time::Duration = std::time::Duration::from_millis
 
 /// What a layer can learn from a successful response.
 pub trait Outcome {
+    /// Where and how long a unary call ran.
     fn served(&self) -> Option<&Served>;
+    /// A streaming response, whose outcome is known only when it ends.
+    fn as_stream(&mut self) -> Option<&mut ResponseStream> {
+        None
+    }
 }
 
 impl Outcome for Response {
@@ -47,6 +58,9 @@ impl Outcome for Response {
 impl Outcome for ResponseStream {
     fn served(&self) -> Option<&Served> {
         None
+    }
+    fn as_stream(&mut self) -> Option<&mut ResponseStream> {
+        Some(self)
     }
 }
 
@@ -210,7 +224,12 @@ where
         let started = SystemTime::now();
         let fut = self.inner.call(req).instrument(span.clone());
         Box::pin(async move {
-            let result = fut.await;
+            let mut result = fut.await;
+            if let Some(stream) = result.as_mut().ok().and_then(Outcome::as_stream) {
+                // The span lives on in the observer and closes when the stream ends.
+                stream.on_end(move |end| on_stream_end(&shared, span, sampled, started, end));
+                return result;
+            }
             match &result {
                 Ok(resp) => on_success(&shared, &span, sampled, started, resp.served()),
                 Err(err) => on_error(&shared, &span, err),
@@ -239,6 +258,44 @@ where
     }
 }
 
+fn on_stream_end(
+    shared: &TraceShared,
+    span: tracing::Span,
+    sampled: bool,
+    started: SystemTime,
+    end: &StreamEnd<'_>,
+) {
+    if sampled {
+        span.set_attribute("snakepit.stream.chunks", end.chunks as i64);
+        span.set_attribute("snakepit.stream.outcome", end.outcome.status());
+    }
+    match end.outcome {
+        StreamOutcome::Completed => on_success(shared, &span, sampled, started, end.served),
+        StreamOutcome::Failed(err) => {
+            record_placement(&span, sampled, end.served);
+            on_error(shared, &span, err);
+        }
+        StreamOutcome::Cancelled => {
+            record_placement(&span, sampled, end.served);
+            tracing::debug!(target: "snakepit::request", parent: &span, chunks = end.chunks,
+                "stream cancelled by the caller");
+        }
+    }
+    // Dropping the last handle closes the span: its end is the stream's end.
+    drop(span);
+}
+
+/// The worker and queue wait, on a sampled span.
+fn record_placement(span: &tracing::Span, sampled: bool, served: Option<&Served>) {
+    if let (true, Some(served)) = (sampled, served) {
+        span.set_attribute("snakepit.worker_id", served.worker_id.clone());
+        span.set_attribute(
+            "snakepit.queue_time_ms",
+            served.queue_time.as_secs_f64() * 1000.0,
+        );
+    }
+}
+
 fn on_success(
     shared: &TraceShared,
     span: &tracing::Span,
@@ -247,12 +304,8 @@ fn on_success(
     served: Option<&Served>,
 ) {
     let Some(served) = served else { return };
+    record_placement(span, sampled, Some(served));
     if sampled {
-        span.set_attribute("snakepit.worker_id", served.worker_id.clone());
-        span.set_attribute(
-            "snakepit.queue_time_ms",
-            served.queue_time.as_secs_f64() * 1000.0,
-        );
         if let Some(tracer) = shared
             .tracer
             .as_ref()

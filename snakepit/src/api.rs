@@ -83,6 +83,7 @@ struct SessionBody {
     ttl_seconds: Option<u64>,
     metadata: Option<serde_json::Value>,
     session_id: Option<String>,
+    on_worker_loss: Option<snakepit_core::OnWorkerLoss>,
 }
 
 #[derive(Deserialize)]
@@ -121,6 +122,7 @@ fn status_of(err: &Error) -> StatusCode {
         Error::UnknownCommand { .. }
         | Error::UnknownPool { .. }
         | Error::SessionNotFound { .. } => StatusCode::NOT_FOUND,
+        Error::SessionLost { .. } => StatusCode::GONE,
         Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Python(_) => StatusCode::UNPROCESSABLE_ENTITY,
         Error::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -132,9 +134,14 @@ fn status_of(err: &Error) -> StatusCode {
 }
 
 fn pool_error(err: &Error, request_id: &str) -> Response {
-    let extra = match err.python() {
-        Some(py) => json!({"python_type": py.python_type, "python_traceback": py.traceback}),
-        None => json!({}),
+    let extra = match err {
+        Error::Python(py) => {
+            json!({"python_type": py.python_type, "python_traceback": py.traceback})
+        }
+        Error::SessionLost { session_id, reason } => {
+            json!({"session_id": session_id, "reason": reason})
+        }
+        _ => json!({}),
     };
     error_response(
         status_of(err),
@@ -190,10 +197,11 @@ fn to_request(
     if parsed.command.is_empty() {
         return Err(Box::new(bad_request("`command` must not be empty".into())));
     }
-    if parsed.timeout_ms == Some(0) {
-        return Err(Box::new(bad_request(
-            "`timeout_ms` must be a positive integer".into(),
-        )));
+    let max_timeout = snakepit_core::pool::MAX_REQUEST_TIMEOUT.as_millis() as u64;
+    if parsed.timeout_ms.is_some_and(|t| t == 0 || t > max_timeout) {
+        return Err(Box::new(bad_request(format!(
+            "`timeout_ms` must be an integer from 1 to {max_timeout}"
+        ))));
     }
     let args = match parsed.args {
         Some(raw) => Args::from_json_bytes(Bytes::copy_from_slice(raw.get().as_bytes())),
@@ -239,8 +247,16 @@ async fn execute(
     let request_id = req.request_id.clone().unwrap_or_default();
     let resp = match backend.unary.clone().oneshot(req).await {
         Ok(r) => {
+            let session = match &r.served.session_recreated {
+                // The session's state was lost with its worker and re-created empty.
+                Some(reason) => format!(
+                    r#""session":{{"recreated":true,"reason":{}}},"#,
+                    json!(reason)
+                ),
+                None => String::new(),
+            };
             let head = format!(
-                r#"{{"request_id":{},"worker_id":{},"duration_ms":{},"result":"#,
+                r#"{{"request_id":{},"worker_id":{},"duration_ms":{},{session}"result":"#,
                 json!(r.served.request_id),
                 json!(r.served.worker_id),
                 r.served.duration.as_secs_f64() * 1000.0
@@ -281,32 +297,7 @@ async fn execute_stream(
     let request_id = req.request_id.clone().unwrap_or_default();
     let resp = match backend.stream.clone().oneshot(req).await {
         Ok(chunks) => {
-            let rid = request_id.clone();
-            let lines = chunks
-                .map(move |item| -> Result<Bytes, std::convert::Infallible> {
-                    Ok(match item {
-                        Ok(chunk) => {
-                            let mut line = Vec::with_capacity(chunk.data.len() + 12);
-                            line.extend_from_slice(b"{\"chunk\":");
-                            line.extend_from_slice(&chunk.data);
-                            line.extend_from_slice(b"}\n");
-                            Bytes::from(line)
-                        }
-                        Err(e) => {
-                            let py = e.python();
-                            Bytes::from(format!(
-                                "{}\n",
-                                json!({"error": {"type": e.error_type(), "message": e.to_string(),
-                                    "python_type": py.map(|p| &p.python_type),
-                                    "python_traceback": py.map(|p| &p.traceback), "request_id": rid}})
-                            ))
-                        }
-                    })
-                })
-                .chain(futures_util::stream::once({
-                    let rid = request_id.clone();
-                    async move { Ok(Bytes::from(format!("{}\n", json!({"done": true, "request_id": rid})))) }
-                }));
+            let lines = ndjson(chunks, request_id.clone());
             (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/x-ndjson")],
@@ -317,6 +308,38 @@ async fn execute_stream(
         Err(e) => pool_error(&e, &request_id),
     };
     with_correlation(resp, &state, &correlation)
+}
+
+/// The NDJSON body of a stream: one `{"chunk": …}` line per chunk, then exactly one
+/// terminal line — `{"done": true, …}` after a clean end, or the `{"error": …}` line.
+fn ndjson(
+    chunks: ResponseStream,
+    request_id: String,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
+    futures_util::stream::unfold(Some(chunks), move |state| {
+        let request_id = request_id.clone();
+        async move {
+            let mut chunks = state?;
+            let line = match chunks.next().await {
+                Some(Ok(chunk)) => {
+                    let mut line = Vec::with_capacity(chunk.data.len() + 12);
+                    line.extend_from_slice(b"{\"chunk\":");
+                    line.extend_from_slice(&chunk.data);
+                    line.extend_from_slice(b"}\n");
+                    return Some((Ok(Bytes::from(line)), Some(chunks)));
+                }
+                Some(Err(e)) => {
+                    let py = e.python();
+                    json!({"error": {"type": e.error_type(), "message": e.to_string(),
+                        "python_type": py.map(|p| &p.python_type),
+                        "python_traceback": py.map(|p| &p.traceback), "request_id": request_id}})
+                }
+                None => json!({"done": true, "request_id": request_id}),
+            };
+            // Terminal line: the stream is finished (and dropped) after it.
+            Some((Ok(Bytes::from(format!("{line}\n"))), None))
+        }
+    })
 }
 
 async fn create_session(
@@ -345,13 +368,15 @@ async fn create_session(
         ttl: parsed.ttl_seconds.map(Duration::from_secs),
         metadata: parsed.metadata.unwrap_or(serde_json::Value::Null),
         id: parsed.session_id,
+        on_worker_loss: parsed.on_worker_loss,
     };
     match pool.create_session(opts) {
         Ok(info) => (
             StatusCode::CREATED,
             [(header::CONTENT_TYPE, "application/json")],
-            json!({"session_id": info.id, "pool": pool.name(), "ttl_seconds": info.ttl.as_secs()})
-                .to_string(),
+            json!({"session_id": info.id, "pool": pool.name(), "ttl_seconds": info.ttl.as_secs(),
+                "on_worker_loss": info.on_worker_loss})
+            .to_string(),
         )
             .into_response(),
         Err(e) => pool_error(&e, ""),

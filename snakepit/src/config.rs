@@ -10,12 +10,18 @@
 //! SNAKEPIT_HEALTH__AUTH_TOKEN=...
 //! ```
 //!
-//! Values are read as TOML (`8`, `true`, `0.5`, `["a"]`), else as strings. Then every
-//! section validates itself; an error names the key, the value and what is allowed.
+//! A value is read by the type of the key it targets: as TOML (`8`, `true`, `0.5`,
+//! `["a"]`) where the key takes such a value, else as a string — so
+//! `SNAKEPIT_HEALTH__AUTH_TOKEN=123456` stays a string. Any number of overrides may
+//! target one pool; a pool named in a variable that the file does not define is added
+//! (`DEFAULT` is the default pool's name; `SNAKEPIT_POOLS__0__SIZE` addresses the first
+//! pool by index). Then every section validates itself; an error names the key, the
+//! value and what is allowed.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use snakepit_core::config::check_range;
 use snakepit_core::{ConfigError, EventsConfig, PoolConfig};
 use snakepit_health::HealthConfig;
 use snakepit_otel::TelemetryConfig;
@@ -80,11 +86,35 @@ const NOT_PATHS: [&str; 7] = [
     "SNAKEPIT_BRIDGE_SOURCE",
 ];
 
-fn parse_value(raw: &str) -> Value {
-    match format!("v = {raw}").parse::<Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| Value::String(raw.into())),
-        Err(_) => Value::String(raw.into()),
+/// `raw` as a TOML value (`8`, `true`, `["a"]`), or `None` when it is not one.
+fn parse_toml(raw: &str) -> Option<Value> {
+    format!("v = {raw}").parse::<Table>().ok()?.remove("v")
+}
+
+/// Whether `value` at `path` (alone) has the type the configuration expects there.
+fn fits(path: &[String], value: &Value, var: &str) -> bool {
+    let mut probe = Table::new();
+    set_path(&mut probe, path, value.clone(), var).is_ok()
+        && Value::Table(probe).try_into::<AppConfig>().is_ok()
+}
+
+/// The value of variable `var` for `path`, read by the type of the key it targets.
+fn typed_value(path: &[String], raw: &str, var: &str) -> Result<Value, LoadError> {
+    let string = Value::String(raw.into());
+    let Some(parsed) = parse_toml(raw).filter(|v| !v.is_str()) else {
+        if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) && !fits(path, &string, var) {
+            // Digits TOML could not read as an integer: beyond i64.
+            return Err(LoadError::Parse {
+                source_name: format!("environment variable {var}"),
+                message: format!("{raw} is too large (at most {})", i64::MAX),
+            });
+        }
+        return Ok(string);
+    };
+    if !fits(path, &parsed, var) && fits(path, &string, var) {
+        return Ok(string);
     }
+    Ok(parsed)
 }
 
 /// Set `path` (lower-case segments) in `root` to `value`; `pools` is addressed by name or
@@ -122,10 +152,6 @@ fn set_path(root: &mut Table, path: &[String], value: Value, var: &str) -> Resul
                 .position(|p| p.get("name").and_then(Value::as_str) == Some(selector.as_str()))
             {
                 Some(i) => i,
-                None if selector == "default" && list.is_empty() => {
-                    list.push(Value::Table(Table::new()));
-                    0
-                }
                 None => {
                     let mut t = Table::new();
                     t.insert("name".into(), Value::String(selector.clone()));
@@ -181,7 +207,8 @@ impl AppConfig {
                 .split("__")
                 .map(str::to_ascii_lowercase)
                 .collect();
-            set_path(&mut root, &path, parse_value(&raw), &var)?;
+            let value = typed_value(&path, &raw, &var)?;
+            set_path(&mut root, &path, value, &var)?;
         }
         // Through text again: toml's own deserializer names the offending key and line.
         let text = toml::to_string(&root).map_err(|e| LoadError::Parse {
@@ -208,13 +235,20 @@ impl AppConfig {
                 "ip:port, e.g. 127.0.0.1:4000 (0.0.0.0:4000 for every interface)",
             ));
         }
-        if self.server.max_payload_bytes == 0 {
-            return Err(ConfigError::new(
-                "server.max_payload_bytes",
-                0,
-                "a positive number of bytes",
-            ));
-        }
+        check_range(
+            "server.max_payload_bytes",
+            self.server.max_payload_bytes as u64,
+            1,
+            1 << 30,
+            "bytes",
+        )?;
+        check_range(
+            "server.drain_timeout_ms",
+            self.server.drain_timeout_ms,
+            0,
+            24 * 3_600_000,
+            "ms",
+        )?;
         let mut names = std::collections::BTreeSet::new();
         for pool in &self.pools {
             pool.validate()?;
@@ -283,7 +317,7 @@ mod tests {
             AppConfig::load(None, env(&[("SNAKEPIT_POOLS__DEFAULT__SIZE", "0")])).unwrap_err();
         let text = err.to_string();
         assert!(
-            text.contains("pools.default.size = 0") && text.contains("positive"),
+            text.contains("pools.default.size = 0") && text.contains("1..=1024"),
             "{text}"
         );
 
@@ -301,6 +335,173 @@ mod tests {
             err.to_string().contains("server.listen = localhost"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn many_overrides_on_one_pool_make_one_pool() {
+        let cfg = AppConfig::load(
+            None,
+            env(&[
+                ("SNAKEPIT_POOLS__DEFAULT__SIZE", "3"),
+                ("SNAKEPIT_POOLS__DEFAULT__MAX_REQUESTS", "5"),
+                ("SNAKEPIT_POOLS__DEFAULT__QUEUE_TIMEOUT_MS", "250"),
+                (
+                    "SNAKEPIT_POOLS__DEFAULT__SESSIONS__ON_WORKER_LOSS",
+                    "recreate",
+                ),
+                ("SNAKEPIT_POOLS__DEFAULT__PYTHON__ENV__MODE", "fast"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.pools.len(), 1, "{:?}", cfg.pools);
+        let p = &cfg.pools[0];
+        assert_eq!(p.name, "default");
+        assert_eq!((p.size, p.max_requests, p.queue_timeout_ms), (3, 5, 250));
+        assert_eq!(
+            p.sessions.on_worker_loss,
+            snakepit_core::OnWorkerLoss::Recreate
+        );
+        assert_eq!(p.python.env.get("mode").map(String::as_str), Some("fast"));
+    }
+
+    #[test]
+    fn many_overrides_on_pools_from_the_file() {
+        let dir = std::env::temp_dir().join(format!("snakepit-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("snakepit.toml");
+        std::fs::write(
+            &path,
+            "[[pools]]\nname = \"ml\"\nsize = 1\n\n[[pools]]\nname = \"cpu\"\n",
+        )
+        .unwrap();
+        let cfg = AppConfig::load(
+            Some(&path),
+            env(&[
+                ("SNAKEPIT_POOLS__ML__SIZE", "4"),
+                ("SNAKEPIT_POOLS__ML__MAX_REQUESTS", "9"),
+                ("SNAKEPIT_POOLS__ML__STATS_WINDOW_SECS", "5"),
+                ("SNAKEPIT_POOLS__CPU__SIZE", "2"),
+                ("SNAKEPIT_POOLS__1__MAX_QUEUE_SIZE", "7"),
+            ]),
+        )
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let names: Vec<&str> = cfg.pools.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["ml", "cpu"]);
+        let (ml, cpu) = (&cfg.pools[0], &cfg.pools[1]);
+        assert_eq!((ml.size, ml.max_requests, ml.stats_window_secs), (4, 9, 5));
+        assert_eq!((cpu.size, cpu.max_queue_size), (2, 7));
+    }
+
+    #[test]
+    fn overrides_take_the_type_of_the_key_they_target() {
+        let cfg = AppConfig::load(
+            None,
+            env(&[
+                ("SNAKEPIT_HEALTH__AUTH_TOKEN", "1234567890123456"),
+                ("SNAKEPIT_TELEMETRY__SERVICE_NAME", "true"),
+                ("SNAKEPIT_POOLS__DEFAULT__PYTHON__ENV__THREADS", "8"),
+                (
+                    "SNAKEPIT_EVENTS__SANITIZE__SENSITIVE_KEYS",
+                    r#"["pin", "otp"]"#,
+                ),
+                ("SNAKEPIT_TELEMETRY__TRACES__SAMPLING_RATIO", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.health.auth_token.as_deref(), Some("1234567890123456"));
+        assert_eq!(cfg.telemetry.service_name, "true");
+        assert_eq!(
+            cfg.pools[0].python.env.get("threads").map(String::as_str),
+            Some("8")
+        );
+        assert_eq!(cfg.events.sanitize.sensitive_keys, ["pin", "otp"]);
+        assert_eq!(cfg.telemetry.traces.sampling_ratio, 1.0);
+        // A wrong type still fails, naming the key.
+        let err =
+            AppConfig::load(None, env(&[("SNAKEPIT_POOLS__DEFAULT__SIZE", "-3")])).unwrap_err();
+        assert!(err.to_string().contains("size"), "{err}");
+    }
+
+    /// Every key of the configuration whose value `is` that kind, as a dotted path
+    /// (pools as `pools.default`).
+    fn keys_of(table: &Table, prefix: &str, is: fn(&Value) -> bool, out: &mut Vec<String>) {
+        for (k, v) in table {
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                Value::Table(t) => keys_of(t, &path, is, out),
+                Value::Array(list) if k == "pools" => {
+                    if let Some(Value::Table(t)) = list.first() {
+                        keys_of(t, "pools.default", is, out)
+                    }
+                }
+                v if is(v) => out.push(path),
+                _ => {}
+            }
+        }
+    }
+
+    fn var_of(key: &str) -> String {
+        format!("SNAKEPIT_{}", key.replace('.', "__").to_ascii_uppercase())
+    }
+
+    #[test]
+    fn non_finite_and_huge_numbers_are_refused_for_every_float_key() {
+        let mut defaults = AppConfig::default();
+        defaults.pools.push(PoolConfig::default());
+        let table = Table::try_from(&defaults).unwrap();
+        let mut keys = Vec::new();
+        keys_of(&table, "", Value::is_float, &mut keys);
+        assert!(keys.len() >= 8, "{keys:?}");
+        for key in &keys {
+            for raw in ["nan", "inf", "-inf", "1e300", "-1"] {
+                match AppConfig::load(None, env(&[(&var_of(key), raw)])) {
+                    Err(LoadError::Invalid(e)) => assert_eq!(&e.key, key, "{raw}: {e}"),
+                    other => panic!("{key} = {raw}: expected a range error, got {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn huge_values_are_refused_for_every_key_with_its_name() {
+        let mut defaults = AppConfig::default();
+        defaults.pools.push(PoolConfig::default());
+        defaults.telemetry.statsd = Some(Default::default());
+        let table = Table::try_from(&defaults).unwrap();
+        let mut keys = Vec::new();
+        keys_of(&table, "", Value::is_integer, &mut keys);
+        assert!(keys.len() > 40, "{keys:?}");
+        // Counts, not durations or sizes: any value means what it says.
+        let unbounded = ["pools.default.max_requests"];
+        for key in &keys {
+            let var = var_of(key);
+            let mut vars = vec![(var.clone(), i64::MAX.to_string())];
+            if key.starts_with("telemetry.statsd") {
+                vars.push((
+                    "SNAKEPIT_TELEMETRY__STATSD__ADDRESS".into(),
+                    "127.0.0.1:8125".into(),
+                ));
+            }
+            let result = AppConfig::load(None, vars);
+            if unbounded.contains(&key.as_str()) {
+                assert!(result.is_ok(), "{key}: {result:?}");
+                continue;
+            }
+            let leaf = key.rsplit('.').next().unwrap_or(key);
+            match result {
+                Err(LoadError::Invalid(e)) => assert_eq!(&e.key, key, "{var}: {e}"),
+                // A 32-bit key: serde refuses the value, naming the key.
+                Err(LoadError::Parse { message, .. }) if message.contains(leaf) => {}
+                other => panic!("{var} = i64::MAX: expected a range error, got {other:?}"),
+            }
+            let err = AppConfig::load(None, env(&[(&var, "18446744073709551615")])).unwrap_err();
+            assert!(err.to_string().contains("too large"), "{var}: {err}");
+        }
     }
 
     #[test]

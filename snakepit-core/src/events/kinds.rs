@@ -192,7 +192,7 @@ define_events! {
     }
     /// A worker process died unexpectedly, or could not start.
     WorkerCrashed = "snakepit.worker.crashed" {
-        measurements { uptime_ms: f64, requests_handled: u64 }
+        measurements { uptime_ms: f64, requests_handled: u64, restart_delay_ms: f64 }
         metadata {
             worker_id: String, pool_name: String, error: String, exit_status: String,
             stderr_tail: String, pid: u32,
@@ -219,7 +219,7 @@ define_events! {
     /// A request that a worker started has finished, successfully or not.
     RequestCompleted = "snakepit.request.completed" {
         measurements { duration_ms: f64, queue_time_ms: f64 }
-        metadata { request_id: String, command: String, pool_name: String, worker_id: String, success: bool }
+        metadata { request_id: String, command: String, pool_name: String, worker_id: String, success: bool, status: String }
     }
     /// Any failed request, including those refused before reaching a worker.
     RequestFailed = "snakepit.request.failed" {
@@ -239,10 +239,11 @@ define_events! {
         measurements { creation_time_ms: f64 }
         metadata { session_id: String, pool_name: String, ttl_seconds: u64, metadata: Value }
     }
-    /// A session ended: `reason` is `ttl` (idle past its TTL) or `closed` (explicitly).
+    /// A session ended: `reason` is `ttl` (idle past its TTL), `closed` (explicitly), or
+    /// `worker_lost` (its worker went away with its state; `detail` says how).
     SessionExpired = "snakepit.session.expired" {
         measurements { lifetime_ms: f64, requests_handled: u64 }
-        metadata { session_id: String, pool_name: String, reason: String }
+        metadata { session_id: String, pool_name: String, reason: String, detail: Option<String> }
     }
     /// A sweep removed expired sessions.
     SessionCleanup = "snakepit.session.cleanup" {

@@ -1,21 +1,22 @@
 //! The caller's side of a request: admission, validation, routing to a queue, and
 //! waiting for the result (with the queue timeout).
 
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use futures_core::Stream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, TryAcquireError};
 
 use super::execute::{emit_failed_parts, ms};
-use super::job::{Job, JobState, Reply, StreamItem};
+use super::job::{Job, JobState, Reply, StreamReply};
 use super::shared::PoolShared;
+use super::stream::{ResponseStream, StreamParts};
 use crate::error::Error;
 use crate::events::{data, EventKind};
-use crate::request::{Chunk, Request, Response};
+use crate::request::{Request, Response};
+
+/// The longest per-request timeout a caller may ask for.
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Chunks buffered between a streaming worker and a slow consumer.
 const STREAM_BUFFER: usize = 16;
@@ -117,8 +118,14 @@ fn prepare(shared: &PoolShared, req: Request, reply: Reply) -> Result<Prepared, 
                 });
             }
         }
-        if req.timeout == Some(Duration::ZERO) {
-            return Err(Error::invalid_args("timeout must be positive"));
+        if let Some(t) = req.timeout {
+            if t.is_zero() || t > MAX_REQUEST_TIMEOUT {
+                return Err(Error::invalid_args(format!(
+                    "timeout must be 1 ms to {} ms, got {} ms",
+                    MAX_REQUEST_TIMEOUT.as_millis(),
+                    t.as_millis()
+                )));
+            }
         }
         let route = match &req.session_id {
             Some(id) => shared.sessions.route(id)?,
@@ -148,27 +155,24 @@ fn prepare(shared: &PoolShared, req: Request, reply: Reply) -> Result<Prepared, 
 }
 
 /// Hand the job to the worker holding its session, else to the warmest idle worker,
-/// else to the shared queue (unbounded: admission bounds it). True when an idle
-/// worker took it, so there is no queue wait to time out.
-fn dispatch(shared: &PoolShared, prepared: Prepared) -> bool {
+/// else to the shared queue (unbounded: admission bounds it).
+fn dispatch(shared: &PoolShared, prepared: Prepared) {
     let mut job = prepared.job;
     if let Some(worker_id) = prepared.route {
         if let Some(entry) = shared.workers().get(&worker_id) {
             match entry.private_tx.send(job) {
-                Ok(()) => return false,            // that worker may be busy: a real wait
+                Ok(()) => return,
                 Err(returned) => job = returned.0, // that worker is going away
             }
         }
     }
-    shared.dispatch.submit(job)
+    shared.dispatch.submit(job);
 }
 
 /// What a caller keeps of its queued job: enough to time out its wait and report it.
 struct Ticket {
     state: JobState,
     admitted_at: Instant,
-    /// Handed straight to an idle worker: no queue wait to time out.
-    handed: bool,
     request_id: String,
     command: String,
     correlation_id: Option<String>,
@@ -178,29 +182,27 @@ struct Ticket {
 fn enqueue(shared: &PoolShared, req: Request, reply: Reply) -> Result<Ticket, Error> {
     let prepared = prepare(shared, req, reply)?;
     let job = &prepared.job;
-    let mut ticket = Ticket {
+    let ticket = Ticket {
         state: job.state.clone(),
         admitted_at: job.admitted_at,
-        handed: false,
         request_id: job.request_id.clone(),
         command: job.command.clone(),
         correlation_id: job.correlation_id.clone(),
     };
-    ticket.handed = dispatch(shared, prepared);
+    dispatch(shared, prepared);
     Ok(ticket)
 }
 
 impl Ticket {
     /// Wait for `fut` until the job's queue deadline; if no worker took the job by
     /// then, give up with `QueueTimeout` (unless a worker claims it at that moment).
+    /// The deadline holds even for a job handed straight to an idle worker: if that
+    /// worker dies before taking it, the job is queued again and may wait for others.
     async fn wait<T>(
         &self,
         shared: &PoolShared,
         fut: impl std::future::Future<Output = T>,
     ) -> Result<T, Error> {
-        if self.handed {
-            return Ok(fut.await);
-        }
         let timeout = shared.config.queue_timeout();
         let deadline = tokio::time::Instant::from_std(self.admitted_at + timeout);
         tokio::pin!(fut);
@@ -278,84 +280,103 @@ pub(crate) async fn stream(
         Some(p) => p,
         None => try_admit(&shared, &req)?,
     };
-    let (tx, mut rx) = mpsc::channel(STREAM_BUFFER);
-    let ticket = enqueue(&shared, req, Reply::Stream(tx))?;
-    // Return once the first item is in: a failure before any chunk is an Err here.
-    let first = match ticket.wait(&shared, rx.recv()).await? {
-        None => return Err(dropped(&shared)),
-        Some(Err(err)) => return Err(err),
-        Some(Ok(item)) => item,
+    let (chunks_tx, mut chunks) = mpsc::channel(STREAM_BUFFER);
+    let (finish_tx, mut finish) = oneshot::channel();
+    let placement = Arc::new(OnceLock::new());
+    let reply = Reply::Stream(StreamReply {
+        chunks: chunks_tx,
+        finish: finish_tx,
+        placement: placement.clone(),
+    });
+    let ticket = enqueue(&shared, req, reply)?;
+    // Return once the first chunk is in; a failure before any chunk is an Err here.
+    let (first, ended) = match ticket.wait(&shared, chunks.recv()).await? {
+        Some(chunk) => (Some(chunk), None),
+        // No chunk: the end is (about to be) there.
+        None => match (&mut finish).await {
+            Ok(end) => match end.error {
+                Some(err) => return Err(err),
+                None => (None, Some(end)),
+            },
+            Err(_) => return Err(dropped(&shared)),
+        },
     };
-    Ok(ResponseStream {
-        first: Some(first),
-        rx,
-        done: false,
+    Ok(ResponseStream::new(StreamParts {
+        first,
+        ended,
+        chunks,
+        finish,
         request_id: ticket.request_id,
         pool: shared.name.clone(),
-        permit: Some(permit),
-    })
+        placement,
+        permit,
+    }))
 }
 
-/// The chunks of a streaming call, in order; ends after the generator's last value,
-/// or with one `Err` if it failed part way.
-pub struct ResponseStream {
-    first: Option<Option<Chunk>>,
-    rx: mpsc::Receiver<StreamItem>,
-    done: bool,
-    request_id: String,
-    pool: Arc<str>,
-    /// The request's admission slot, held until the stream ends or is dropped.
-    permit: Option<OwnedSemaphorePermit>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PoolConfig;
+    use crate::events::EventBus;
+    use crate::worker::LaunchSpec;
 
-impl ResponseStream {
-    pub fn request_id(&self) -> &str {
-        &self.request_id
-    }
-}
-
-impl std::fmt::Debug for ResponseStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseStream")
-            .field("request_id", &self.request_id)
-            .field("done", &self.done)
-            .finish()
-    }
-}
-
-impl Stream for ResponseStream {
-    type Item = Result<Chunk, Error>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
-            self.permit = None;
-            return Poll::Ready(None);
-        }
-        let item = match self.first.take() {
-            Some(first) => Some(Ok(first)),
-            None => match self.rx.poll_recv(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(item) => item,
-            },
+    /// A pool with no real workers: this test plays the worker through the dispatcher
+    /// (a real worker cannot be made to die exactly between being handed a job and
+    /// taking it).
+    fn bare_pool(queue_timeout_ms: u64) -> Arc<PoolShared> {
+        let launch = LaunchSpec {
+            python: "/nonexistent/python".into(),
+            run_id: "test".into(),
+            run_dir: std::env::temp_dir(),
         };
-        match item {
-            Some(Ok(Some(chunk))) => Poll::Ready(Some(Ok(chunk))),
-            Some(Ok(None)) => {
-                self.done = true;
-                self.permit = None;
-                Poll::Ready(None)
-            }
-            Some(Err(err)) => {
-                self.done = true;
-                Poll::Ready(Some(Err(err)))
-            }
-            None => {
-                self.done = true;
-                // Dropped without its end: only a pool being torn down does that.
-                Poll::Ready(Some(Err(Error::ShuttingDown {
-                    pool: self.pool.to_string(),
-                })))
-            }
+        let config = PoolConfig {
+            queue_timeout_ms,
+            ..PoolConfig::default()
+        };
+        Arc::new(PoolShared::new(config, EventBus::default(), launch))
+    }
+
+    #[tokio::test]
+    async fn a_job_handed_to_a_worker_that_leaves_keeps_its_queue_deadline() {
+        let shared = bare_pool(300);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let worker: Arc<str> = Arc::from("fake-1");
+        assert!(shared.dispatch.next_or_idle(&worker, &tx).is_none(), "idle");
+        let started = Instant::now();
+        let call = tokio::spawn(unary(
+            shared.clone(),
+            None,
+            Request::new("ping", serde_json::json!({})),
+        ));
+        // Handed straight to the idle worker, which leaves before taking it: the job
+        // goes back to the queue, where no worker will ever come.
+        let job = rx.recv().await.expect("handed to the idle worker");
+        shared.dispatch.leave_idle(&worker);
+        shared.dispatch.submit(job);
+        let result = tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .expect("the requeued job waited past its queue deadline")
+            .unwrap();
+        assert!(
+            matches!(result, Err(Error::QueueTimeout { .. })),
+            "{result:?}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+
+    #[tokio::test]
+    async fn caller_timeouts_are_bounded() {
+        let shared = bare_pool(300);
+        for timeout in [
+            Duration::ZERO,
+            MAX_REQUEST_TIMEOUT + Duration::from_millis(1),
+        ] {
+            let req = Request::new("ping", serde_json::json!({})).timeout(timeout);
+            let result = unary(shared.clone(), None, req).await;
+            assert!(
+                matches!(result, Err(Error::InvalidArgs { .. })),
+                "{result:?}"
+            );
         }
     }
 }

@@ -37,17 +37,16 @@ impl Dispatcher {
         }
     }
 
-    /// Give `job` to the warmest idle worker (true), or queue it (false).
-    pub fn submit(&self, mut job: Job) -> bool {
+    /// Give `job` to the warmest idle worker, or queue it.
+    pub fn submit(&self, mut job: Job) {
         let mut state = self.lock();
         while let Some(idle) = state.idle.pop() {
             match idle.tx.send(job) {
-                Ok(()) => return true,
+                Ok(()) => return,
                 Err(returned) => job = returned.0, // that worker is gone; try the next
             }
         }
         state.queue.push_back(job);
-        false
     }
 
     /// Worker side: the oldest queued job, or else register as idle; the next job

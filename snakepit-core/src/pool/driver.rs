@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::execute;
 use super::job::Job;
+use super::leave::Registration;
 use super::shared::PoolShared;
 use crate::error::ExitInfo;
 use crate::worker::Worker;
@@ -89,10 +90,7 @@ pub(crate) async fn run(
             }
         };
         // The caller may have timed out in the queue, or gone away entirely.
-        if !job.state.take() || job.reply.is_closed() {
-            continue;
-        }
-        if let Some(exit) = execute::run_job(shared, worker, job).await {
+        if let Some(exit) = run_taken(shared, worker, job).await {
             return exit;
         }
         let max = shared.config.max_requests;
@@ -102,6 +100,70 @@ pub(crate) async fn run(
             };
         }
     }
+}
+
+/// How a draining worker's session-only service ended.
+pub(crate) enum DrainEnd {
+    /// It holds no session any more.
+    Drained,
+    /// `sessions.recycle_grace_secs` passed with sessions still open.
+    GraceOver,
+    /// Something else ended the worker meanwhile.
+    Exit(Exit),
+}
+
+/// After a planned recycle: run only the jobs of the sessions this worker holds (its
+/// private queue; it takes nothing from the shared queue) until it holds none, the
+/// grace passes `until`, or the worker ends otherwise (crash, failed health checks,
+/// a timeout, shutdown).
+pub(crate) async fn serve_sessions(
+    shared: &Arc<PoolShared>,
+    worker: &Worker,
+    reg: &mut Registration,
+    until: tokio::time::Instant,
+) -> DrainEnd {
+    let mut exited = worker.process.exit_watch();
+    loop {
+        // Listen before looking, so a session that ends in between still wakes us.
+        let session_ended = shared.sessions.changed();
+        tokio::pin!(session_ended);
+        session_ended.as_mut().enable();
+        if let Control::Recycle { reason } = *reg.control_rx.borrow_and_update() {
+            if !super::drain::is_planned(reason) {
+                return DrainEnd::Exit(Exit::Recycle { reason });
+            }
+        }
+        if shared.sessions.held_by(&worker.id) == 0 {
+            // Requests already routed here (a session closed meanwhile) still run.
+            match reg.private_rx.try_recv() {
+                Ok(job) => match run_taken(shared, worker, job).await {
+                    Some(exit) => return DrainEnd::Exit(exit),
+                    None => continue,
+                },
+                Err(_) => return DrainEnd::Drained,
+            }
+        }
+        let job = tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => return DrainEnd::Exit(Exit::Shutdown),
+            _ = exited.wait_for(Option::is_some) => return DrainEnd::Exit(crashed(worker)),
+            _ = tokio::time::sleep_until(until) => return DrainEnd::GraceOver,
+            _ = changed(&mut reg.control_rx) => continue,
+            _ = &mut session_ended => continue,
+            Some(job) = reg.private_rx.recv() => job,
+        };
+        if let Some(exit) = run_taken(shared, worker, job).await {
+            return DrainEnd::Exit(exit);
+        }
+    }
+}
+
+/// Run `job` unless its caller gave up; `Some(exit)` when the worker must go.
+async fn run_taken(shared: &Arc<PoolShared>, worker: &Worker, job: Job) -> Option<Exit> {
+    if !job.state.take() || job.reply.is_closed() {
+        return None;
+    }
+    execute::run_job(shared, worker, job).await
 }
 
 fn crashed(worker: &Worker) -> Exit {

@@ -1,7 +1,7 @@
 //! Running one job on one worker: the call, its deadline, mapping what came back to a
 //! typed result, and the request events and counters around it.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,12 +9,13 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::driver::Exit;
-use super::job::{Job, Reply, StreamItem};
+use super::job::{Job, Placement, Reply, StreamFinish, StreamReply};
 use super::shared::PoolShared;
 use crate::error::{Error, PythonError};
 use crate::events::{data, EventKind};
 use crate::proto::{self, worker_error::Kind};
 use crate::request::{Chunk, Response, Served, WorkerSpan};
+use crate::session::Claim;
 use crate::stats::WorkerState;
 use crate::transport::{CallMeta, TransportError};
 use crate::worker::Worker;
@@ -27,7 +28,11 @@ const CRASH_CONFIRM: Duration = Duration::from_secs(1);
 /// Run `job` on `worker`; `Some(exit)` when the worker must be replaced.
 pub(crate) async fn run_job(shared: &Arc<PoolShared>, worker: &Worker, job: Job) -> Option<Exit> {
     let queue_time = job.admitted_at.elapsed();
-    worker.status.set_state(WorkerState::Busy);
+    // A draining worker (serving only its sessions) stays shown as draining.
+    let draining = worker.status.state() == WorkerState::Draining;
+    if !draining {
+        worker.status.set_state(WorkerState::Busy);
+    }
     shared.mark_busy();
     shared.events.emit_with(
         EventKind::RequestStarted,
@@ -46,10 +51,132 @@ pub(crate) async fn run_job(shared: &Arc<PoolShared>, worker: &Worker, job: Job)
         },
     );
     let started = Instant::now();
-    if let Some(session_id) = &job.session_id {
-        ensure_session(shared, worker, session_id).await;
+    if let Reply::Stream(s) = &job.reply {
+        let _ = s.placement.set(Placement {
+            worker_id: worker.id.clone(),
+            queue_time,
+            taken_at: started,
+        });
     }
     let timeout = job.timeout.or_else(|| shared.config.request_timeout());
+    let (outcome, exit, session_recreated) = match prepare_session(shared, worker, &job).await {
+        Err(err) => (Err(err), None, None),
+        Ok(recreated) => {
+            let (outcome, exit) = call(shared, worker, &job, timeout).await;
+            (outcome, exit, recreated)
+        }
+    };
+    let duration = started.elapsed();
+    worker.status.requests.fetch_add(1, Ordering::Relaxed);
+    if exit.is_none() {
+        worker.status.completed.fetch_add(1, Ordering::Relaxed);
+    }
+    if !draining {
+        worker.status.set_state(WorkerState::Idle);
+    }
+    shared.mark_idle();
+    let status = match (&outcome, &job.reply) {
+        (Err(_), _) => "error",
+        (Ok(_), Reply::Stream(s)) if s.chunks.is_closed() => "cancelled",
+        (Ok(_), _) => "success",
+    };
+    finish(
+        shared,
+        worker,
+        &job,
+        queue_time,
+        duration,
+        outcome.as_ref().err(),
+        timeout,
+        status,
+    );
+    let served = |worker_span| Served {
+        request_id: job.request_id.clone(),
+        worker_id: worker.id.to_string(),
+        queue_time,
+        duration,
+        worker_span,
+        session_recreated: session_recreated.clone(),
+    };
+    match job.reply {
+        Reply::Unary(tx) => {
+            let _ = tx.send(outcome.map(|(result, worker_span)| Response {
+                result,
+                served: served(worker_span),
+            }));
+        }
+        Reply::Stream(reply) => {
+            // The chunk sender goes first, so the caller reads every chunk, then the end;
+            // the end is a oneshot: delivering it never waits for the caller.
+            let StreamReply { chunks, finish, .. } = reply;
+            drop(chunks);
+            let _ = finish.send(StreamFinish {
+                served: Some(served(None)),
+                error: outcome.err(),
+            });
+        }
+    }
+    exit
+}
+
+/// The session step before a session's request runs on this worker: initialise it
+/// here if this worker does not hold it yet; fail with `SessionLost` if its state is
+/// gone (or `SessionNotFound` if it was closed meanwhile). `Ok(Some(why))` when it was
+/// re-created after a loss.
+async fn prepare_session(
+    shared: &PoolShared,
+    worker: &Worker,
+    job: &Job,
+) -> Result<Option<String>, Error> {
+    let Some(session_id) = &job.session_id else {
+        return Ok(None);
+    };
+    let (claim, newly_lost) = shared.sessions.claim(session_id, &worker.id);
+    if let Some(ended) = newly_lost {
+        let reason = format!(
+            "its worker {} left",
+            ended.worker_id.as_deref().unwrap_or("?")
+        );
+        super::emit_session_lost(shared, &ended, &reason);
+    }
+    let (metadata, recreated) = match claim? {
+        Claim::Held => return Ok(None),
+        Claim::Init(metadata) => (metadata, None),
+        Claim::Recreate { metadata, reason } => {
+            tracing::warn!(pool = %shared.name, worker_id = %worker.id, session_id, %reason,
+                "session re-created empty: its state was lost with its previous worker");
+            super::emit_session_recreated(
+                shared,
+                session_id,
+                &metadata,
+                job.correlation_id.as_deref(),
+            );
+            (metadata, Some(reason))
+        }
+    };
+    if let Err(e) = worker
+        .transport
+        .init_session(session_id, metadata, SESSION_CALL_TIMEOUT)
+        .await
+    {
+        // The worker creates unknown sessions on first use, without metadata.
+        tracing::warn!(worker_id = %worker.id, session_id, error = %e,
+            "could not initialise session on worker; it starts without metadata");
+    }
+    Ok(recreated)
+}
+
+/// What a call produced: the result bytes and worker span of a unary call (empty for
+/// a stream, whose chunks went to the caller), or the failure.
+type CallOutcome = Result<(bytes::Bytes, Option<WorkerSpan>), Error>;
+
+/// The worker call itself, under the request deadline.
+async fn call(
+    shared: &Arc<PoolShared>,
+    worker: &Worker,
+    job: &Job,
+    timeout: Option<Duration>,
+) -> (CallOutcome, Option<Exit>) {
     let request = proto::ExecuteRequest {
         command: job.command.clone(),
         args_json: job.args.clone(),
@@ -61,91 +188,64 @@ pub(crate) async fn run_job(shared: &Arc<PoolShared>, worker: &Worker, job: Job)
         extra: &job.metadata,
         timeout,
     };
-    let served = |duration, worker_span| Served {
-        request_id: job.request_id.clone(),
-        worker_id: worker.id.to_string(),
-        queue_time,
-        duration,
-        worker_span,
+    let tx = match &job.reply {
+        Reply::Stream(s) => &s.chunks,
+        Reply::Unary(_) => return unary(shared, worker, job, request, meta, timeout).await,
     };
-    let (outcome, exit) = match &job.reply {
-        Reply::Unary(_) => {
-            let call = worker.transport.execute(request, meta);
-            let result = match timeout {
-                Some(t) => tokio::time::timeout(t, call)
-                    .await
-                    .unwrap_or(Err(TransportError::TimedOut)),
-                None => call.await,
-            };
-            match result {
-                Ok(resp) => match resp.outcome {
-                    Some(proto::execute_response::Outcome::ResultJson(bytes)) => {
-                        let span = resp
-                            .span
-                            .as_ref()
-                            .and_then(|s| WorkerSpan::from_proto(s, &worker.id));
-                        (Ok((bytes, span)), None)
-                    }
-                    Some(proto::execute_response::Outcome::Error(e)) => {
-                        let mut err = worker_error(shared, &job.command, e);
-                        if let (Error::Python(p), Some(span)) = (&mut err, &resp.span) {
-                            p.worker_span = WorkerSpan::from_proto(span, &worker.id);
-                        }
-                        (Err(err), None)
-                    }
-                    None => (
-                        Err(Error::Transport {
-                            worker_id: worker.id.to_string(),
-                            message: "worker sent an empty response".into(),
-                        }),
-                        None,
-                    ),
-                },
-                Err(e) => {
-                    let (err, exit) = transport_failure(worker, &job.command, timeout, e).await;
-                    (Err(err), exit)
-                }
-            }
-        }
-        Reply::Stream(tx) => {
-            let (result, exit) = stream(shared, worker, &job, request, meta, timeout, tx).await;
-            (result.map(|()| (bytes::Bytes::new(), None)), exit)
-        }
-    };
-    let duration = started.elapsed();
-    worker.status.requests.fetch_add(1, Ordering::Relaxed);
-    worker.status.set_state(WorkerState::Idle);
-    shared.mark_idle();
-    finish(
-        shared,
-        worker,
-        &job,
-        queue_time,
-        duration,
-        outcome.as_ref().err(),
-        timeout,
-    );
-    match (job.reply, outcome) {
-        (Reply::Unary(tx), Ok((result, worker_span))) => {
-            let _ = tx.send(Ok(Response {
-                result,
-                served: served(duration, worker_span),
-            }));
-        }
-        (Reply::Unary(tx), Err(err)) => {
-            let _ = tx.send(Err(err));
-        }
-        (Reply::Stream(tx), Ok(_)) => {
-            let _ = tx.send(Ok(None)).await;
-        }
-        (Reply::Stream(tx), Err(err)) => {
-            let _ = tx.send(Err(err)).await;
-        }
-    }
-    exit
+    let (result, exit) = stream(shared, worker, job, request, meta, timeout, tx).await;
+    (result.map(|()| (bytes::Bytes::new(), None)), exit)
 }
 
-/// Forward chunks to the caller until the final one; the deadline covers the whole stream.
+async fn unary(
+    shared: &Arc<PoolShared>,
+    worker: &Worker,
+    job: &Job,
+    request: proto::ExecuteRequest,
+    meta: CallMeta<'_>,
+    timeout: Option<Duration>,
+) -> (CallOutcome, Option<Exit>) {
+    let call = worker.transport.execute(request, meta);
+    let result = match timeout {
+        Some(t) => tokio::time::timeout(t, call)
+            .await
+            .unwrap_or(Err(TransportError::TimedOut)),
+        None => call.await,
+    };
+    match result {
+        Ok(resp) => match resp.outcome {
+            Some(proto::execute_response::Outcome::ResultJson(bytes)) => {
+                let span = resp
+                    .span
+                    .as_ref()
+                    .and_then(|s| WorkerSpan::from_proto(s, &worker.id));
+                (Ok((bytes, span)), None)
+            }
+            Some(proto::execute_response::Outcome::Error(e)) => {
+                let mut err = worker_error(shared, &job.command, e);
+                if let (Error::Python(p), Some(span)) = (&mut err, &resp.span) {
+                    p.worker_span = WorkerSpan::from_proto(span, &worker.id);
+                }
+                (Err(err), None)
+            }
+            None => (
+                Err(Error::Transport {
+                    worker_id: worker.id.to_string(),
+                    message: "worker sent an empty response".into(),
+                }),
+                None,
+            ),
+        },
+        Err(e) => {
+            let (err, exit) = transport_failure(worker, &job.command, timeout, e).await;
+            (Err(err), exit)
+        }
+    }
+}
+
+/// Forward chunks to the caller until the final one; the deadline covers the whole
+/// stream, the caller's reading included. A caller that stops reading holds the worker
+/// at most until the deadline: then the stream is cancelled (the worker stays, unlike
+/// a deadline that passes while Python works).
 async fn stream(
     shared: &Arc<PoolShared>,
     worker: &Worker,
@@ -153,8 +253,9 @@ async fn stream(
     request: proto::ExecuteRequest,
     meta: CallMeta<'_>,
     timeout: Option<Duration>,
-    tx: &mpsc::Sender<StreamItem>,
+    tx: &mpsc::Sender<Chunk>,
 ) -> (Result<(), Error>, Option<Exit>) {
+    let waiting_on_caller = AtomicBool::new(false);
     let forward = async {
         let mut chunks = worker.transport.execute_stream(request, meta).await?;
         loop {
@@ -167,13 +268,20 @@ async fn stream(
                 Some(Err(e)) => return Err(e),
                 Some(Ok(chunk)) if chunk.r#final => return Ok(chunk.error),
                 Some(Ok(chunk)) => {
-                    if tx
-                        .send(Ok(Some(Chunk {
-                            data: chunk.data_json,
-                        })))
-                        .await
-                        .is_err()
-                    {
+                    let chunk = Chunk {
+                        data: chunk.data_json,
+                    };
+                    let sent = match tx.try_send(chunk) {
+                        Ok(()) => Ok(()),
+                        Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+                        Err(mpsc::error::TrySendError::Full(chunk)) => {
+                            waiting_on_caller.store(true, Ordering::Relaxed);
+                            let sent = tx.send(chunk).await.map_err(|_| ());
+                            waiting_on_caller.store(false, Ordering::Relaxed);
+                            sent
+                        }
+                    };
+                    if sent.is_err() {
                         // The caller dropped the stream; dropping ours cancels the call
                         // and the worker closes the generator.
                         return Ok(None);
@@ -191,24 +299,20 @@ async fn stream(
     match result {
         Ok(None) => (Ok(()), None),
         Ok(Some(err)) => (Err(worker_error(shared, &job.command, err)), None),
+        // The transport stream is dropped by now, which cancels the call: the worker
+        // closes the generator and stays.
+        Err(TransportError::TimedOut) if waiting_on_caller.load(Ordering::Relaxed) => (
+            Err(Error::Timeout {
+                command: job.command.clone(),
+                worker_id: worker.id.to_string(),
+                timeout: timeout.unwrap_or_default(),
+                caller_stalled: true,
+            }),
+            None,
+        ),
         Err(e) => {
             let (err, exit) = transport_failure(worker, &job.command, timeout, e).await;
             (Err(err), exit)
-        }
-    }
-}
-
-/// Create the session in this worker if another worker (or none) held it so far.
-async fn ensure_session(shared: &PoolShared, worker: &Worker, session_id: &str) {
-    if let Some(metadata) = shared.sessions.claim(session_id, &worker.id) {
-        if let Err(e) = worker
-            .transport
-            .init_session(session_id, metadata, SESSION_CALL_TIMEOUT)
-            .await
-        {
-            // The worker creates unknown sessions on first use, without metadata.
-            tracing::warn!(worker_id = %worker.id, session_id, error = %e,
-                "could not initialise session on worker; it starts without metadata");
         }
     }
 }
@@ -249,6 +353,7 @@ async fn transport_failure(
                 command: command.to_string(),
                 worker_id,
                 timeout: timeout.unwrap_or_default(),
+                caller_stalled: false,
             },
             // Python cannot be interrupted safely: the worker is replaced.
             Some(Exit::Recycle {
@@ -294,6 +399,7 @@ async fn transport_failure(
 }
 
 /// Counters, the window, and the request events of a finished job.
+#[allow(clippy::too_many_arguments)]
 fn finish(
     shared: &PoolShared,
     worker: &Worker,
@@ -302,6 +408,7 @@ fn finish(
     duration: Duration,
     error: Option<&Error>,
     timeout: Option<Duration>,
+    status: &'static str,
 ) {
     shared.requests_total.fetch_add(1, Ordering::Relaxed);
     shared
@@ -338,6 +445,7 @@ fn finish(
                 pool_name: shared.name.to_string(),
                 worker_id: worker.id.to_string(),
                 success: error.is_none(),
+                status: status.to_string(),
             }
             .into()
         });

@@ -1,14 +1,14 @@
 //! A request on its way through the queue to a worker, and how its result gets back.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
-use crate::request::{Chunk, Response};
+use crate::request::{Chunk, Response, Served};
 
 const QUEUED: u8 = 0;
 const TAKEN: u8 = 1;
@@ -35,12 +35,35 @@ impl JobState {
     }
 }
 
-/// One item of a streaming reply: a chunk, the end (`Ok(None)`), or the failure.
-pub(crate) type StreamItem = Result<Option<Chunk>, Error>;
+/// Where a streaming request runs, set when a worker takes it: a stream the caller
+/// drops early still knows its worker and queue time.
+#[derive(Debug, Clone)]
+pub(crate) struct Placement {
+    pub worker_id: Arc<str>,
+    pub queue_time: Duration,
+    pub taken_at: Instant,
+}
+
+/// How a streaming request ended on the worker.
+#[derive(Debug)]
+pub(crate) struct StreamFinish {
+    /// None when no worker ran it (shutdown).
+    pub served: Option<Served>,
+    pub error: Option<Error>,
+}
+
+/// The caller's ends of a streaming reply. Chunks go through a bounded channel (a slow
+/// consumer holds the worker back, up to the request deadline); the end goes through a
+/// oneshot after the chunk sender is dropped, so delivering it never blocks the worker.
+pub(crate) struct StreamReply {
+    pub chunks: mpsc::Sender<Chunk>,
+    pub finish: oneshot::Sender<StreamFinish>,
+    pub placement: Arc<OnceLock<Placement>>,
+}
 
 pub(crate) enum Reply {
     Unary(oneshot::Sender<Result<Response, Error>>),
-    Stream(mpsc::Sender<StreamItem>),
+    Stream(StreamReply),
 }
 
 impl Reply {
@@ -48,7 +71,7 @@ impl Reply {
     pub fn is_closed(&self) -> bool {
         match self {
             Reply::Unary(tx) => tx.is_closed(),
-            Reply::Stream(tx) => tx.is_closed(),
+            Reply::Stream(s) => s.finish.is_closed(),
         }
     }
 }
@@ -73,8 +96,11 @@ impl Job {
             Reply::Unary(tx) => {
                 let _ = tx.send(Err(err));
             }
-            Reply::Stream(tx) => {
-                let _ = tx.try_send(Err(err));
+            Reply::Stream(s) => {
+                let _ = s.finish.send(StreamFinish {
+                    served: None,
+                    error: Some(err),
+                });
             }
         }
     }

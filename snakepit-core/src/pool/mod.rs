@@ -12,13 +12,16 @@
 
 mod call;
 mod dispatch;
+mod drain;
 mod driver;
 mod execute;
 mod job;
+mod leave;
 mod monitor;
 mod service;
 mod shared;
 mod slot;
+mod stream;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -28,8 +31,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio_util::sync::{CancellationToken, PollSemaphore};
 
-pub use call::ResponseStream;
+pub use call::MAX_REQUEST_TIMEOUT;
 pub use service::{PoolFuture, StreamingPool};
+pub use stream::{ResponseStream, StreamEnd, StreamOutcome};
 
 use crate::config::{PoolConfig, WhenFull};
 use crate::error::{Error, StartError};
@@ -183,6 +187,12 @@ impl Pool {
             .unwrap_or_default()
     }
 
+    /// Whether the adapter declares `command`; `None` until a worker has described
+    /// its commands. Cheap (no lock): telemetry asks it per request.
+    pub fn knows_command(&self, command: &str) -> Option<bool> {
+        self.shared.commands().map(|c| c.contains(command))
+    }
+
     /// Run one command. Admission follows `when_full`: `Reject` fails at once with
     /// `QueueFull`, `Wait` waits for a slot.
     pub async fn execute(&self, req: Request) -> Result<Response, Error> {
@@ -220,18 +230,9 @@ impl Pool {
             self.shared.config.sessions.default_ttl_secs,
         ));
         let info = self.shared.sessions.create(&opts, ttl)?;
-        self.shared
-            .events
-            .emit_with(EventKind::SessionCreated, None, || {
-                data::SessionCreated {
-                    creation_time_ms: ms(started.elapsed()),
-                    session_id: info.id.clone(),
-                    pool_name: self.shared.name.to_string(),
-                    ttl_seconds: ttl.as_secs(),
-                    metadata: opts.metadata.clone(),
-                }
-                .into()
-            });
+        emit_session_created(&self.shared, &info.id, ttl, started, None, || {
+            opts.metadata.clone()
+        });
         Ok(info)
     }
 
@@ -263,12 +264,16 @@ impl Pool {
             .iter()
             .filter(|w| w.state == WorkerState::Busy)
             .count();
+        // A draining worker serves only its sessions: it is listed, not counted ready.
+        let ready = workers
+            .len()
+            .saturating_sub(s.draining.load(Ordering::Relaxed));
         PoolStats {
             name: s.name.to_string(),
             adapter: s.config.adapter.clone(),
             total_workers: s.config.size,
-            ready_workers: workers.len(),
-            available_workers: workers.len() - busy,
+            ready_workers: ready,
+            available_workers: ready.saturating_sub(busy),
             busy_workers: busy,
             queue_size: s.queue_size(),
             max_queue_size: s.config.max_queue_size,
@@ -288,7 +293,10 @@ impl Pool {
     /// Worker and queue counts only (no window, no per-worker list): for gauges.
     pub fn load(&self) -> PoolLoad {
         let s = &self.shared;
-        let ready = s.workers().len();
+        let ready = s
+            .workers()
+            .len()
+            .saturating_sub(s.draining.load(Ordering::Relaxed));
         let busy = s.busy.load(Ordering::Relaxed).min(ready);
         PoolLoad {
             total_workers: s.config.size,
@@ -384,6 +392,69 @@ fn socket_dir(run_id: &str) -> PathBuf {
     }
 }
 
+fn emit_session_created(
+    shared: &PoolShared,
+    id: &str,
+    ttl: Duration,
+    started: Instant,
+    correlation_id: Option<&str>,
+    metadata: impl FnOnce() -> serde_json::Value,
+) {
+    shared
+        .events
+        .emit_with(EventKind::SessionCreated, correlation_id, || {
+            data::SessionCreated {
+                creation_time_ms: ms(started.elapsed()),
+                session_id: id.to_string(),
+                pool_name: shared.name.to_string(),
+                ttl_seconds: ttl.as_secs(),
+                metadata: metadata(),
+            }
+            .into()
+        });
+}
+
+/// A session lost with its worker was re-created on another (`recreate` policy).
+pub(crate) fn emit_session_recreated(
+    shared: &PoolShared,
+    id: &str,
+    metadata_json: &[u8],
+    correlation_id: Option<&str>,
+) {
+    let ttl = shared.sessions.get(id).map_or(Duration::ZERO, |s| s.ttl);
+    emit_session_created(shared, id, ttl, Instant::now(), correlation_id, || {
+        serde_json::from_slice(metadata_json).unwrap_or(serde_json::Value::Null)
+    });
+}
+
+/// `session.expired` with reason `worker_lost`: the session's state went with its worker.
+pub(crate) fn emit_session_lost(shared: &PoolShared, ended: &crate::session::Ended, detail: &str) {
+    tracing::warn!(pool = %shared.name, session_id = %ended.id, reason = detail,
+        "session lost its state with its worker");
+    emit_session_expired(shared, ended, "worker_lost", Some(detail));
+}
+
+fn emit_session_expired(
+    shared: &PoolShared,
+    ended: &crate::session::Ended,
+    reason: &str,
+    detail: Option<&str>,
+) {
+    shared
+        .events
+        .emit_with(EventKind::SessionExpired, None, || {
+            data::SessionExpired {
+                lifetime_ms: ms(ended.lifetime),
+                requests_handled: ended.requests,
+                session_id: ended.id.clone(),
+                pool_name: shared.name.to_string(),
+                reason: reason.to_string(),
+                detail: detail.map(str::to_string),
+            }
+            .into()
+        });
+}
+
 /// Tell the worker holding a session to drop it (best effort) and emit `session.expired`.
 async fn end_session(shared: &PoolShared, ended: crate::session::Ended, reason: &str) {
     if let Some(worker_id) = &ended.worker_id {
@@ -394,18 +465,7 @@ async fn end_session(shared: &PoolShared, ended: crate::session::Ended, reason: 
             }
         }
     }
-    shared
-        .events
-        .emit_with(EventKind::SessionExpired, None, || {
-            data::SessionExpired {
-                lifetime_ms: ms(ended.lifetime),
-                requests_handled: ended.requests,
-                session_id: ended.id.clone(),
-                pool_name: shared.name.to_string(),
-                reason: reason.to_string(),
-            }
-            .into()
-        });
+    emit_session_expired(shared, &ended, reason, None);
 }
 
 /// Expire idle sessions every `sessions.cleanup_interval_ms`.

@@ -69,9 +69,9 @@ impl Pool {
 }
 
 impl Service<Request> for StreamingPool {
-    type Response = call::ResponseStream;
+    type Response = super::ResponseStream;
     type Error = Error;
-    type Future = PoolFuture<call::ResponseStream>;
+    type Future = PoolFuture<super::ResponseStream>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.0.poll_admission(cx)

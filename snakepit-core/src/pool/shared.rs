@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, Semaphore};
@@ -38,7 +38,7 @@ pub(crate) struct PoolShared {
     pub sessions: SessionStore,
     pub window: Window,
     /// Command names the adapter offers, learnt from the first worker's describe.
-    pub commands: RwLock<Option<Arc<BTreeSet<String>>>>,
+    pub commands: OnceLock<BTreeSet<String>>,
     /// Cancelled to stop slots between requests (shutdown).
     pub stop: CancellationToken,
     /// Cancelled to stop slots at once, abandoning running requests (shutdown past its
@@ -47,6 +47,8 @@ pub(crate) struct PoolShared {
     pub tasks: TaskTracker,
     pub accepting: AtomicBool,
     pub busy: AtomicUsize,
+    /// Workers past a planned recycle, still serving their sessions (not counted ready).
+    pub draining: AtomicUsize,
     pub requests_total: AtomicU64,
     pub failures_total: AtomicU64,
     pub crashes_total: AtomicU64,
@@ -63,19 +65,23 @@ impl PoolShared {
         PoolShared {
             name: Arc::from(config.name.as_str()),
             admission: Arc::new(Semaphore::new(config.size + config.max_queue_size)),
-            sessions: SessionStore::new(config.sessions.max_sessions),
+            sessions: SessionStore::new(
+                config.sessions.max_sessions,
+                config.sessions.on_worker_loss,
+            ),
             window: Window::new(std::time::Duration::from_secs(config.stats_window_secs)),
             config,
             events,
             launch,
             dispatch: Dispatcher::default(),
             workers: RwLock::new(HashMap::new()),
-            commands: RwLock::new(None),
+            commands: OnceLock::new(),
             stop: abort.child_token(),
             abort,
             tasks: TaskTracker::new(),
             accepting: AtomicBool::new(true),
             busy: AtomicUsize::new(0),
+            draining: AtomicUsize::new(0),
             requests_total: AtomicU64::new(0),
             failures_total: AtomicU64::new(0),
             crashes_total: AtomicU64::new(0),
@@ -105,11 +111,8 @@ impl PoolShared {
         }
     }
 
-    pub fn commands(&self) -> Option<Arc<BTreeSet<String>>> {
-        match self.commands.read() {
-            Ok(c) => c.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+    pub fn commands(&self) -> Option<&BTreeSet<String>> {
+        self.commands.get()
     }
 
     /// Admitted requests not yet finished.

@@ -35,17 +35,21 @@ pub fn test_transport() -> TransportKind {
     }
 }
 
-/// A config for tests: small, fast health checks, short timeouts.
+/// A config for tests: the shipped defaults (restart backoff included: what users get
+/// is what the suite checks) except where noted.
 pub fn test_config(size: usize) -> PoolConfig {
     PoolConfig {
         size,
         transport: test_transport(),
+        // Longer than the default 5 s: two cores running several test binaries at once
+        // can hold a request that long without anything being wrong.
         queue_timeout_ms: 10_000,
+        // Shorter than the default 30 s: a test that hangs fails in reasonable time.
         request_timeout_ms: 20_000,
+        // Shorter than the default 10 s, so health-check events show up within a test.
         health_check_interval_ms: 2_000,
+        // Shorter than the default 5 s: shutdowns of misbehaving workers end sooner.
         stop_grace_ms: 2_000,
-        restart_backoff_initial_ms: 50,
-        restart_backoff_max_ms: 500,
         ..PoolConfig::default()
     }
 }
