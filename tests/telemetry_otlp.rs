@@ -346,6 +346,111 @@ async fn a_python_failure_is_an_error_span_a_log_line_and_a_metric() {
     s.telemetry.shutdown(Duration::from_secs(5));
 }
 
+fn span_seconds(span: &Value) -> f64 {
+    let (start, end) = (
+        span["start_time_unix_nano"].as_u64().unwrap_or(0),
+        span["end_time_unix_nano"].as_u64().unwrap_or(0),
+    );
+    end.saturating_sub(start) as f64 / 1e9
+}
+
+#[tokio::test]
+async fn a_stream_is_traced_and_measured_to_its_end() {
+    use futures_util::StreamExt;
+    let rotel = Rotel::start();
+    let s = setup(config(rotel.grpc_endpoint(), OtlpProtocol::Grpc), 1).await;
+    let streaming = ServiceBuilder::new()
+        .layer(s.telemetry.correlation_layer())
+        .layer(s.telemetry.trace_layer())
+        .layer(s.telemetry.metrics_layer())
+        .service(s.pool.streaming());
+    let open = |args: Value, corr: &str| {
+        streaming
+            .clone()
+            .oneshot(Request::new("stream", args).correlation_id(corr))
+    };
+    // Four chunks 100 ms apart: the span covers all of them, not the first.
+    let chunks: Vec<_> = open(json!({"n": 4, "delay_ms": 100}), "corr-stream-ok")
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert_eq!(chunks.len(), 4);
+    // Two chunks, then the generator raises.
+    let items: Vec<_> = open(json!({"n": 5, "fail_after": 2}), "corr-stream-fail")
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert!(items.last().unwrap().is_err());
+    // The caller walks away after one chunk.
+    let mut stream = open(json!({"n": 1000, "delay_ms": 5}), "corr-stream-gone")
+        .await
+        .unwrap();
+    assert!(stream.next().await.unwrap().is_ok());
+    drop(stream);
+
+    let by_corr = |corr: &str| {
+        rotel
+            .spans()
+            .into_iter()
+            .find(|sp| sp["name"] == "default/stream" && attr(sp, "correlation_id") == corr)
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || [
+            "corr-stream-ok",
+            "corr-stream-fail",
+            "corr-stream-gone"
+        ]
+        .iter()
+        .all(|c| by_corr(c).is_some())),
+        "spans received: {:#?}",
+        rotel.spans()
+    );
+    let ok = by_corr("corr-stream-ok").unwrap();
+    assert_eq!(ok["status_code"], "unset", "{ok}");
+    assert_eq!(attr(&ok, "snakepit.stream.outcome"), "success");
+    assert_eq!(attr(&ok, "snakepit.stream.chunks"), 4);
+    assert!(
+        span_seconds(&ok) >= 0.3,
+        "span ends at the first chunk: {ok}"
+    );
+
+    let failed = by_corr("corr-stream-fail").unwrap();
+    assert_eq!(failed["status_code"], "error", "{failed}");
+    assert_eq!(attr(&failed, "error.type"), "Python");
+    let exception = failed["events"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["name"] == "exception"))
+        .expect("exception event");
+    assert_eq!(exception["attributes"]["exception.type"], "ValueError");
+    assert!(exception["attributes"]["exception.stacktrace"]
+        .as_str()
+        .is_some_and(|st| st.contains("fail_after")));
+
+    let gone = by_corr("corr-stream-gone").unwrap();
+    assert_eq!(attr(&gone, "snakepit.stream.outcome"), "cancelled");
+    assert_eq!(attr(&gone, "snakepit.stream.chunks"), 1);
+    assert!(attr(&gone, "snakepit.worker_id").as_str().is_some());
+
+    let text = s.telemetry.prometheus_text().unwrap();
+    for status in ["success", "error", "cancelled"] {
+        let series = format!(
+            r#"snakepit_requests_total{{command="stream",pool_name="default",status="{status}"}} 1"#
+        );
+        assert!(text.contains(&series), "{series} missing:\n{text}");
+    }
+    assert!(text.contains(
+        r#"snakepit_request_time_to_first_chunk_seconds_count{command="stream",pool_name="default"} 3"#
+    ));
+    assert!(
+        text.contains(r#"snakepit_request_queue_time_seconds_count{pool_name="default"} 3"#),
+        "streams record their queue time:\n{text}"
+    );
+    s.pool.shutdown(Duration::from_secs(5)).await;
+    s.telemetry.shutdown(Duration::from_secs(5));
+}
+
 #[tokio::test]
 async fn a_secret_appears_in_no_span_log_metric_or_event() {
     let rotel = Rotel::start();

@@ -14,7 +14,8 @@ use snakepit_core::{Error, EventBus, EventKind, Pool, PoolConfig, PythonConfig, 
 
 /// The delay the slot announced in a `worker.crashed` event.
 fn restart_delay(ev: &snakepit_core::Event) -> f64 {
-    ev.measurement("restart_delay_ms")
+    ev.meta("restart_delay_ms")
+        .and_then(|v| v.as_f64())
         .expect("restart_delay_ms")
 }
 

@@ -18,6 +18,7 @@ struct Lifecycle {
     recycled: Counter<u64>,
     startup: Histogram<f64>,
     saturated: Counter<u64>,
+    sessions_expired: Counter<u64>,
 }
 
 fn text(ev: &Event, key: &str) -> String {
@@ -48,6 +49,7 @@ fn crash_type(ev: &Event) -> &'static str {
 /// Label values the counters can take, created at zero when a pool is first seen:
 /// `increase()` cannot see a counter's first step from "absent" to 1.
 const CRASH_TYPES: [&str; 5] = ["startup_failed", "killed", "signal", "exit", "unknown"];
+const SESSION_END_REASONS: [&str; 3] = ["ttl", "closed", "worker_lost"];
 const RECYCLE_REASONS: [&str; 6] = [
     "max_requests",
     "max_lifetime",
@@ -67,6 +69,10 @@ impl Lifecycle {
         }
         for r in RECYCLE_REASONS {
             self.recycled
+                .add(0, &[pool.clone(), KeyValue::new("reason", r)]);
+        }
+        for r in SESSION_END_REASONS {
+            self.sessions_expired
                 .add(0, &[pool.clone(), KeyValue::new("reason", r)]);
         }
     }
@@ -93,6 +99,9 @@ impl Lifecycle {
                 .recycled
                 .add(1, &[pool, KeyValue::new("reason", text(ev, "reason"))]),
             EventKind::PoolSaturated => self.saturated.add(1, &[pool]),
+            EventKind::SessionExpired => self
+                .sessions_expired
+                .add(1, &[pool, KeyValue::new("reason", text(ev, "reason"))]),
             _ => {}
         }
     }
@@ -124,11 +133,18 @@ pub fn attach_lifecycle_metrics(meter: &Meter, bus: &EventBus) -> ConsumerHandle
             .u64_counter("snakepit.pool.saturated")
             .with_description("Requests refused because the queue was full")
             .build(),
+        sessions_expired: meter
+            .u64_counter("snakepit.sessions.expired")
+            .with_description(
+                "Sessions that ended, by reason: ttl, closed, or worker_lost (their state went with their worker)",
+            )
+            .build(),
     };
     let pattern = Pattern::from(EventKind::WorkerStarted)
         .union(EventKind::WorkerCrashed.into())
         .union(EventKind::WorkerRecycled.into())
-        .union(EventKind::PoolSaturated.into());
+        .union(EventKind::PoolSaturated.into())
+        .union(EventKind::SessionExpired.into());
     bus.attach("lifecycle-metrics", pattern, move |ev| lifecycle.record(ev))
 }
 

@@ -265,23 +265,27 @@ fn on_stream_end(
     started: SystemTime,
     end: &StreamEnd<'_>,
 ) {
-    if sampled {
-        span.set_attribute("snakepit.stream.chunks", end.chunks as i64);
-        span.set_attribute("snakepit.stream.outcome", end.outcome.status());
-    }
-    match end.outcome {
-        StreamOutcome::Completed => on_success(shared, &span, sampled, started, end.served),
-        StreamOutcome::Failed(err) => {
-            record_placement(&span, sampled, end.served);
-            on_error(shared, &span, err);
+    // tracing-opentelemetry ends a span at its last exit: entering it here, at the end
+    // of the stream, makes that the span's end.
+    span.in_scope(|| {
+        if sampled {
+            span.set_attribute("snakepit.stream.chunks", end.chunks as i64);
+            span.set_attribute("snakepit.stream.outcome", end.outcome.status());
         }
-        StreamOutcome::Cancelled => {
-            record_placement(&span, sampled, end.served);
-            tracing::debug!(target: "snakepit::request", parent: &span, chunks = end.chunks,
-                "stream cancelled by the caller");
+        match end.outcome {
+            StreamOutcome::Completed => on_success(shared, &span, sampled, started, end.served),
+            StreamOutcome::Failed(err) => {
+                record_placement(&span, sampled, end.served);
+                on_error(shared, &span, err);
+            }
+            StreamOutcome::Cancelled => {
+                record_placement(&span, sampled, end.served);
+                tracing::debug!(target: "snakepit::request", parent: &span, chunks = end.chunks,
+                    "stream cancelled by the caller");
+            }
         }
-    }
-    // Dropping the last handle closes the span: its end is the stream's end.
+    });
+    // Dropping the last handle closes the span and exports it.
     drop(span);
 }
 

@@ -148,6 +148,15 @@ pub async fn serve(cfg: AppConfig) -> Result<(), ServeError> {
     telemetry.watch_pools(&all);
     for pool in &all {
         health.add_pool(pool.clone());
+        let load = pool.load();
+        // The run id is on each worker's command line (`--run-id`): what finds them.
+        eprintln!(
+            "snakepit: pool '{}' up: {}/{} workers (run id {})",
+            pool.name(),
+            load.ready_workers,
+            load.total_workers,
+            pool.run_id()
+        );
     }
     let _ = backend.set(layered(&telemetry, &pools));
     accepting.store(true, Ordering::Release);

@@ -88,6 +88,43 @@ fn configuration_errors_and_usage_errors_are_clear() {
         "{err}"
     );
 
+    // Several overrides on one pool, typed by the key they target.
+    let many = snakepit(
+        &["serve", "--check-config"],
+        &[
+            ("SNAKEPIT_POOLS__DEFAULT__SIZE", "3"),
+            ("SNAKEPIT_POOLS__DEFAULT__MAX_REQUESTS", "5"),
+            ("SNAKEPIT_POOLS__DEFAULT__QUEUE_TIMEOUT_MS", "2000"),
+            ("SNAKEPIT_HEALTH__AUTH_TOKEN", "1234567890123456"),
+        ],
+    );
+    assert!(many.status.success(), "{}", text(&many.stderr));
+    assert!(
+        text(&many.stdout).contains("default x3"),
+        "{}",
+        text(&many.stdout)
+    );
+
+    // Huge values: refused with the key and the range, never a panic at run time.
+    for (var, key) in [
+        (
+            "SNAKEPIT_POOLS__DEFAULT__QUEUE_TIMEOUT_MS",
+            "queue_timeout_ms",
+        ),
+        (
+            "SNAKEPIT_POOLS__DEFAULT__SESSIONS__CLEANUP_INTERVAL_MS",
+            "cleanup_interval_ms",
+        ),
+    ] {
+        let huge = snakepit(
+            &["serve", "--check-config"],
+            &[(var, "9223372036854775807")],
+        );
+        assert_eq!(huge.status.code(), Some(2));
+        let err = text(&huge.stderr);
+        assert!(err.contains(key) && err.contains("..="), "{err}");
+    }
+
     let missing = snakepit(
         &[
             "--config",

@@ -357,7 +357,7 @@ fn prometheus_with_the_shipped_config_fires_the_crash_alert() {
         .iter()
         .map(|r| r["name"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(names.len(), 7, "{names:?}");
+    assert_eq!(names.len(), 8, "{names:?}");
 }
 
 #[test]

@@ -61,6 +61,8 @@ def process_spans(resource_spans):
                     "kind": str(s.kind),
                     "status_code": _status(status) if status else "unset",
                     "status_message": getattr(status, "message", "") if status else "",
+                    "start_time_unix_nano": s.start_time_unix_nano,
+                    "end_time_unix_nano": s.end_time_unix_nano,
                     "attributes": _attrs(s.attributes),
                     "events": [{"name": e.name, "attributes": _attrs(e.attributes)} for e in s.events],
                 }

@@ -192,10 +192,12 @@ define_events! {
     }
     /// A worker process died unexpectedly, or could not start.
     WorkerCrashed = "snakepit.worker.crashed" {
-        measurements { uptime_ms: f64, requests_handled: u64, restart_delay_ms: f64 }
+        measurements { uptime_ms: f64, requests_handled: u64 }
         metadata {
             worker_id: String, pool_name: String, error: String, exit_status: String,
             stderr_tail: String, pid: u32,
+            // The slot's wait before the next start: 0 unless this was a crash-loop step.
+            restart_delay_ms: f64,
         }
     }
     /// A worker was replaced on purpose: max_requests, max_lifetime, memory, a request

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, TryAcquireError};
 
-use super::execute::{emit_failed_parts, ms};
 use super::job::{Job, JobState, Reply, StreamReply};
+use super::report::{emit_failed_parts, ms};
 use super::shared::PoolShared;
 use super::stream::{ResponseStream, StreamParts};
 use crate::error::Error;

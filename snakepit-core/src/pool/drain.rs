@@ -11,16 +11,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::driver::{self, DrainEnd, Exit};
+use super::driver::{self, DrainEnd};
+use super::exit::{is_planned, Exit};
 use super::leave::{conclude, lost_reason, unregister, Registration};
 use super::shared::PoolShared;
 use crate::stats::WorkerState;
 use crate::worker::Worker;
-
-/// Recycles that only follow policy: the worker itself is fine.
-pub(crate) fn is_planned(reason: &str) -> bool {
-    matches!(reason, "max_requests" | "max_lifetime" | "max_memory")
-}
 
 /// Whether the recycle of `worker` for `reason` should wait for its sessions.
 pub(crate) fn should_defer(shared: &PoolShared, worker: &Worker, reason: &str) -> bool {
@@ -45,7 +41,11 @@ pub(crate) async fn run(
     worker.status.set_state(WorkerState::Draining);
     shared.draining.fetch_add(1, Ordering::Relaxed);
     let until = tokio::time::Instant::now() + grace;
-    let end = driver::serve_sessions(&shared, &worker, &mut reg, until).await;
+    let end = tokio::select! {
+        end = driver::serve_sessions(&shared, &worker, &mut reg, until) => end,
+        // The pool is being torn down: abandon a running request, as slots do.
+        _ = shared.abort.cancelled() => DrainEnd::Exit(Exit::Shutdown),
+    };
     shared.draining.fetch_sub(1, Ordering::Relaxed);
     worker.status.set_state(WorkerState::Stopping);
     let (exit, lost) = match end {

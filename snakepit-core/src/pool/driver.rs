@@ -10,34 +10,12 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 use super::execute;
+use super::exit::{is_planned, Control, Exit};
 use super::job::Job;
 use super::leave::Registration;
 use super::shared::PoolShared;
 use crate::error::ExitInfo;
 use crate::worker::Worker;
-
-/// Why a worker's driver stopped.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Exit {
-    /// The pool is stopping.
-    Shutdown,
-    /// The process died on its own.
-    Crashed { exit: ExitInfo },
-    /// Replaced on purpose (max_requests, max_lifetime, memory, health checks, timeout).
-    Recycle { reason: &'static str },
-    /// The process lives but its transport is unusable.
-    Broken { message: String },
-}
-
-/// What the monitor asks of the driver.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub(crate) enum Control {
-    #[default]
-    Run,
-    Recycle {
-        reason: &'static str,
-    },
-}
 
 /// What woke an idle worker.
 enum Wake {
@@ -129,7 +107,7 @@ pub(crate) async fn serve_sessions(
         tokio::pin!(session_ended);
         session_ended.as_mut().enable();
         if let Control::Recycle { reason } = *reg.control_rx.borrow_and_update() {
-            if !super::drain::is_planned(reason) {
+            if !is_planned(reason) {
                 return DrainEnd::Exit(Exit::Recycle { reason });
             }
         }

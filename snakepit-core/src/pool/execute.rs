@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::driver::Exit;
+use super::exit::Exit;
 use super::job::{Job, Placement, Reply, StreamFinish, StreamReply};
+use super::report::{finish, ms};
 use super::shared::PoolShared;
 use crate::error::{Error, PythonError};
 use crate::events::{data, EventKind};
@@ -137,7 +138,7 @@ async fn prepare_session(
             "its worker {} left",
             ended.worker_id.as_deref().unwrap_or("?")
         );
-        super::emit_session_lost(shared, &ended, &reason);
+        super::sessions::emit_session_lost(shared, &ended, &reason);
     }
     let (metadata, recreated) = match claim? {
         Claim::Held => return Ok(None),
@@ -145,7 +146,7 @@ async fn prepare_session(
         Claim::Recreate { metadata, reason } => {
             tracing::warn!(pool = %shared.name, worker_id = %worker.id, session_id, %reason,
                 "session re-created empty: its state was lost with its previous worker");
-            super::emit_session_recreated(
+            super::sessions::emit_session_recreated(
                 shared,
                 session_id,
                 &metadata,
@@ -396,113 +397,4 @@ async fn transport_failure(
         ),
         TransportError::Other(message) => (Error::Transport { worker_id, message }, None),
     }
-}
-
-/// Counters, the window, and the request events of a finished job.
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    shared: &PoolShared,
-    worker: &Worker,
-    job: &Job,
-    queue_time: Duration,
-    duration: Duration,
-    error: Option<&Error>,
-    timeout: Option<Duration>,
-    status: &'static str,
-) {
-    shared.requests_total.fetch_add(1, Ordering::Relaxed);
-    shared
-        .window
-        .record_request(duration, queue_time, error.is_none());
-    let corr = job.correlation_id.as_deref();
-    if let Some(err) = error {
-        shared.failures_total.fetch_add(1, Ordering::Relaxed);
-        if matches!(err, Error::Timeout { .. }) {
-            shared
-                .events
-                .emit_with(EventKind::RequestTimeout, corr, || {
-                    data::RequestTimeout {
-                        timeout_ms: ms(timeout.unwrap_or_default()),
-                        queue_time_ms: ms(queue_time),
-                        request_id: job.request_id.clone(),
-                        command: job.command.clone(),
-                        pool_name: shared.name.to_string(),
-                        worker_id: worker.id.to_string(),
-                    }
-                    .into()
-                });
-        }
-        emit_failed(shared, job, Some(&worker.id), queue_time, duration, err);
-    }
-    shared
-        .events
-        .emit_with(EventKind::RequestCompleted, corr, || {
-            data::RequestCompleted {
-                duration_ms: ms(duration),
-                queue_time_ms: ms(queue_time),
-                request_id: job.request_id.clone(),
-                command: job.command.clone(),
-                pool_name: shared.name.to_string(),
-                worker_id: worker.id.to_string(),
-                success: error.is_none(),
-                status: status.to_string(),
-            }
-            .into()
-        });
-}
-
-/// `request.failed`, for failures on a worker and refusals before one.
-pub(crate) fn emit_failed(
-    shared: &PoolShared,
-    job: &Job,
-    worker_id: Option<&Arc<str>>,
-    queue_time: Duration,
-    duration: Duration,
-    err: &Error,
-) {
-    emit_failed_parts(
-        shared,
-        &job.request_id,
-        &job.command,
-        job.correlation_id.as_deref(),
-        worker_id,
-        queue_time,
-        duration,
-        err,
-    );
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn emit_failed_parts(
-    shared: &PoolShared,
-    request_id: &str,
-    command: &str,
-    correlation_id: Option<&str>,
-    worker_id: Option<&Arc<str>>,
-    queue_time: Duration,
-    duration: Duration,
-    err: &Error,
-) {
-    shared
-        .events
-        .emit_with(EventKind::RequestFailed, correlation_id, || {
-            let py = err.python();
-            data::RequestFailed {
-                duration_ms: ms(duration),
-                queue_time_ms: ms(queue_time),
-                request_id: request_id.to_string(),
-                command: command.to_string(),
-                pool_name: shared.name.to_string(),
-                worker_id: worker_id.map(|w| w.to_string()),
-                error_type: err.error_type().to_string(),
-                error_message: err.to_string(),
-                python_type: py.map(|p| p.python_type.clone()),
-                python_traceback: py.map(|p| p.traceback.clone()),
-            }
-            .into()
-        });
-}
-
-pub(crate) fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }

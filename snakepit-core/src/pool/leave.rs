@@ -10,9 +10,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::driver::{Control, Exit};
-use super::execute::ms;
+use super::exit::{Control, Exit};
 use super::job::Job;
+use super::report::ms;
 use super::shared::PoolShared;
 use crate::events::{data, EventKind};
 use crate::worker::Worker;
@@ -55,7 +55,7 @@ pub(crate) fn unregister(
     reg.monitor_cancel.cancel();
     if let Some(reason) = sessions_lost {
         for ended in shared.sessions.worker_lost(worker_id, &reason) {
-            super::emit_session_lost(shared, &ended, &reason);
+            super::sessions::emit_session_lost(shared, &ended, &reason);
         }
     }
     shared.workers_mut().remove(worker_id);
@@ -96,13 +96,13 @@ pub(crate) async fn conclude(
                 data::WorkerCrashed {
                     uptime_ms: ms(worker.uptime()),
                     requests_handled: worker.requests(),
-                    restart_delay_ms: ms(restart_delay),
                     worker_id: worker.id.to_string(),
                     pool_name: shared.name.to_string(),
                     error: format!("worker process exited unexpectedly ({exit})"),
                     exit_status: exit.to_string(),
                     stderr_tail: tail.clone(),
                     pid: worker.process.pid(),
+                    restart_delay_ms: ms(restart_delay),
                 }
                 .into()
             });

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::driver::Control;
-use super::execute::ms;
+use super::exit::Control;
+use super::report::ms;
 use super::shared::PoolShared;
 use crate::events::{data, EventKind};
 use crate::process::rss_bytes;

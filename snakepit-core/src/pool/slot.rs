@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::driver::{self, Control, Exit};
-use super::execute::ms;
+use super::driver;
+use super::exit::{Control, Exit};
 use super::leave::{conclude, lost_reason, unregister, Registration};
 use super::monitor;
+use super::report::ms;
 use super::shared::{PoolShared, WorkerEntry};
 use crate::error::StartError;
 use crate::events::{data, EventKind};
@@ -169,13 +170,13 @@ fn report_start_failure(shared: &PoolShared, id: &str, err: &StartError, delay: 
         data::WorkerCrashed {
             uptime_ms: 0.0,
             requests_handled: 0,
-            restart_delay_ms: ms(delay),
             worker_id: id.to_string(),
             pool_name: shared.name.to_string(),
             error: format!("worker failed to start: {err}"),
             exit_status,
             stderr_tail,
             pid: 0,
+            restart_delay_ms: ms(delay),
         }
         .into()
     });

@@ -1,0 +1,33 @@
+//! Why a worker's service ends (`Exit`), and what its monitor may ask of its driver
+//! (`Control`): shared by the driver, the slot, and the code a worker leaves through.
+
+use crate::error::ExitInfo;
+
+/// Why a worker's driver stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Exit {
+    /// The pool is stopping.
+    Shutdown,
+    /// The process died on its own.
+    Crashed { exit: ExitInfo },
+    /// Replaced on purpose (max_requests, max_lifetime, memory, health checks, timeout).
+    Recycle { reason: &'static str },
+    /// The process lives but its transport is unusable.
+    Broken { message: String },
+}
+
+/// What the monitor asks of the driver.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) enum Control {
+    #[default]
+    Run,
+    Recycle {
+        reason: &'static str,
+    },
+}
+
+/// Recycles that only follow policy (the worker itself is fine): a worker holding
+/// sessions may finish them first.
+pub(crate) fn is_planned(reason: &str) -> bool {
+    matches!(reason, "max_requests" | "max_lifetime" | "max_memory")
+}

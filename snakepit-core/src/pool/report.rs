@@ -1,0 +1,121 @@
+//! What a finished (or refused) request leaves behind: counters, the stats window,
+//! and the `request.completed` / `request.failed` / `request.timeout` events.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::job::Job;
+use super::shared::PoolShared;
+use crate::error::Error;
+use crate::events::{data, EventKind};
+use crate::worker::Worker;
+
+/// Counters, the window, and the request events of a finished job.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn finish(
+    shared: &PoolShared,
+    worker: &Worker,
+    job: &Job,
+    queue_time: Duration,
+    duration: Duration,
+    error: Option<&Error>,
+    timeout: Option<Duration>,
+    status: &'static str,
+) {
+    shared.requests_total.fetch_add(1, Ordering::Relaxed);
+    shared
+        .window
+        .record_request(duration, queue_time, error.is_none());
+    let corr = job.correlation_id.as_deref();
+    if let Some(err) = error {
+        shared.failures_total.fetch_add(1, Ordering::Relaxed);
+        if matches!(err, Error::Timeout { .. }) {
+            shared
+                .events
+                .emit_with(EventKind::RequestTimeout, corr, || {
+                    data::RequestTimeout {
+                        timeout_ms: ms(timeout.unwrap_or_default()),
+                        queue_time_ms: ms(queue_time),
+                        request_id: job.request_id.clone(),
+                        command: job.command.clone(),
+                        pool_name: shared.name.to_string(),
+                        worker_id: worker.id.to_string(),
+                    }
+                    .into()
+                });
+        }
+        emit_failed(shared, job, Some(&worker.id), queue_time, duration, err);
+    }
+    shared
+        .events
+        .emit_with(EventKind::RequestCompleted, corr, || {
+            data::RequestCompleted {
+                duration_ms: ms(duration),
+                queue_time_ms: ms(queue_time),
+                request_id: job.request_id.clone(),
+                command: job.command.clone(),
+                pool_name: shared.name.to_string(),
+                worker_id: worker.id.to_string(),
+                success: error.is_none(),
+                status: status.to_string(),
+            }
+            .into()
+        });
+}
+
+/// `request.failed`, for failures on a worker and refusals before one.
+pub(crate) fn emit_failed(
+    shared: &PoolShared,
+    job: &Job,
+    worker_id: Option<&Arc<str>>,
+    queue_time: Duration,
+    duration: Duration,
+    err: &Error,
+) {
+    emit_failed_parts(
+        shared,
+        &job.request_id,
+        &job.command,
+        job.correlation_id.as_deref(),
+        worker_id,
+        queue_time,
+        duration,
+        err,
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn emit_failed_parts(
+    shared: &PoolShared,
+    request_id: &str,
+    command: &str,
+    correlation_id: Option<&str>,
+    worker_id: Option<&Arc<str>>,
+    queue_time: Duration,
+    duration: Duration,
+    err: &Error,
+) {
+    shared
+        .events
+        .emit_with(EventKind::RequestFailed, correlation_id, || {
+            let py = err.python();
+            data::RequestFailed {
+                duration_ms: ms(duration),
+                queue_time_ms: ms(queue_time),
+                request_id: request_id.to_string(),
+                command: command.to_string(),
+                pool_name: shared.name.to_string(),
+                worker_id: worker_id.map(|w| w.to_string()),
+                error_type: err.error_type().to_string(),
+                error_message: err.to_string(),
+                python_type: py.map(|p| p.python_type.clone()),
+                python_traceback: py.map(|p| p.traceback.clone()),
+            }
+            .into()
+        });
+}
+
+pub(crate) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
