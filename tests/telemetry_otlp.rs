@@ -390,12 +390,32 @@ async fn a_stream_is_traced_and_measured_to_its_end() {
     assert!(stream.next().await.unwrap().is_ok());
     drop(stream);
 
-    let by_corr = |corr: &str| {
+    // Callers that give up while their request still waits for the only worker: the
+    // request future is dropped before any answer.
+    let busy = tokio::spawn(
+        s.pool
+            .clone()
+            .oneshot(Request::new("sleep", json!({"ms": 400}))),
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let queued = open(json!({"n": 2}), "corr-stream-queued");
+    assert!(tokio::time::timeout(Duration::from_millis(50), queued)
+        .await
+        .is_err());
+    let unary =
+        service(&s).oneshot(Request::new("ping", json!({})).correlation_id("corr-ping-gone"));
+    assert!(tokio::time::timeout(Duration::from_millis(50), unary)
+        .await
+        .is_err());
+    busy.await.unwrap().unwrap();
+
+    let named = |name: &str, corr: &str| {
         rotel
             .spans()
             .into_iter()
-            .find(|sp| sp["name"] == "default/stream" && attr(sp, "correlation_id") == corr)
+            .find(|sp| sp["name"] == name && attr(sp, "correlation_id") == corr)
     };
+    let by_corr = |corr: &str| named("default/stream", corr);
     assert!(
         wait_until(Duration::from_secs(20), || [
             "corr-stream-ok",
@@ -409,7 +429,7 @@ async fn a_stream_is_traced_and_measured_to_its_end() {
     );
     let ok = by_corr("corr-stream-ok").unwrap();
     assert_eq!(ok["status_code"], "unset", "{ok}");
-    assert_eq!(attr(&ok, "snakepit.stream.outcome"), "success");
+    assert_eq!(attr(&ok, "snakepit.outcome"), "success");
     assert_eq!(attr(&ok, "snakepit.stream.chunks"), 4);
     assert!(
         span_seconds(&ok) >= 0.3,
@@ -428,18 +448,37 @@ async fn a_stream_is_traced_and_measured_to_its_end() {
         .as_str()
         .is_some_and(|st| st.contains("fail_after")));
 
+    assert!(
+        wait_until(Duration::from_secs(20), || by_corr("corr-stream-queued")
+            .is_some()
+            && named("default/ping", "corr-ping-gone").is_some()),
+        "spans received: {:#?}",
+        rotel.spans()
+    );
+    for span in [
+        by_corr("corr-stream-queued").unwrap(),
+        named("default/ping", "corr-ping-gone").unwrap(),
+    ] {
+        assert_eq!(attr(&span, "snakepit.outcome"), "cancelled", "{span}");
+    }
     let gone = by_corr("corr-stream-gone").unwrap();
-    assert_eq!(attr(&gone, "snakepit.stream.outcome"), "cancelled");
+    assert_eq!(attr(&gone, "snakepit.outcome"), "cancelled");
     assert_eq!(attr(&gone, "snakepit.stream.chunks"), 1);
     assert!(attr(&gone, "snakepit.worker_id").as_str().is_some());
 
     let text = s.telemetry.prometheus_text().unwrap();
-    for status in ["success", "error", "cancelled"] {
+    for (status, n) in [("success", 1), ("error", 1), ("cancelled", 2)] {
         let series = format!(
-            r#"snakepit_requests_total{{command="stream",pool_name="default",status="{status}"}} 1"#
+            r#"snakepit_requests_total{{command="stream",pool_name="default",status="{status}"}} {n}"#
         );
         assert!(text.contains(&series), "{series} missing:\n{text}");
     }
+    assert!(
+        text.contains(
+            r#"snakepit_requests_total{command="ping",pool_name="default",status="cancelled"} 1"#
+        ),
+        "{text}"
+    );
     assert!(text.contains(
         r#"snakepit_request_time_to_first_chunk_seconds_count{command="stream",pool_name="default"} 3"#
     ));

@@ -165,6 +165,25 @@ impl Error {
         }
     }
 
+    /// The caller's own doing (a command, pool or session that does not exist, arguments
+    /// that do not fit, a stream it stopped reading): says nothing about the pool's
+    /// health, so readiness and the stats window's error rate leave it out.
+    pub fn is_caller_error(&self) -> bool {
+        matches!(
+            self,
+            Error::UnknownCommand { .. }
+                | Error::UnknownPool { .. }
+                | Error::InvalidArgs { .. }
+                | Error::PayloadTooLarge { .. }
+                | Error::SessionNotFound { .. }
+                | Error::SessionLost { .. }
+                | Error::Timeout {
+                    caller_stalled: true,
+                    ..
+                }
+        )
+    }
+
     /// The Python exception behind this error, if there is one.
     pub fn python(&self) -> Option<&PythonError> {
         match self {

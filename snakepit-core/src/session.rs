@@ -95,6 +95,7 @@ impl Entry {
             lifetime: now.saturating_duration_since(self.created),
             requests: self.requests,
             worker_id: self.worker_id.clone(),
+            was_lost: self.is_tombstone(),
         }
     }
 }
@@ -105,6 +106,8 @@ pub(crate) struct Ended {
     pub lifetime: Duration,
     pub requests: u64,
     pub worker_id: Option<Arc<str>>,
+    /// It was a tombstone: its `session.expired` (`worker_lost`) went out already.
+    pub was_lost: bool,
 }
 
 /// What a worker about to run a session's request must do first.
@@ -117,6 +120,9 @@ pub(crate) enum Claim {
     /// Its previous worker was lost (`recreate` policy): initialise it here afresh; the
     /// response says why.
     Recreate { metadata: Bytes, reason: String },
+    /// Not on this worker: its holder is this other live worker (`Some`), or this
+    /// worker takes no new sessions (`None`: any other worker may).
+    Elsewhere(Option<Arc<str>>),
 }
 
 #[derive(Default)]
@@ -194,8 +200,11 @@ impl SessionStore {
         let mut inner = self.lock();
         if inner.map.len() >= self.max {
             return Err(Error::invalid_args(format!(
-                "too many sessions ({}; sessions.max_sessions); close some or raise the limit",
-                inner.map.len()
+                "too many sessions ({} open, {} lost and not yet closed or expired; \
+                 sessions.max_sessions = {}); close some or raise the limit",
+                inner.map.len() - inner.tombstones,
+                inner.tombstones,
+                self.max
             )));
         }
         if inner.map.contains_key(&id) {
@@ -229,22 +238,31 @@ impl SessionStore {
             .ok_or_else(|| Error::SessionNotFound {
                 session_id: id.to_string(),
             })?;
-        entry.last_used = Instant::now();
+        // A tombstone keeps its last use, so retries cannot keep it alive past its TTL.
         if let (true, Some(reason)) = (entry.is_tombstone(), &entry.lost) {
             return Err(Error::SessionLost {
                 session_id: id.to_string(),
                 reason: reason.clone(),
             });
         }
+        entry.last_used = Instant::now();
         entry.requests += 1;
         Ok(entry.worker_id.clone())
     }
 
     /// A worker is about to run a request of the session: may it, and what must it do
-    /// first? A session held by another worker means that worker has left (its jobs
-    /// reach others only then), so it counts as lost here if nobody marked it yet; the
-    /// second value is that loss, for its event.
-    pub fn claim(&self, id: &str, worker_id: &Arc<str>) -> (Result<Claim, Error>, Option<Ended>) {
+    /// first? `takes_new` is false for a worker that takes no new sessions (draining);
+    /// `is_live` says whether a worker is still registered. A session held by a live
+    /// worker other than this one (two first requests raced through the shared queue)
+    /// goes to its holder; one held by a worker that is gone counts as lost here if
+    /// nobody marked it yet — the second value is that loss and why, for its event.
+    pub fn claim(
+        &self,
+        id: &str,
+        worker_id: &Arc<str>,
+        takes_new: bool,
+        is_live: impl Fn(&str) -> bool,
+    ) -> (Result<Claim, Error>, Option<(Ended, String)>) {
         let mut inner = self.lock();
         let Inner { map, tombstones } = &mut *inner;
         let Some(entry) = map.get_mut(id) else {
@@ -256,9 +274,13 @@ impl SessionStore {
         let mut newly_lost = None;
         match &entry.worker_id {
             Some(holder) if holder == worker_id => return (Ok(Claim::Held), None),
+            Some(holder) if entry.lost.is_none() && is_live(holder) => {
+                return (Ok(Claim::Elsewhere(Some(holder.clone()))), None)
+            }
             Some(holder) if entry.lost.is_none() => {
-                entry.lost = Some(format!("its worker {holder} left"));
-                newly_lost = Some(entry.ended(id, Instant::now()));
+                let reason = format!("its worker {holder} left");
+                entry.lost = Some(reason.clone());
+                newly_lost = Some((entry.ended(id, Instant::now()), reason));
                 if entry.is_tombstone() {
                     *tombstones += 1;
                 }
@@ -270,6 +292,7 @@ impl SessionStore {
                 session_id: id.to_string(),
                 reason,
             }),
+            _ if !takes_new => Ok(Claim::Elsewhere(None)),
             Some(reason) => {
                 entry.lost = None;
                 entry.worker_id = Some(worker_id.clone());

@@ -146,6 +146,23 @@ struct Bucket {
     latency: Option<Box<[u32; BINS]>>,
 }
 
+#[derive(Clone)]
+struct Buckets {
+    buckets: VecDeque<Bucket>,
+    /// The sum of the buckets' latency histograms, kept as they come and go, so a
+    /// snapshot copies one histogram instead of adding up sixty.
+    latency: Box<[u64; BINS]>,
+}
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Buckets {
+            buckets: VecDeque::new(),
+            latency: Box::new([0; BINS]),
+        }
+    }
+}
+
 /// Sliding-window recorder.
 pub(crate) struct Window {
     origin: Instant,
@@ -154,7 +171,7 @@ pub(crate) struct Window {
     width: u64,
     /// Buckets the window spans.
     slices: u64,
-    inner: Mutex<VecDeque<Bucket>>,
+    inner: Mutex<Buckets>,
 }
 
 impl Window {
@@ -166,11 +183,11 @@ impl Window {
             secs,
             width,
             slices: secs.div_ceil(width),
-            inner: Mutex::new(VecDeque::new()),
+            inner: Mutex::new(Buckets::default()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Bucket>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buckets> {
         match self.inner.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -178,13 +195,18 @@ impl Window {
     }
 
     /// The current bucket, after dropping those that left the window.
-    fn bucket<'a>(&self, buckets: &'a mut VecDeque<Bucket>, now: Instant) -> &'a mut Bucket {
+    fn bucket<'a>(&self, inner: &'a mut Buckets, now: Instant) -> &'a mut Bucket {
         let slice = now.saturating_duration_since(self.origin).as_secs() / self.width;
+        let Buckets { buckets, latency } = inner;
         while buckets
             .front()
             .is_some_and(|b| b.slice + self.slices <= slice)
         {
-            buckets.pop_front();
+            if let Some(old) = buckets.pop_front().and_then(|b| b.latency) {
+                for (total, n) in latency.iter_mut().zip(old.iter()) {
+                    *total -= u64::from(*n);
+                }
+            }
         }
         if buckets.back().map(|b| b.slice) != Some(slice) {
             buckets.push_back(Bucket {
@@ -197,52 +219,50 @@ impl Window {
         &mut buckets[last]
     }
 
-    /// A request that reached a worker (or failed trying).
-    pub fn record_request(&self, duration: Duration, queue_time: Duration, ok: bool) {
+    /// A request that reached a worker (or failed trying). `latency` is None for a
+    /// stream: its duration is how long its caller read, not how fast the pool answered.
+    pub fn record_request(&self, latency: Option<Duration>, queue_time: Duration, ok: bool) {
         let now = Instant::now();
-        let micros = duration.as_micros().min(u32::MAX as u128) as u64;
-        let mut buckets = self.lock();
-        let b = self.bucket(&mut buckets, now);
+        let mut inner = self.lock();
+        let b = self.bucket(&mut inner, now);
         b.requests += 1;
         b.errors += u64::from(!ok);
         b.queue_us += queue_time.as_micros() as u64;
-        let hist = b.latency.get_or_insert_with(|| Box::new([0; BINS]));
-        hist[bin_of(micros)] += 1;
+        if let Some(d) = latency {
+            let bin = bin_of(d.as_micros().min(u32::MAX as u128) as u64);
+            b.latency.get_or_insert_with(|| Box::new([0; BINS]))[bin] += 1;
+            inner.latency[bin] += 1;
+        }
     }
 
     /// A request refused before reaching a worker (counts toward the error rate).
     pub fn record_rejection(&self) {
-        let mut buckets = self.lock();
-        let b = self.bucket(&mut buckets, Instant::now());
+        let mut inner = self.lock();
+        let b = self.bucket(&mut inner, Instant::now());
         b.requests += 1;
         b.errors += 1;
     }
 
     pub fn record_crash(&self) {
-        let mut buckets = self.lock();
-        self.bucket(&mut buckets, Instant::now()).crashes += 1;
+        let mut inner = self.lock();
+        self.bucket(&mut inner, Instant::now()).crashes += 1;
     }
 
     pub fn snapshot(&self) -> WindowStats {
         let now = Instant::now();
-        let mut latency = vec![0u64; BINS];
         let (mut requests, mut errors, mut crashes, mut queue_us) = (0, 0, 0, 0);
-        {
-            let mut buckets = self.lock();
+        let latency = {
+            let mut inner = self.lock();
             // Touch the current bucket so expired ones are pruned.
-            self.bucket(&mut buckets, now);
-            for b in buckets.iter() {
+            self.bucket(&mut inner, now);
+            for b in inner.buckets.iter() {
                 requests += b.requests;
                 errors += b.errors;
                 crashes += b.crashes;
                 queue_us += b.queue_us;
-                if let Some(hist) = &b.latency {
-                    for (sum, n) in latency.iter_mut().zip(hist.iter()) {
-                        *sum += u64::from(*n);
-                    }
-                }
             }
-        }
+            inner.latency.clone()
+        };
         let samples: u64 = latency.iter().sum();
         // Nearest rank over the histogram.
         let pct = |p: f64| -> f64 {
@@ -300,7 +320,7 @@ mod tests {
         let w = Window::new(Duration::from_secs(60));
         for i in 1..=100u64 {
             w.record_request(
-                Duration::from_millis(i),
+                Some(Duration::from_millis(i)),
                 Duration::from_millis(1),
                 i % 10 != 0,
             );
@@ -342,7 +362,7 @@ mod tests {
     fn old_requests_leave_the_percentiles_with_the_window() {
         let w = Window::new(Duration::from_secs(2));
         for _ in 0..50 {
-            w.record_request(Duration::from_millis(600), Duration::ZERO, true);
+            w.record_request(Some(Duration::from_millis(600)), Duration::ZERO, true);
         }
         assert!(close(w.snapshot().latency_p99_ms, 600.0));
         // Age the window by moving its origin back, as if three seconds had passed.
@@ -356,9 +376,17 @@ mod tests {
         let s = aged.snapshot();
         assert_eq!((s.requests, s.latency_samples), (0, 0), "{s:?}");
         assert_eq!(s.latency_p99_ms, 0.0);
-        aged.record_request(Duration::from_millis(2), Duration::ZERO, true);
+        aged.record_request(Some(Duration::from_millis(2)), Duration::ZERO, true);
+        aged.record_request(None, Duration::ZERO, true);
         let s = aged.snapshot();
         assert!(close(s.latency_p99_ms, 2.0), "only the new request: {s:?}");
+        assert_eq!(
+            (s.requests, s.latency_samples),
+            (2, 1),
+            "a stream adds no latency"
+        );
+        let running: u64 = aged.lock().latency.iter().sum();
+        assert_eq!(running, 1, "the running histogram dropped the old bucket");
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub(crate) struct LaunchSpec {
 
 pub(crate) struct Worker {
     pub id: Arc<str>,
+    /// When it passed its handshake (became routable).
+    pub ready_at: Instant,
     pub process: WorkerProcess,
     pub transport: Arc<dyn WorkerTransport>,
     pub status: Arc<WorkerStatus>,
@@ -159,6 +161,7 @@ impl Worker {
         });
         Ok(Worker {
             id,
+            ready_at: Instant::now(),
             process,
             transport,
             status,

@@ -214,8 +214,16 @@ async fn a_session_whose_worker_dies_fails_with_session_lost_not_silently() {
     }
     assert_eq!(pool.stats().active_sessions, 0);
     assert!(pool.session(&session.id).unwrap().lost.is_some());
-    // Closing it is still possible (and then it is gone).
+    // Closing it is still possible (and then it is gone); its end was reported once.
     pool.close_session(&session.id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while let Some(ev) = events.try_recv() {
+        assert_ne!(
+            ev.kind(),
+            EventKind::SessionExpired,
+            "the loss was reported already"
+        );
+    }
     assert!(matches!(
         pool.execute(Request::new("session_get", json!({})).session(&session.id))
             .await,
@@ -357,4 +365,78 @@ async fn a_recycle_past_its_grace_loses_the_sessions_and_says_so() {
         other => panic!("expected SessionLost, got {other:?}"),
     }
     pool.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_requests_of_a_session_meet_on_one_worker() {
+    let bus = EventBus::default();
+    let mut events = subscribe_all(&bus);
+    let pool = start_with_events(test_config(2), bus).await;
+    // Both workers idle, no holder yet: the two first requests can reach two workers.
+    for round in 0..10 {
+        let session = pool.create_session(SessionOptions::default()).unwrap();
+        let (a, b) = tokio::join!(put(&pool, &session.id, "a"), put(&pool, &session.id, "b"));
+        assert_eq!(
+            a, b,
+            "round {round}: the session's requests ran on two workers"
+        );
+        let got = pool
+            .execute(Request::new("session_get", json!({})).session(&session.id))
+            .await
+            .unwrap()
+            .value()
+            .unwrap();
+        assert_eq!(got["state"].as_object().unwrap().len(), 2, "{got}");
+    }
+    while let Some(ev) = events.try_recv() {
+        assert_ne!(
+            ev.kind(),
+            EventKind::SessionExpired,
+            "a live session was reported lost"
+        );
+    }
+    pool.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_a_deferred_recycle_stops_the_draining_worker() {
+    let bus = EventBus::default();
+    let mut events = subscribe_all(&bus);
+    let pool = start_with_events(
+        PoolConfig {
+            max_requests: 1,
+            ..test_config(1)
+        },
+        bus,
+    )
+    .await;
+    let session = pool.create_session(SessionOptions::default()).unwrap();
+    let holder = put(&pool, &session.id, "k").await;
+    eventually(LONG, "draining", || {
+        pool.stats()
+            .workers
+            .iter()
+            .any(|w| w.pid == holder && w.state == WorkerState::Draining)
+    })
+    .await;
+    let started = std::time::Instant::now();
+    pool.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!alive(holder));
+    let mut stopped = false;
+    while let Some(ev) = events.try_recv() {
+        if ev.meta("pid") == Some(json!(holder)) {
+            assert_ne!(
+                ev.kind(),
+                EventKind::WorkerRecycled,
+                "shutdown is no recycle"
+            );
+            stopped |= ev.kind() == EventKind::WorkerStopped;
+        }
+    }
+    assert!(stopped, "no worker.stopped for the draining worker");
 }

@@ -7,8 +7,10 @@
 //! [`UNKNOWN_LABEL`]. Known commands beyond `max_command_labels` per pool (an adapter
 //! declaring thousands) share [`OVERFLOW_LABEL`].
 //!
-//! Before a pool is registered, or while it has not learned its commands (a describe
-//! failed), the request's outcome is the evidence: a command that ran (a result, or a
+//! A registered pool's declared commands are read once, at registration, into a fixed
+//! map: the request path does one lookup and never allocates. Before a pool is
+//! registered, or if it had not learned its commands then (a describe failed), the
+//! request's outcome is the evidence: a command that ran (a result, or a
 //! Python exception raised by it) is real; one that was refused is not, and one whose
 //! outcome proves nothing (queue full, shutting down) keeps a label only if it already
 //! has one.
@@ -115,6 +117,11 @@ struct PoolLabels {
     name: StringValue,
     /// The registered pool: the judge of which commands exist.
     pool: Option<Pool>,
+    /// Its declared commands and their label values, fixed when it was registered (the
+    /// first `max_command_labels` in name order keep their name, so replicas agree);
+    /// None if the pool had not learned its commands then.
+    declared: Option<HashMap<String, StringValue>>,
+    /// Commands admitted by evidence, when `declared` is None.
     commands: LabelCap,
 }
 
@@ -139,11 +146,27 @@ impl RequestLabels {
     pub fn register(&self, pools: &[Pool]) {
         let mut map = write(&self.pools);
         for pool in pools {
+            let commands = pool.commands(); // sorted
+            let declared = (!commands.is_empty()).then(|| {
+                commands
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let label = if i < self.max_commands {
+                            StringValue::from(cut(&c).to_string())
+                        } else {
+                            StringValue::from(OVERFLOW_LABEL)
+                        };
+                        (c, label)
+                    })
+                    .collect()
+            });
             map.insert(
                 pool.name().to_string(),
                 Arc::new(PoolLabels {
                     name: StringValue::from(pool.name().to_string()),
                     pool: Some(pool.clone()),
+                    declared,
                     commands: LabelCap::new(self.max_commands),
                 }),
             );
@@ -167,6 +190,7 @@ impl RequestLabels {
             Arc::new(PoolLabels {
                 name: StringValue::from(cut(name).to_string()),
                 pool: None,
+                declared: None,
                 commands: LabelCap::new(self.max_commands),
             })
         });
@@ -179,6 +203,10 @@ impl RequestLabels {
         let Some(labels) = self.pool(pool, evidence) else {
             return (unknown(), unknown());
         };
+        if let Some(declared) = &labels.declared {
+            let command = declared.get(command).cloned().unwrap_or_else(unknown);
+            return (labels.name.clone(), command);
+        }
         let known = labels
             .pool
             .as_ref()

@@ -208,6 +208,40 @@ pub struct Metrics<S> {
     default_pool: Arc<str>,
 }
 
+/// A request on its way, recorded as `cancelled` if its future is dropped before the
+/// answer (the layer takes it back out when the answer comes).
+struct Pending {
+    instruments: Arc<RequestInstruments>,
+    pool: Arc<str>,
+    command: String,
+    started: Instant,
+}
+
+struct CancelGuard(Option<Pending>);
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if let Some(Pending {
+            instruments,
+            pool,
+            command,
+            started,
+        }) = self.0.take()
+        {
+            let done = Finished {
+                pool: &pool,
+                command: &command,
+                evidence: Evidence::Unclear,
+                status: "cancelled",
+                elapsed: started.elapsed().as_secs_f64(),
+                served: None,
+                first_chunk: None,
+            };
+            instruments.record(done, || None);
+        }
+    }
+}
+
 impl<S> Service<Request> for Metrics<S>
 where
     S: Service<Request, Error = Error>,
@@ -234,7 +268,23 @@ where
         let started = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {
+            // Dropped before an answer (the caller went away): counted as cancelled.
+            let mut guard = CancelGuard(Some(Pending {
+                instruments,
+                pool,
+                command,
+                started,
+            }));
             let mut result = fut.await;
+            let Some(Pending {
+                instruments,
+                pool,
+                command,
+                started,
+            }) = guard.0.take()
+            else {
+                return result;
+            };
             let evidence = Evidence::of(&result);
             let stream = match &mut result {
                 Ok(resp) => resp.as_stream(),

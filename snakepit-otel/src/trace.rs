@@ -12,7 +12,8 @@
 //!
 //! A streaming call's span stays open until the stream ends: it covers every chunk,
 //! and a generator that raises part way sets status Error with the exception event; a
-//! stream the caller drops early ends with `snakepit.stream.outcome = "cancelled"`.
+//! stream the caller drops early ends with `snakepit.outcome = "cancelled"` (so does any
+//! request whose caller goes away before the answer).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -224,7 +225,10 @@ where
         let started = SystemTime::now();
         let fut = self.inner.call(req).instrument(span.clone());
         Box::pin(async move {
+            // Dropped before an answer (the caller went away): the span says so.
+            let cancelled = CancelGuard(Some(span.clone()));
             let mut result = fut.await;
+            cancelled.disarm();
             if let Some(stream) = result.as_mut().ok().and_then(Outcome::as_stream) {
                 // The span lives on in the observer and closes when the stream ends.
                 stream.on_end(move |end| on_stream_end(&shared, span, sampled, started, end));
@@ -258,6 +262,24 @@ where
     }
 }
 
+/// Marks the request span `cancelled` if the request future is dropped before its
+/// answer.
+struct CancelGuard(Option<tracing::Span>);
+
+impl CancelGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if let Some(span) = self.0.take() {
+            span.in_scope(|| span.set_attribute("snakepit.outcome", "cancelled"));
+        }
+    }
+}
+
 fn on_stream_end(
     shared: &TraceShared,
     span: tracing::Span,
@@ -270,7 +292,7 @@ fn on_stream_end(
     span.in_scope(|| {
         if sampled {
             span.set_attribute("snakepit.stream.chunks", end.chunks as i64);
-            span.set_attribute("snakepit.stream.outcome", end.outcome.status());
+            span.set_attribute("snakepit.outcome", end.outcome.status());
         }
         match end.outcome {
             StreamOutcome::Completed => on_success(shared, &span, sampled, started, end.served),

@@ -183,6 +183,8 @@ fn every_example_command_and_status_code_over_http() {
         r#"{"args": {}}"#,
         r#"{"command":"sleep","args":{"nope":1}}"#,
         r#"{"command":"echo","args":[1]}"#,
+        r#"{"command":"ping","timeout_ms":18446744073709551615}"#,
+        r#"{"command":"ping","timeout_ms":0}"#,
     ] {
         let r = exec(p, body);
         assert_eq!(r.status, 400, "{body}: {}", r.body);
@@ -232,7 +234,15 @@ fn every_example_command_and_status_code_over_http() {
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(busy.join().unwrap().status, 200);
 
-    // Sessions.
+    // Sessions: a TTL beyond a year is refused, not overflowed.
+    let r = post(
+        p,
+        "/v1/sessions",
+        r#"{"ttl_seconds":18446744073709551615}"#,
+        &[],
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("ttl"), "{}", r.body);
     let r = post(
         p,
         "/v1/sessions",

@@ -126,22 +126,37 @@ fn a_kill_storm_with_the_shipped_defaults_leaves_the_pool_full() {
         .collect();
     let storm = Duration::from_secs(12);
     let started = Instant::now();
-    let mut kills = 0;
+    let mut killed = std::collections::BTreeSet::new();
+    let mut min_ready = u64::MAX;
+    let pids = |pool: &Value| -> Vec<u64> {
+        pool["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|w| w["pid"].as_u64())
+            .collect()
+    };
     while started.elapsed() < storm {
         std::thread::sleep(Duration::from_millis(500));
-        let workers = default_pool(p)["workers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if let Some(w) = workers.get(kills % workers.len().max(1)) {
-            kill(w["pid"].as_u64().unwrap());
-            kills += 1;
+        let pool = default_pool(p);
+        min_ready = min_ready.min(pool["ready_workers"].as_u64().unwrap_or(0));
+        let live: Vec<u64> = pids(&pool)
+            .into_iter()
+            .filter(|pid| !killed.contains(pid))
+            .collect();
+        if let Some(pid) = live.get(killed.len() % live.len().max(1)) {
+            kill(*pid);
+            killed.insert(*pid);
         }
     }
+    let kills = killed.len();
     let storm_ended = Instant::now();
+    // Full: as many ready workers as configured, none of them a killed one (a victim
+    // stays listed until its death is noticed).
     let full = wait_until(Duration::from_secs(10), || {
         let pool = default_pool(p);
         pool["ready_workers"] == pool["total_workers"]
+            && pids(&pool).iter().all(|pid| !killed.contains(pid))
     });
     let refilled = storm_ended.elapsed();
     let ready_after = wait_until(Duration::from_secs(10), || ready_status(p) == 200);
@@ -152,9 +167,11 @@ fn a_kill_storm_with_the_shipped_defaults_leaves_the_pool_full() {
     }
     let statuses = statuses.lock().unwrap().clone();
     eprintln!(
-        "storm: {kills} kills in {storm:?}; full size {refilled:?} and ready {ready_in:?} after it; {statuses:?}"
+        "storm: {kills} kills in {storm:?}; min ready {min_ready}/2 during it; full size \
+         {refilled:?} and ready {ready_in:?} after it; {statuses:?}"
     );
     assert!(kills >= 20, "only {kills} kills");
+    assert!(min_ready >= 1, "the pool was empty during the storm");
     assert!(full && ready_after);
     assert!(
         refilled <= Duration::from_secs(2),
@@ -171,10 +188,10 @@ fn a_kill_storm_with_the_shipped_defaults_leaves_the_pool_full() {
 #[test]
 fn readiness_follows_the_present_window() {
     let s = serve_with_defaults(&[
-        // A low latency limit and a short window, so a slow burst is quick to make and
-        // to outlive; the minimum-request guard keeps its default (20).
+        // A low latency limit and a 10 s window (default 60 s), so a slow burst is quick
+        // to make and to outlive; the minimum-request guard keeps its default (20).
         ("SNAKEPIT_HEALTH__CRITERIA__MAX_RESPONSE_TIME_MS", "100"),
-        ("SNAKEPIT_POOLS__DEFAULT__STATS_WINDOW_SECS", "3"),
+        ("SNAKEPIT_POOLS__DEFAULT__STATS_WINDOW_SECS", "10"),
     ]);
     let p = s.port;
     // A few slow requests are not enough to judge latency by.
@@ -218,7 +235,7 @@ fn readiness_follows_the_present_window() {
     // No traffic: once the burst is older than the window, the pod is ready again.
     let since = Instant::now();
     assert!(
-        wait_until(Duration::from_secs(10), || ready_status(p) == 200),
+        wait_until(Duration::from_secs(20), || ready_status(p) == 200),
         "still not ready {:?} after the burst: {}",
         since.elapsed(),
         http_get(p, "/health/ready", &[]).body

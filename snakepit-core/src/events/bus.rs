@@ -361,6 +361,7 @@ mod tests {
             pool_name: "p".into(),
             ttl_seconds: 60,
             metadata: meta,
+            recreated: false,
         }
         .into()
     }

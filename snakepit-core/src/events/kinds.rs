@@ -235,11 +235,18 @@ define_events! {
     /// A request overran its timeout (its worker is replaced).
     RequestTimeout = "snakepit.request.timeout" {
         measurements { timeout_ms: f64, queue_time_ms: f64 }
-        metadata { request_id: String, command: String, pool_name: String, worker_id: String }
+        metadata { request_id: String, command: String, pool_name: String, worker_id: String,
+            // The deadline passed while the worker waited for the caller to read a stream.
+            caller_stalled: bool,
+         }
     }
     SessionCreated = "snakepit.session.created" {
         measurements { creation_time_ms: f64 }
-        metadata { session_id: String, pool_name: String, ttl_seconds: u64, metadata: Value }
+        metadata {
+            session_id: String, pool_name: String, ttl_seconds: u64, metadata: Value,
+            // Re-created (same id, empty state) after its worker was lost.
+            recreated: bool,
+        }
     }
     /// A session ended: `reason` is `ttl` (idle past its TTL), `closed` (explicitly), or
     /// `worker_lost` (its worker went away with its state; `detail` says how).

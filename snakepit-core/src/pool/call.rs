@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, TryAcquireError};
 
 use super::job::{Job, JobState, Reply, StreamReply};
-use super::report::{emit_failed_parts, ms};
+use super::report::{ms, refused};
 use super::shared::PoolShared;
 use super::stream::{ResponseStream, StreamParts};
 use crate::error::Error;
@@ -23,20 +23,14 @@ const STREAM_BUFFER: usize = 16;
 
 /// A request refused before reaching a worker: count it, tell the event stream.
 fn refuse(shared: &PoolShared, req: &Request, request_id: &str, err: Error) -> Error {
-    shared.requests_total.fetch_add(1, Ordering::Relaxed);
-    shared.failures_total.fetch_add(1, Ordering::Relaxed);
-    shared.window.record_rejection();
-    emit_failed_parts(
+    refused(
         shared,
         request_id,
         &req.command,
         req.correlation_id.as_deref(),
-        None,
         Duration::ZERO,
-        Duration::ZERO,
-        &err,
-    );
-    err
+        err,
+    )
 }
 
 /// The queue is full: `QueueFull` plus a `pool.saturated` event.
@@ -218,9 +212,6 @@ impl Ticket {
             pool: shared.name.to_string(),
             timeout,
         };
-        shared.requests_total.fetch_add(1, Ordering::Relaxed);
-        shared.failures_total.fetch_add(1, Ordering::Relaxed);
-        shared.window.record_rejection();
         let corr = self.correlation_id.as_deref();
         shared
             .events
@@ -232,20 +223,18 @@ impl Ticket {
                     command: self.command.clone(),
                     pool_name: shared.name.to_string(),
                     worker_id: String::new(),
+                    caller_stalled: false,
                 }
                 .into()
             });
-        emit_failed_parts(
+        Err(refused(
             shared,
             &self.request_id,
             &self.command,
             corr,
-            None,
             waited,
-            Duration::ZERO,
-            &err,
-        );
-        Err(err)
+            err,
+        ))
     }
 }
 

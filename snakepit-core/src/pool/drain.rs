@@ -18,15 +18,31 @@ use super::shared::PoolShared;
 use crate::stats::WorkerState;
 use crate::worker::Worker;
 
-/// Whether the recycle of `worker` for `reason` should wait for its sessions.
-pub(crate) fn should_defer(shared: &PoolShared, worker: &Worker, reason: &str) -> bool {
-    is_planned(reason)
-        && shared.config.sessions.recycle_grace_secs > 0
-        && !shared.stop.is_cancelled()
-        && shared.sessions.held_by(&worker.id) > 0
+/// Whether the recycle of `worker` for `reason` waits for its sessions; if so the
+/// worker counts as draining from now. At most `size` workers of a pool drain at once:
+/// beyond that the recycle happens now (the sessions are lost, saying why), so
+/// processes cannot pile up.
+pub(crate) fn begin_drain(shared: &PoolShared, worker: &Worker, reason: &str) -> bool {
+    if !is_planned(reason)
+        || shared.config.sessions.recycle_grace_secs == 0
+        || shared.stop.is_cancelled()
+        || shared.sessions.held_by(&worker.id) == 0
+    {
+        return false;
+    }
+    let draining = shared.draining.fetch_add(1, Ordering::Relaxed);
+    if draining >= shared.config.size {
+        shared.draining.fetch_sub(1, Ordering::Relaxed);
+        tracing::warn!(pool = %shared.name, worker_id = %worker.id, reason,
+            "recycling now although the worker holds sessions: {} workers are already draining",
+            shared.config.size);
+        return false;
+    }
+    true
 }
 
 /// Serve the worker's sessions until they end or the grace passes, then recycle it.
+/// `begin_drain` counted it among the draining workers already.
 pub(crate) async fn run(
     shared: Arc<PoolShared>,
     worker: Worker,
@@ -39,7 +55,6 @@ pub(crate) async fn run(
         grace_secs = grace.as_secs(),
         "recycle deferred: the worker serves its sessions until they end (a replacement serves the rest)");
     worker.status.set_state(WorkerState::Draining);
-    shared.draining.fetch_add(1, Ordering::Relaxed);
     let until = tokio::time::Instant::now() + grace;
     let end = tokio::select! {
         end = driver::serve_sessions(&shared, &worker, &mut reg, until) => end,

@@ -102,6 +102,9 @@ pub(crate) async fn serve_sessions(
 ) -> DrainEnd {
     let mut exited = worker.process.exit_watch();
     loop {
+        if shared.stop.is_cancelled() {
+            return DrainEnd::Exit(Exit::Shutdown);
+        }
         // Listen before looking, so a session that ends in between still wakes us.
         let session_ended = shared.sessions.changed();
         tokio::pin!(session_ended);

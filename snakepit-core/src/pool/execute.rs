@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use super::exit::Exit;
 use super::job::{Job, Placement, Reply, StreamFinish, StreamReply};
 use super::report::{finish, ms};
+use super::sessions;
 use super::shared::PoolShared;
 use crate::error::{Error, PythonError};
 use crate::events::{data, EventKind};
@@ -21,20 +22,31 @@ use crate::stats::WorkerState;
 use crate::transport::{CallMeta, TransportError};
 use crate::worker::Worker;
 
-/// How long session set-up calls may take before the request proceeds without them.
-const SESSION_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a broken call, how long to wait for the process to show it died.
 const CRASH_CONFIRM: Duration = Duration::from_secs(1);
 
 /// Run `job` on `worker`; `Some(exit)` when the worker must be replaced.
 pub(crate) async fn run_job(shared: &Arc<PoolShared>, worker: &Worker, job: Job) -> Option<Exit> {
-    let queue_time = job.admitted_at.elapsed();
     // A draining worker (serving only its sessions) stays shown as draining.
     let draining = worker.status.state() == WorkerState::Draining;
-    if !draining {
+    // The session first: it may belong on another worker, or have lost its state.
+    let session = match &job.session_id {
+        Some(id) => match sessions::claim_for(shared, worker, id, !draining) {
+            Ok(Claim::Elsewhere(holder)) => {
+                sessions::forward(shared, holder, job);
+                return None;
+            }
+            claim => Some(claim),
+        },
+        None => None,
+    };
+    let queue_time = job.admitted_at.elapsed();
+    if draining {
+        shared.draining_busy.fetch_add(1, Ordering::Relaxed);
+    } else {
         worker.status.set_state(WorkerState::Busy);
+        shared.mark_busy();
     }
-    shared.mark_busy();
     shared.events.emit_with(
         EventKind::RequestStarted,
         job.correlation_id.as_deref(),
@@ -60,7 +72,12 @@ pub(crate) async fn run_job(shared: &Arc<PoolShared>, worker: &Worker, job: Job)
         });
     }
     let timeout = job.timeout.or_else(|| shared.config.request_timeout());
-    let (outcome, exit, session_recreated) = match prepare_session(shared, worker, &job).await {
+    let session_recreated = match session {
+        Some(Err(err)) => Err(err),
+        Some(Ok(claim)) => Ok(sessions::prepare_on(shared, worker, &job, claim).await),
+        None => Ok(None),
+    };
+    let (outcome, exit, session_recreated) = match session_recreated {
         Err(err) => (Err(err), None, None),
         Ok(recreated) => {
             let (outcome, exit) = call(shared, worker, &job, timeout).await;
@@ -72,15 +89,18 @@ pub(crate) async fn run_job(shared: &Arc<PoolShared>, worker: &Worker, job: Job)
     if exit.is_none() {
         worker.status.completed.fetch_add(1, Ordering::Relaxed);
     }
-    if !draining {
+    if draining {
+        shared.draining_busy.fetch_sub(1, Ordering::Relaxed);
+    } else {
         worker.status.set_state(WorkerState::Idle);
+        shared.mark_idle();
     }
-    shared.mark_idle();
     let status = match (&outcome, &job.reply) {
         (Err(_), _) => "error",
         (Ok(_), Reply::Stream(s)) if s.chunks.is_closed() => "cancelled",
         (Ok(_), _) => "success",
     };
+    let is_stream = matches!(job.reply, Reply::Stream(_));
     finish(
         shared,
         worker,
@@ -90,6 +110,7 @@ pub(crate) async fn run_job(shared: &Arc<PoolShared>, worker: &Worker, job: Job)
         outcome.as_ref().err(),
         timeout,
         status,
+        is_stream,
     );
     let served = |worker_span| Served {
         request_id: job.request_id.clone(),
@@ -118,53 +139,6 @@ pub(crate) async fn run_job(shared: &Arc<PoolShared>, worker: &Worker, job: Job)
         }
     }
     exit
-}
-
-/// The session step before a session's request runs on this worker: initialise it
-/// here if this worker does not hold it yet; fail with `SessionLost` if its state is
-/// gone (or `SessionNotFound` if it was closed meanwhile). `Ok(Some(why))` when it was
-/// re-created after a loss.
-async fn prepare_session(
-    shared: &PoolShared,
-    worker: &Worker,
-    job: &Job,
-) -> Result<Option<String>, Error> {
-    let Some(session_id) = &job.session_id else {
-        return Ok(None);
-    };
-    let (claim, newly_lost) = shared.sessions.claim(session_id, &worker.id);
-    if let Some(ended) = newly_lost {
-        let reason = format!(
-            "its worker {} left",
-            ended.worker_id.as_deref().unwrap_or("?")
-        );
-        super::sessions::emit_session_lost(shared, &ended, &reason);
-    }
-    let (metadata, recreated) = match claim? {
-        Claim::Held => return Ok(None),
-        Claim::Init(metadata) => (metadata, None),
-        Claim::Recreate { metadata, reason } => {
-            tracing::warn!(pool = %shared.name, worker_id = %worker.id, session_id, %reason,
-                "session re-created empty: its state was lost with its previous worker");
-            super::sessions::emit_session_recreated(
-                shared,
-                session_id,
-                &metadata,
-                job.correlation_id.as_deref(),
-            );
-            (metadata, Some(reason))
-        }
-    };
-    if let Err(e) = worker
-        .transport
-        .init_session(session_id, metadata, SESSION_CALL_TIMEOUT)
-        .await
-    {
-        // The worker creates unknown sessions on first use, without metadata.
-        tracing::warn!(worker_id = %worker.id, session_id, error = %e,
-            "could not initialise session on worker; it starts without metadata");
-    }
-    Ok(recreated)
 }
 
 /// What a call produced: the result bytes and worker span of a unary call (empty for
@@ -260,7 +234,14 @@ async fn stream(
     let forward = async {
         let mut chunks = worker.transport.execute_stream(request, meta).await?;
         loop {
-            match chunks.next().await {
+            let next = tokio::select! {
+                biased;
+                next = chunks.next() => next,
+                // The caller dropped the stream while Python works on the next chunk:
+                // stop now rather than at the next send.
+                _ = tx.closed() => return Ok(None),
+            };
+            match next {
                 None => {
                     return Err(TransportError::Disconnected(
                         "stream ended without its final chunk".into(),

@@ -27,6 +27,14 @@ impl JobState {
             .is_ok()
     }
 
+    /// Worker side: hand a taken job back unrun (it belongs on another worker), so the
+    /// next worker can take it and the caller's queue deadline applies again.
+    pub fn release(&self) {
+        let _ = self
+            .0
+            .compare_exchange(TAKEN, QUEUED, Ordering::AcqRel, Ordering::Acquire);
+    }
+
     /// Caller side: give up waiting (queue timeout). False if a worker took it first.
     pub fn abandon(&self) -> bool {
         self.0

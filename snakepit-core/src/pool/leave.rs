@@ -91,7 +91,7 @@ pub(crate) async fn conclude(
             let tail = worker.process.stderr_tail().await;
             tracing::error!(pool = %shared.name, worker_id = %worker.id, %exit, stderr_tail = %tail,
                 restart_delay_ms = restart_delay.as_millis() as u64,
-                "worker crashed; restarting");
+                "worker crashed");
             shared.events.emit_with(EventKind::WorkerCrashed, None, || {
                 data::WorkerCrashed {
                     uptime_ms: ms(worker.uptime()),

@@ -231,7 +231,7 @@ impl Pool {
             self.shared.config.sessions.default_ttl_secs,
         ));
         let info = self.shared.sessions.create(&opts, ttl)?;
-        emit_session_created(&self.shared, &info.id, ttl, started, None, || {
+        emit_session_created(&self.shared, &info.id, ttl, started, None, false, || {
             opts.metadata.clone()
         });
         Ok(info)

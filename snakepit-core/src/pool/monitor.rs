@@ -30,10 +30,13 @@ pub(crate) async fn run(
     let mut health = interval(Duration::from_millis(cfg.health_check_interval_ms));
     let mut memory = interval(Duration::from_millis(cfg.memory_check_interval_ms));
     let mut failures = 0u32;
+    // Once over max_memory_mb the recycle is asked for; health checks go on (a
+    // recycle deferred for sessions still needs them).
+    let mut over_memory = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = memory.tick() => {
+            _ = memory.tick(), if !over_memory => {
                 let Some(rss) = rss_bytes(status.pid) else { continue };
                 status.rss_bytes.store(rss, Ordering::Relaxed);
                 let limit = cfg.max_memory_mb;
@@ -41,7 +44,7 @@ pub(crate) async fn run(
                     tracing::info!(worker_id = %status.id, rss_mb = rss as f64 / MIB, limit_mb = limit,
                         "worker over max_memory_mb; recycling after its current request");
                     control.send_replace(Control::Recycle { reason: "max_memory" });
-                    return;
+                    over_memory = true;
                 }
             }
             _ = health.tick() => {

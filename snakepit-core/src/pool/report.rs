@@ -22,11 +22,12 @@ pub(crate) fn finish(
     error: Option<&Error>,
     timeout: Option<Duration>,
     status: &'static str,
+    is_stream: bool,
 ) {
     shared.requests_total.fetch_add(1, Ordering::Relaxed);
-    shared
-        .window
-        .record_request(duration, queue_time, error.is_none());
+    let latency = (!is_stream).then_some(duration);
+    let healthy = error.is_none_or(Error::is_caller_error);
+    shared.window.record_request(latency, queue_time, healthy);
     let corr = job.correlation_id.as_deref();
     if let Some(err) = error {
         shared.failures_total.fetch_add(1, Ordering::Relaxed);
@@ -41,11 +42,27 @@ pub(crate) fn finish(
                         command: job.command.clone(),
                         pool_name: shared.name.to_string(),
                         worker_id: worker.id.to_string(),
+                        caller_stalled: matches!(
+                            err,
+                            Error::Timeout {
+                                caller_stalled: true,
+                                ..
+                            }
+                        ),
                     }
                     .into()
                 });
         }
-        emit_failed(shared, job, Some(&worker.id), queue_time, duration, err);
+        emit_failed_parts(
+            shared,
+            &job.request_id,
+            &job.command,
+            corr,
+            Some(&worker.id),
+            queue_time,
+            duration,
+            err,
+        );
     }
     shared
         .events
@@ -64,29 +81,38 @@ pub(crate) fn finish(
         });
 }
 
-/// `request.failed`, for failures on a worker and refusals before one.
-pub(crate) fn emit_failed(
+/// A request that failed before any worker ran it (refused, or timed out in the
+/// queue): counters, the stats window (unless the caller caused it) and
+/// `request.failed`.
+pub(crate) fn refused(
     shared: &PoolShared,
-    job: &Job,
-    worker_id: Option<&Arc<str>>,
+    request_id: &str,
+    command: &str,
+    correlation_id: Option<&str>,
     queue_time: Duration,
-    duration: Duration,
-    err: &Error,
-) {
+    err: Error,
+) -> Error {
+    shared.requests_total.fetch_add(1, Ordering::Relaxed);
+    shared.failures_total.fetch_add(1, Ordering::Relaxed);
+    if !err.is_caller_error() {
+        shared.window.record_rejection();
+    }
     emit_failed_parts(
         shared,
-        &job.request_id,
-        &job.command,
-        job.correlation_id.as_deref(),
-        worker_id,
+        request_id,
+        command,
+        correlation_id,
+        None,
         queue_time,
-        duration,
-        err,
+        Duration::ZERO,
+        &err,
     );
+    err
 }
 
+/// `request.failed`, for failures on a worker and refusals before one.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn emit_failed_parts(
+fn emit_failed_parts(
     shared: &PoolShared,
     request_id: &str,
     command: &str,

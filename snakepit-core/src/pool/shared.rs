@@ -49,6 +49,8 @@ pub(crate) struct PoolShared {
     pub busy: AtomicUsize,
     /// Workers past a planned recycle, still serving their sessions (not counted ready).
     pub draining: AtomicUsize,
+    /// Requests those draining workers are running (not in `busy`).
+    pub draining_busy: AtomicUsize,
     pub requests_total: AtomicU64,
     pub failures_total: AtomicU64,
     pub crashes_total: AtomicU64,
@@ -82,6 +84,7 @@ impl PoolShared {
             accepting: AtomicBool::new(true),
             busy: AtomicUsize::new(0),
             draining: AtomicUsize::new(0),
+            draining_busy: AtomicUsize::new(0),
             requests_total: AtomicU64::new(0),
             failures_total: AtomicU64::new(0),
             crashes_total: AtomicU64::new(0),
@@ -125,6 +128,7 @@ impl PoolShared {
     pub fn queue_size(&self) -> usize {
         self.in_flight()
             .saturating_sub(self.busy.load(Ordering::Relaxed))
+            .saturating_sub(self.draining_busy.load(Ordering::Relaxed))
     }
 
     /// A worker became busy: emit `pool.capacity_warning` on crossing the threshold.

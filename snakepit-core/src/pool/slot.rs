@@ -67,10 +67,12 @@ pub(crate) async fn run(
             startup_ms = worker.uptime().as_millis() as u64, "worker ready");
 
         let (exit, registration) = serve(&shared, &worker, first_start.take()).await;
+        // Supervisor `startsecs` semantics: answered a request, or stayed up long enough.
         let serving = worker.completed() > 0
-            || worker.uptime() >= Duration::from_secs(shared.config.restart_backoff_reset_secs);
+            || worker.ready_at.elapsed()
+                >= Duration::from_secs(shared.config.restart_backoff_reset_secs);
         if let Exit::Recycle { reason } = exit {
-            if super::drain::should_defer(&shared, &worker, reason) {
+            if super::drain::begin_drain(&shared, &worker, reason) {
                 consecutive_failures = 0;
                 shared.tasks.spawn(super::drain::run(
                     shared.clone(),

@@ -27,7 +27,8 @@ pub enum StreamOutcome<'a> {
     Completed,
     /// The generator raised, or the worker failed or timed out part way.
     Failed(&'a Error),
-    /// The caller dropped the stream before its end.
+    /// The caller dropped the stream before its end (with chunks unread, or while the
+    /// worker was still producing).
     Cancelled,
 }
 
@@ -171,10 +172,24 @@ impl ResponseStream {
 
 impl Drop for ResponseStream {
     fn drop(&mut self) {
-        if !self.done {
-            let observers = std::mem::take(&mut self.observers);
-            self.report(observers);
+        if self.done {
+            return;
         }
+        // Every chunk was read and the end is in; the caller only did not ask for it:
+        // report how the stream really ended rather than a cancellation.
+        let all_read = self.first.is_none()
+            && matches!(
+                self.chunks.try_recv(),
+                Err(mpsc::error::TryRecvError::Disconnected)
+            );
+        if all_read {
+            if let Some(finish) = self.ended.take().or_else(|| self.finish.try_recv().ok()) {
+                self.end(finish);
+                return;
+            }
+        }
+        let observers = std::mem::take(&mut self.observers);
+        self.report(observers);
     }
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use toml::Value;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -87,7 +88,7 @@ fn many_overrides_on_one_pool_make_one_pool() {
         p.sessions.on_worker_loss,
         snakepit_core::OnWorkerLoss::Recreate
     );
-    assert_eq!(p.python.env.get("mode").map(String::as_str), Some("fast"));
+    assert_eq!(p.python.env.get("MODE").map(String::as_str), Some("fast"));
 }
 
 #[test]
@@ -138,7 +139,7 @@ fn overrides_take_the_type_of_the_key_they_target() {
     assert_eq!(cfg.health.auth_token.as_deref(), Some("1234567890123456"));
     assert_eq!(cfg.telemetry.service_name, "true");
     assert_eq!(
-        cfg.pools[0].python.env.get("threads").map(String::as_str),
+        cfg.pools[0].python.env.get("THREADS").map(String::as_str),
         Some("8")
     );
     assert_eq!(cfg.events.sanitize.sensitive_keys, ["pin", "otp"]);
@@ -146,6 +147,88 @@ fn overrides_take_the_type_of_the_key_they_target() {
     // A wrong type still fails, naming the key.
     let err = AppConfig::load(None, env(&[("SNAKEPIT_POOLS__DEFAULT__SIZE", "-3")])).unwrap_err();
     assert!(err.to_string().contains("size"), "{err}");
+}
+
+#[test]
+fn pools_are_found_by_name_in_any_case_or_by_index_and_typos_are_refused() {
+    let dir = std::env::temp_dir().join(format!("snakepit-cfg2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("snakepit.toml");
+    std::fs::write(
+        &path,
+        "[[pools]]\nname = \"GPU\"\nadapter = \"models:Gpu\"\n",
+    )
+    .unwrap();
+    let load = |vars: &[(&str, &str)]| AppConfig::load(Some(&path), env(vars));
+    let cfg = load(&[
+        ("SNAKEPIT_POOLS__GPU__SIZE", "4"),
+        ("SNAKEPIT_POOLS__0__PYTHON__ENV__OMP_NUM_THREADS", "4"),
+        ("SNAKEPIT_POOLS__0__PYTHON__ENV__HF_HOME", "/models"),
+    ])
+    .unwrap();
+    assert_eq!(cfg.pools.len(), 1, "{:?}", cfg.pools);
+    let gpu = &cfg.pools[0];
+    assert_eq!((gpu.name.as_str(), gpu.size), ("GPU", 4));
+    assert_eq!(
+        gpu.python.env.get("OMP_NUM_THREADS").map(String::as_str),
+        Some("4")
+    );
+    assert_eq!(
+        gpu.python.env.get("HF_HOME").map(String::as_str),
+        Some("/models")
+    );
+    // A name the file does not have would start an extra pool: refused, with the fix.
+    let err = load(&[("SNAKEPIT_POOLS__GPUU__SIZE", "4")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no pool named 'gpuu'") && err.contains("GPU") && err.contains("__ADAPTER"),
+        "{err}"
+    );
+    // With its adapter it is a new pool.
+    let cfg = load(&[("SNAKEPIT_POOLS__CPU__ADAPTER", "models:Cpu")]).unwrap();
+    assert_eq!(cfg.pools.len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Without a file, index 0 and DEFAULT are the bundled default pool.
+    let cfg = AppConfig::load(
+        None,
+        env(&[
+            ("SNAKEPIT_POOLS__0__SIZE", "3"),
+            ("SNAKEPIT_POOLS__DEFAULT__MAX_REQUESTS", "7"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(cfg.pools.len(), 1);
+    assert_eq!((cfg.pools[0].size, cfg.pools[0].max_requests), (3, 7));
+}
+
+#[test]
+fn values_that_fit_no_type_name_their_variable_and_key() {
+    let err = |var: &str, raw: &str| {
+        AppConfig::load(None, env(&[(var, raw)]))
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err("SNAKEPIT_POOLS__DEFAULT__SIZE", "");
+    assert!(
+        e.contains("SNAKEPIT_POOLS__DEFAULT__SIZE") && e.contains("pools.default.size"),
+        "{e}"
+    );
+    let e = err("SNAKEPIT_SERVER__DRAIN_TIMEOUT_MS", "soon");
+    assert!(
+        e.contains("server.drain_timeout_ms") && e.contains("soon"),
+        "{e}"
+    );
+    // Leading zeros are a decimal number, not "too large".
+    let cfg = AppConfig::load(None, env(&[("SNAKEPIT_POOLS__DEFAULT__SIZE", "08")])).unwrap();
+    assert_eq!(cfg.pools[0].size, 8);
+    // A long digit string is fine for a string key.
+    let token = "123456789012345678901234567890";
+    let cfg = AppConfig::load(None, env(&[("SNAKEPIT_HEALTH__AUTH_TOKEN", token)])).unwrap();
+    assert_eq!(cfg.health.auth_token.as_deref(), Some(token));
+    // The worker's own variables are not configuration paths.
+    AppConfig::load(None, env(&[("SNAKEPIT_PYTHON_LOG_LEVEL", "DEBUG")])).unwrap();
 }
 
 /// Every key of the configuration whose value `is` that kind, as a dotted path
@@ -225,7 +308,7 @@ fn huge_values_are_refused_for_every_key_with_its_name() {
             other => panic!("{var} = i64::MAX: expected a range error, got {other:?}"),
         }
         let err = AppConfig::load(None, env(&[(&var, "18446744073709551615")])).unwrap_err();
-        assert!(err.to_string().contains("too large"), "{var}: {err}");
+        assert!(err.to_string().contains("out of range"), "{var}: {err}");
     }
 }
 

@@ -25,7 +25,7 @@ use snakepit_core::config::check_range;
 use snakepit_core::{ConfigError, EventsConfig, PoolConfig};
 use snakepit_health::HealthConfig;
 use snakepit_otel::TelemetryConfig;
-use toml::{Table, Value};
+use toml::Table;
 
 /// The HTTP server of `snakepit serve`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,108 +74,7 @@ pub enum LoadError {
     Invalid(#[from] ConfigError),
 }
 
-const ENV_PREFIX: &str = "SNAKEPIT_";
-/// Variables with the prefix that are not config paths.
-const NOT_PATHS: [&str; 7] = [
-    "SNAKEPIT_PYTHON",
-    "SNAKEPIT_VENV",
-    "SNAKEPIT_BASE_PYTHON",
-    "SNAKEPIT_CONFIG",
-    "SNAKEPIT_OTEL",
-    "SNAKEPIT_WORKER_SPANS",
-    "SNAKEPIT_BRIDGE_SOURCE",
-];
-
-/// `raw` as a TOML value (`8`, `true`, `["a"]`), or `None` when it is not one.
-fn parse_toml(raw: &str) -> Option<Value> {
-    format!("v = {raw}").parse::<Table>().ok()?.remove("v")
-}
-
-/// Whether `value` at `path` (alone) has the type the configuration expects there.
-fn fits(path: &[String], value: &Value, var: &str) -> bool {
-    let mut probe = Table::new();
-    set_path(&mut probe, path, value.clone(), var).is_ok()
-        && Value::Table(probe).try_into::<AppConfig>().is_ok()
-}
-
-/// The value of variable `var` for `path`, read by the type of the key it targets.
-fn typed_value(path: &[String], raw: &str, var: &str) -> Result<Value, LoadError> {
-    let string = Value::String(raw.into());
-    let Some(parsed) = parse_toml(raw).filter(|v| !v.is_str()) else {
-        if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) && !fits(path, &string, var) {
-            // Digits TOML could not read as an integer: beyond i64.
-            return Err(LoadError::Parse {
-                source_name: format!("environment variable {var}"),
-                message: format!("{raw} is too large (at most {})", i64::MAX),
-            });
-        }
-        return Ok(string);
-    };
-    if !fits(path, &parsed, var) && fits(path, &string, var) {
-        return Ok(string);
-    }
-    Ok(parsed)
-}
-
-/// Set `path` (lower-case segments) in `root` to `value`; `pools` is addressed by name or
-/// index, and a name that does not exist yet adds a pool of that name.
-fn set_path(root: &mut Table, path: &[String], value: Value, var: &str) -> Result<(), LoadError> {
-    let bad = |why: &str| LoadError::Parse {
-        source_name: format!("environment variable {var}"),
-        message: why.to_string(),
-    };
-    let Some((first, rest)) = path.split_first() else {
-        return Err(bad("empty key path"));
-    };
-    if rest.is_empty() {
-        root.insert(first.clone(), value);
-        return Ok(());
-    }
-    if first == "pools" {
-        let pools = root
-            .entry("pools")
-            .or_insert_with(|| Value::Array(Vec::new()));
-        let Value::Array(list) = pools else {
-            return Err(bad("`pools` is not a list"));
-        };
-        let (selector, inner) = (&rest[0], &rest[1..]);
-        let index = match selector.parse::<usize>() {
-            Ok(i) if i < list.len() => i,
-            Ok(i) => {
-                return Err(bad(&format!(
-                    "no pool at index {i} ({} configured)",
-                    list.len()
-                )))
-            }
-            Err(_) => match list
-                .iter()
-                .position(|p| p.get("name").and_then(Value::as_str) == Some(selector.as_str()))
-            {
-                Some(i) => i,
-                None => {
-                    let mut t = Table::new();
-                    t.insert("name".into(), Value::String(selector.clone()));
-                    list.push(Value::Table(t));
-                    list.len() - 1
-                }
-            },
-        };
-        let Value::Table(pool) = &mut list[index] else {
-            return Err(bad("a pool entry is not a table"));
-        };
-        if inner.is_empty() {
-            return Err(bad("name a pool key, e.g. SNAKEPIT_POOLS__DEFAULT__SIZE"));
-        }
-        return set_path(pool, inner, value, var);
-    }
-    let child = root
-        .entry(first.clone())
-        .or_insert_with(|| Value::Table(Table::new()));
-    match child {
-        Value::Table(t) => set_path(t, rest, value, var),
-        _ => Err(bad(&format!("`{first}` is not a section"))),
-    }
-}
+mod env;
 
 impl AppConfig {
     /// Read `path` (if given), apply `SNAKEPIT_*` overrides from `env`, fill in the
@@ -197,19 +96,7 @@ impl AppConfig {
             }
             None => Table::new(),
         };
-        let mut vars: Vec<(String, String)> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !NOT_PATHS.contains(&k.as_str()))
-            .collect();
-        vars.sort();
-        for (var, raw) in vars {
-            let path: Vec<String> = var[ENV_PREFIX.len()..]
-                .split("__")
-                .map(str::to_ascii_lowercase)
-                .collect();
-            let value = typed_value(&path, &raw, &var)?;
-            set_path(&mut root, &path, value, &var)?;
-        }
+        env::apply(&mut root, env)?;
         // Through text again: toml's own deserializer names the offending key and line.
         let text = toml::to_string(&root).map_err(|e| LoadError::Parse {
             source_name: "configuration".into(),
@@ -268,5 +155,5 @@ impl AppConfig {
 }
 
 #[cfg(test)]
-#[path = "config_tests.rs"]
+#[path = "tests.rs"]
 mod tests;
