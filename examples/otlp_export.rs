@@ -16,12 +16,12 @@ use tower::{ServiceBuilder, ServiceExt};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cfg = TelemetryConfig::default();
-    cfg.traces.otlp = true;
+    cfg.traces.otlp = Some(true);
     // A span per request inside the worker too, parent of the adapter's own spans.
-    cfg.traces.worker_spans = true;
-    cfg.metrics.otlp = true;
+    cfg.traces.worker_spans = Some(true);
+    cfg.metrics.otlp = Some(true);
     cfg.metrics.export_interval_ms = 1_000;
-    cfg.logs.otlp = true;
+    cfg.logs.otlp = Some(true);
     cfg.logs.format = LogFormat::Off;
     cfg.service_name = "snakepit-example".into();
     let mut telemetry = Telemetry::init(cfg)?; // OTEL_* variables apply

@@ -26,11 +26,11 @@ fn config(endpoint: String, protocol: OtlpProtocol) -> TelemetryConfig {
     cfg.otlp.timeout_ms = 1_000;
     cfg.otlp.breaker_failures = 2;
     cfg.otlp.breaker_cooldown_ms = 1_000;
-    cfg.traces.otlp = true;
-    cfg.traces.worker_spans = true;
-    cfg.logs.otlp = true;
+    cfg.traces.otlp = Some(true);
+    cfg.traces.worker_spans = Some(true);
+    cfg.logs.otlp = Some(true);
     cfg.logs.requests = true;
-    cfg.metrics.otlp = true;
+    cfg.metrics.otlp = Some(true);
     cfg.metrics.export_interval_ms = 500;
     cfg.logs.filter = "info,snakepit=debug".into();
     cfg
@@ -211,7 +211,7 @@ async fn one_execute_is_one_trace_over_http() {
 async fn without_worker_spans_user_spans_join_the_request_span() {
     let rotel = Rotel::start();
     let mut cfg = config(rotel.grpc_endpoint(), OtlpProtocol::Grpc);
-    cfg.traces.worker_spans = false;
+    cfg.traces.worker_spans = Some(false);
     let s = setup(cfg, 1).await;
     service(&s)
         .oneshot(Request::new("traced", json!({"steps": 1})))

@@ -280,13 +280,13 @@ async fn run() -> Result<(), BoxError> {
 
     let mut cfg = TelemetryConfig::default();
     cfg.otlp.endpoint = Some(format!("http://127.0.0.1:{port}"));
-    cfg.traces.otlp = true;
+    cfg.traces.otlp = Some(true);
     // BENCH_SAMPLING=0.01 shows what a production sampling ratio costs instead.
     cfg.traces.sampling_ratio = std::env::var("BENCH_SAMPLING")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1.0);
-    cfg.metrics.otlp = true;
+    cfg.metrics.otlp = Some(true);
     cfg.metrics.prometheus = true;
     cfg.logs.format = LogFormat::Json;
     cfg.logs.filter = "info".into();
@@ -294,7 +294,7 @@ async fn run() -> Result<(), BoxError> {
     cfg.logs.requests = std::env::var_os("BENCH_REQUEST_LOGS").is_some();
     // Knobs to take the "on" side apart when investigating a regression.
     if std::env::var_os("BENCH_NO_SPAN_EXPORT").is_some() {
-        cfg.traces.otlp = false;
+        cfg.traces.otlp = Some(false);
     }
     if std::env::var_os("BENCH_NO_LOGS").is_some() {
         cfg.logs.format = LogFormat::Off;

@@ -24,6 +24,11 @@ pub struct OtlpConfig {
     /// Collector endpoint; `None` uses `OTEL_EXPORTER_OTLP_ENDPOINT` or the protocol's
     /// default on 127.0.0.1.
     pub endpoint: Option<String>,
+    /// One signal's endpoint instead (`OTEL_EXPORTER_OTLP_{TRACES,METRICS,LOGS}_ENDPOINT`);
+    /// for OTLP/HTTP the full URL, used as given.
+    pub traces_endpoint: Option<String>,
+    pub metrics_endpoint: Option<String>,
+    pub logs_endpoint: Option<String>,
     pub protocol: OtlpProtocol,
     pub timeout_ms: u64,
     /// Extra request headers (authentication for hosted backends).
@@ -40,6 +45,9 @@ impl Default for OtlpConfig {
     fn default() -> Self {
         OtlpConfig {
             endpoint: None,
+            traces_endpoint: None,
+            metrics_endpoint: None,
+            logs_endpoint: None,
             protocol: OtlpProtocol::Grpc,
             timeout_ms: 5_000,
             headers: BTreeMap::new(),
@@ -51,6 +59,23 @@ impl Default for OtlpConfig {
 }
 
 impl OtlpConfig {
+    /// The endpoint of `signal` (`traces`, `metrics`, `logs`): its own if set, else the
+    /// common one (for OTLP/HTTP with the signal's path appended).
+    pub fn signal_endpoint(&self, signal: &str) -> String {
+        let own = match signal {
+            "traces" => &self.traces_endpoint,
+            "metrics" => &self.metrics_endpoint,
+            _ => &self.logs_endpoint,
+        };
+        match (own, self.protocol) {
+            (Some(e), _) => e.clone(),
+            (None, OtlpProtocol::Grpc) => self.endpoint_or_default(),
+            (None, OtlpProtocol::HttpProtobuf) => {
+                crate::otlp::http_url(&self.endpoint_or_default(), signal)
+            }
+        }
+    }
+
     /// The endpoint to use for this protocol.
     pub fn endpoint_or_default(&self) -> String {
         match (&self.endpoint, self.protocol) {
@@ -64,25 +89,36 @@ impl OtlpConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TracesConfig {
-    /// Export spans over OTLP.
-    pub otlp: bool,
+    /// Export spans over OTLP. Unset: decided by the environment (see
+    /// [`TelemetryConfig::apply_env`]); `false` keeps it off whatever the environment says.
+    pub otlp: Option<bool>,
     /// Share of new traces sampled (a parent's decision is respected).
     pub sampling_ratio: f64,
-    /// With `otlp`, also export each sampled request's span inside the worker, built
-    /// by the pool from the worker's own timing (see `worker_spans`). Off by default:
-    /// with the pipe transport the request span already spans the worker's time to
-    /// within ≈ 50 µs, and a second exported span per call costs ≈ 10–25 µs of machine
-    /// CPU; turn it on to see the hop into the worker process as its own bar.
-    pub worker_spans: bool,
+    /// With spans exported, also export each sampled request's span inside the worker,
+    /// built by the pool from the worker's own timing (see `worker_spans`), so a trace
+    /// shows the hop into Python and the adapter's spans under it. Unset means on.
+    pub worker_spans: Option<bool>,
 }
 
 impl Default for TracesConfig {
     fn default() -> Self {
         TracesConfig {
-            otlp: false,
+            otlp: None,
             sampling_ratio: 1.0,
-            worker_spans: false,
+            worker_spans: None,
         }
+    }
+}
+
+impl TracesConfig {
+    /// Whether spans leave the process (after [`TelemetryConfig::apply_env`]).
+    pub fn exported(&self) -> bool {
+        self.otlp == Some(true)
+    }
+
+    /// Whether worker spans are emitted: only with exported spans, on unless turned off.
+    pub fn worker_spans_on(&self) -> bool {
+        self.exported() && self.worker_spans != Some(false)
     }
 }
 
@@ -91,8 +127,8 @@ impl Default for TracesConfig {
 pub struct MetricsConfig {
     /// Serve the Prometheus text exposition (see `Telemetry::prometheus_text`).
     pub prometheus: bool,
-    /// Push metrics over OTLP.
-    pub otlp: bool,
+    /// Push metrics over OTLP. Unset: decided by the environment.
+    pub otlp: Option<bool>,
     pub export_interval_ms: u64,
     /// Distinct `command` label values kept per pool; further ones become `__other__`.
     pub max_command_labels: usize,
@@ -105,11 +141,18 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             prometheus: true,
-            otlp: false,
+            otlp: None,
             export_interval_ms: 10_000,
             max_command_labels: 100,
             exemplars: true,
         }
+    }
+}
+
+impl MetricsConfig {
+    /// Whether metrics are pushed over OTLP (after [`TelemetryConfig::apply_env`]).
+    pub fn exported(&self) -> bool {
+        self.otlp == Some(true)
     }
 }
 
@@ -132,8 +175,8 @@ pub struct LogsConfig {
     pub format: LogFormat,
     /// Per-component levels in `RUST_LOG` syntax; `RUST_LOG` overrides it.
     pub filter: String,
-    /// Bridge log records to OTLP.
-    pub otlp: bool,
+    /// Bridge log records to OTLP. Unset: decided by the environment.
+    pub otlp: Option<bool>,
     /// Log each request and its outcome (arguments sanitized) at info level.
     pub requests: bool,
     /// Lines buffered for the writer thread; beyond it lines are dropped and counted.
@@ -145,10 +188,17 @@ impl Default for LogsConfig {
         LogsConfig {
             format: LogFormat::Json,
             filter: "info".into(),
-            otlp: false,
+            otlp: None,
             requests: false,
             buffer_lines: 8_192,
         }
+    }
+}
+
+impl LogsConfig {
+    /// Whether log records go out over OTLP (after [`TelemetryConfig::apply_env`]).
+    pub fn exported(&self) -> bool {
+        self.otlp == Some(true)
     }
 }
 
@@ -226,18 +276,31 @@ fn env(name: &str) -> Option<String> {
 
 impl TelemetryConfig {
     /// Apply the standard OpenTelemetry variables that are set: `OTEL_SERVICE_NAME`,
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`,
-    /// `http/protobuf`), `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT`,
-    /// `OTEL_TRACES_EXPORTER`, `OTEL_METRICS_EXPORTER`, `OTEL_LOGS_EXPORTER` (`otlp`,
-    /// `prometheus`, `none`), `OTEL_TRACES_SAMPLER` + `OTEL_TRACES_SAMPLER_ARG`.
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (and the `_TRACES_`, `_METRICS_`, `_LOGS_` ones),
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`, `http/protobuf`),
+    /// `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_TRACES_EXPORTER`,
+    /// `OTEL_METRICS_EXPORTER`, `OTEL_LOGS_EXPORTER` (`otlp`, `prometheus`, `none`),
+    /// `OTEL_TRACES_SAMPLER` + `OTEL_TRACES_SAMPLER_ARG`.
+    ///
+    /// Whether a signal is exported over OTLP, in order: `OTEL_{SIGNAL}_EXPORTER=none`
+    /// turns it off; else a value the configuration sets (`otlp = true|false`) wins;
+    /// else a set `OTEL_{SIGNAL}_EXPORTER` decides (on iff it names `otlp`); else an OTLP
+    /// endpoint variable (the common one or the signal's own) turns it on — the
+    /// OpenTelemetry SDKs' default exporter is OTLP; else it stays off. Afterwards every
+    /// `otlp` is set.
     pub fn apply_env(&mut self) -> Result<(), ConfigError> {
-        if let Some(v) = env("OTEL_SERVICE_NAME") {
+        self.apply_vars(env)
+    }
+
+    /// [`TelemetryConfig::apply_env`] with the variables read through `get`.
+    pub fn apply_vars(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("OTEL_SERVICE_NAME") {
             self.service_name = v;
         }
-        if let Some(v) = env("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        if let Some(v) = get("OTEL_EXPORTER_OTLP_ENDPOINT") {
             self.otlp.endpoint = Some(v);
         }
-        if let Some(v) = env("OTEL_EXPORTER_OTLP_PROTOCOL") {
+        if let Some(v) = get("OTEL_EXPORTER_OTLP_PROTOCOL") {
             self.otlp.protocol = match v.as_str() {
                 "grpc" => OtlpProtocol::Grpc,
                 "http/protobuf" => OtlpProtocol::HttpProtobuf,
@@ -250,7 +313,7 @@ impl TelemetryConfig {
                 }
             };
         }
-        if let Some(v) = env("OTEL_EXPORTER_OTLP_HEADERS") {
+        if let Some(v) = get("OTEL_EXPORTER_OTLP_HEADERS") {
             for pair in v.split(',').filter(|p| !p.is_empty()) {
                 let Some((k, val)) = pair.split_once('=') else {
                     return Err(ConfigError::new(
@@ -262,25 +325,49 @@ impl TelemetryConfig {
                 self.otlp.headers.insert(k.trim().into(), val.trim().into());
             }
         }
-        if let Some(v) = env("OTEL_EXPORTER_OTLP_TIMEOUT") {
+        if let Some(v) = get("OTEL_EXPORTER_OTLP_TIMEOUT") {
             self.otlp.timeout_ms = v
                 .parse()
                 .map_err(|_| ConfigError::new("OTEL_EXPORTER_OTLP_TIMEOUT", &v, "milliseconds"))?;
         }
-        if let Some(v) = env("OTEL_TRACES_EXPORTER") {
-            self.traces.otlp =
-                exporter_list("OTEL_TRACES_EXPORTER", &v, &["otlp"])?.contains(&"otlp");
+        for (signal, var) in [
+            ("traces", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            ("metrics", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"),
+            ("logs", "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"),
+        ] {
+            if let Some(v) = get(var) {
+                let slot = match signal {
+                    "traces" => &mut self.otlp.traces_endpoint,
+                    "metrics" => &mut self.otlp.metrics_endpoint,
+                    _ => &mut self.otlp.logs_endpoint,
+                };
+                *slot = Some(v);
+            }
         }
-        if let Some(v) = env("OTEL_METRICS_EXPORTER") {
-            let list = exporter_list("OTEL_METRICS_EXPORTER", &v, &["otlp", "prometheus"])?;
-            self.metrics.otlp = list.contains(&"otlp");
-            self.metrics.prometheus = list.contains(&"prometheus");
+        let own = |var: &str| get(var).is_some();
+        let any_endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
+        let traces = exporters(
+            get("OTEL_TRACES_EXPORTER"),
+            "OTEL_TRACES_EXPORTER",
+            &["otlp"],
+        )?;
+        let endpoint = any_endpoint || own("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        self.traces.otlp = Some(decide(self.traces.otlp, traces.as_deref(), endpoint));
+        let metrics = exporters(
+            get("OTEL_METRICS_EXPORTER"),
+            "OTEL_METRICS_EXPORTER",
+            &["otlp", "prometheus"],
+        )?;
+        let endpoint = any_endpoint || own("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT");
+        self.metrics.otlp = Some(decide(self.metrics.otlp, metrics.as_deref(), endpoint));
+        if let Some(list) = &metrics {
+            self.metrics.prometheus = list.iter().any(|e| e == "prometheus");
         }
-        if let Some(v) = env("OTEL_LOGS_EXPORTER") {
-            self.logs.otlp = exporter_list("OTEL_LOGS_EXPORTER", &v, &["otlp"])?.contains(&"otlp");
-        }
-        if let Some(sampler) = env("OTEL_TRACES_SAMPLER") {
-            let arg = env("OTEL_TRACES_SAMPLER_ARG");
+        let logs = exporters(get("OTEL_LOGS_EXPORTER"), "OTEL_LOGS_EXPORTER", &["otlp"])?;
+        let endpoint = any_endpoint || own("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT");
+        self.logs.otlp = Some(decide(self.logs.otlp, logs.as_deref(), endpoint));
+        if let Some(sampler) = get("OTEL_TRACES_SAMPLER") {
+            let arg = get("OTEL_TRACES_SAMPLER_ARG");
             self.traces.sampling_ratio = match sampler.as_str() {
                 "always_on" | "parentbased_always_on" => 1.0,
                 "always_off" | "parentbased_always_off" => 0.0,
@@ -405,14 +492,18 @@ impl TelemetryConfig {
     }
 }
 
-fn exporter_list<'a>(
+/// The exporters `OTEL_{SIGNAL}_EXPORTER` (`key`, = `value`) names, if it is set.
+fn exporters(
+    value: Option<String>,
     key: &str,
-    value: &'a str,
     allowed: &[&str],
-) -> Result<Vec<&'a str>, ConfigError> {
-    let list: Vec<&str> = value.split(',').map(str::trim).collect();
+) -> Result<Option<Vec<String>>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let list: Vec<String> = value.split(',').map(|s| s.trim().to_string()).collect();
     for item in &list {
-        if *item != "none" && !allowed.contains(item) {
+        if item != "none" && !allowed.contains(&item.as_str()) {
             return Err(ConfigError::new(
                 key,
                 item,
@@ -420,5 +511,126 @@ fn exporter_list<'a>(
             ));
         }
     }
-    Ok(list)
+    Ok(Some(list))
+}
+
+/// Whether a signal is exported over OTLP. In order: `OTEL_{SIGNAL}_EXPORTER=none` is
+/// off; a value the configuration sets wins; a set `OTEL_{SIGNAL}_EXPORTER` decides
+/// (on iff it names `otlp`); an OTLP endpoint in the environment (common or the
+/// signal's own) is on; else off.
+fn decide(configured: Option<bool>, exporters: Option<&[String]>, endpoint: bool) -> bool {
+    let named = |e: &str| exporters.is_some_and(|list| list.iter().any(|x| x == e));
+    if exporters.is_some() && !named("otlp") && named("none") {
+        return false;
+    }
+    match (configured, exporters) {
+        (Some(on), _) => on,
+        // The list names this signal's exporters: OTLP iff it is among them.
+        (None, Some(_)) => named("otlp"),
+        (None, None) => endpoint,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolved(cfg: TelemetryConfig, vars: &[(&str, &str)]) -> TelemetryConfig {
+        let mut cfg = cfg;
+        let map: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        cfg.apply_vars(|k| map.get(k).cloned()).unwrap();
+        cfg
+    }
+
+    fn exported(cfg: &TelemetryConfig) -> (bool, bool, bool) {
+        (
+            cfg.traces.exported(),
+            cfg.metrics.exported(),
+            cfg.logs.exported(),
+        )
+    }
+
+    #[test]
+    fn an_otlp_endpoint_alone_turns_export_on_as_the_sdks_do() {
+        let defaults = TelemetryConfig::default();
+        assert_eq!(
+            exported(&resolved(defaults.clone(), &[])),
+            (false, false, false)
+        );
+        let cfg = resolved(
+            defaults.clone(),
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")],
+        );
+        assert_eq!(exported(&cfg), (true, true, true));
+        assert!(
+            cfg.traces.worker_spans_on(),
+            "worker spans come with exported traces"
+        );
+        // A signal's own endpoint turns on that signal only.
+        let cfg = resolved(
+            defaults.clone(),
+            &[(
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://collector:4318/v1/traces",
+            )],
+        );
+        assert_eq!(exported(&cfg), (true, false, false));
+        assert_eq!(
+            cfg.otlp.signal_endpoint("traces"),
+            "http://collector:4318/v1/traces"
+        );
+        // So does OTEL_{SIGNAL}_EXPORTER=otlp.
+        let cfg = resolved(defaults.clone(), &[("OTEL_LOGS_EXPORTER", "otlp")]);
+        assert_eq!(exported(&cfg), (false, false, true));
+    }
+
+    #[test]
+    fn the_configuration_wins_and_none_turns_a_signal_off() {
+        let mut cfg = TelemetryConfig::default();
+        cfg.metrics.otlp = Some(false);
+        cfg.logs.otlp = Some(true);
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317");
+        let got = resolved(cfg.clone(), &[endpoint]);
+        assert_eq!(
+            exported(&got),
+            (true, false, true),
+            "an explicit false stays off"
+        );
+        let got = resolved(cfg.clone(), &[endpoint, ("OTEL_LOGS_EXPORTER", "none")]);
+        assert_eq!(
+            exported(&got),
+            (true, false, false),
+            "none beats the configuration"
+        );
+        let got = resolved(
+            TelemetryConfig::default(),
+            &[endpoint, ("OTEL_METRICS_EXPORTER", "prometheus")],
+        );
+        assert_eq!(exported(&got), (true, false, true));
+        assert!(got.metrics.prometheus);
+        let mut spans_off = TelemetryConfig::default();
+        spans_off.traces.worker_spans = Some(false);
+        assert!(!resolved(spans_off, &[endpoint]).traces.worker_spans_on());
+        let mut bad = TelemetryConfig::default();
+        assert!(bad
+            .apply_vars(|k| (k == "OTEL_TRACES_EXPORTER").then(|| "jaeger".to_string()))
+            .is_err());
+    }
+
+    #[test]
+    fn signal_endpoints_for_each_protocol() {
+        let mut otlp = OtlpConfig {
+            endpoint: Some("http://c:4318".into()),
+            protocol: OtlpProtocol::HttpProtobuf,
+            ..OtlpConfig::default()
+        };
+        assert_eq!(otlp.signal_endpoint("metrics"), "http://c:4318/v1/metrics");
+        otlp.logs_endpoint = Some("http://l:9/custom".into());
+        assert_eq!(otlp.signal_endpoint("logs"), "http://l:9/custom");
+        otlp.protocol = OtlpProtocol::Grpc;
+        assert_eq!(otlp.signal_endpoint("traces"), "http://c:4318");
+    }
 }

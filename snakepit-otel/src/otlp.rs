@@ -55,13 +55,13 @@ macro_rules! otlp_exporter {
         match otlp.protocol {
             $crate::config::OtlpProtocol::Grpc => $builder
                 .with_tonic()
-                .with_endpoint(otlp.endpoint_or_default())
+                .with_endpoint(otlp.signal_endpoint($signal))
                 .with_timeout(timeout)
                 .with_metadata($crate::otlp::tonic_metadata(&otlp.headers))
                 .build(),
             $crate::config::OtlpProtocol::HttpProtobuf => $builder
                 .with_http()
-                .with_endpoint($crate::otlp::http_url(&otlp.endpoint_or_default(), $signal))
+                .with_endpoint(otlp.signal_endpoint($signal))
                 .with_timeout(timeout)
                 .with_headers(
                     otlp.headers

@@ -179,7 +179,7 @@ impl Telemetry {
         t.worker_spans = traces.worker_spans;
 
         // Metrics.
-        if t.cfg.metrics.prometheus || t.cfg.metrics.otlp {
+        if t.cfg.metrics.prometheus || t.cfg.metrics.exported() {
             let mut meter_builder = SdkMeterProvider::builder().with_resource(resource.clone());
             if t.cfg.metrics.prometheus {
                 let registry = prometheus::Registry::new();
@@ -191,7 +191,7 @@ impl Telemetry {
                 meter_builder = meter_builder.with_reader(exporter);
                 t.registry = Some(registry);
             }
-            if t.cfg.metrics.otlp {
+            if t.cfg.metrics.exported() {
                 let otlp = t.cfg.otlp.clone();
                 let (reader, pusher) = MetricPusher::start(
                     Duration::from_millis(t.cfg.metrics.export_interval_ms),
@@ -223,7 +223,7 @@ impl Telemetry {
         }
 
         // Logs.
-        let otlp_logger = if t.cfg.logs.otlp {
+        let otlp_logger = if t.cfg.logs.exported() {
             let otlp = t.cfg.otlp.clone();
             let res = resource.clone();
             let batcher = Batcher::start(
@@ -389,7 +389,7 @@ impl Telemetry {
     /// to time requests for the worker spans this telemetry emits, and where spans user
     /// code opens go, so they reach the same collector and join the trace.
     pub fn worker_env(&self) -> Vec<(String, String)> {
-        if !self.cfg.enabled || !self.cfg.traces.otlp {
+        if !self.cfg.enabled || !self.cfg.traces.exported() {
             return vec![
                 ("SNAKEPIT_OTEL".into(), "0".into()),
                 ("SNAKEPIT_WORKER_SPANS".into(), "0".into()),

@@ -103,8 +103,8 @@ fn worker_env_says_whether_workers_time_requests_for_worker_spans() {
     );
 
     // OTLP on (nothing listens on port 9: the export thread drops and counts).
-    cfg.traces.otlp = true;
-    cfg.traces.worker_spans = true;
+    cfg.traces.otlp = Some(true);
+    cfg.traces.worker_spans = Some(true);
     cfg.otlp.endpoint = Some("http://127.0.0.1:9".into());
     let on = Telemetry::build(cfg.clone()).unwrap();
     assert_eq!(
@@ -113,7 +113,7 @@ fn worker_env_says_whether_workers_time_requests_for_worker_spans() {
     );
     assert_eq!(get(&on.worker_env(), "SNAKEPIT_OTEL").as_deref(), Some("1"));
 
-    cfg.traces.worker_spans = false;
+    cfg.traces.worker_spans = Some(false);
     let without = Telemetry::build(cfg).unwrap();
     assert_eq!(
         get(&without.worker_env(), "SNAKEPIT_WORKER_SPANS").as_deref(),

@@ -30,7 +30,7 @@ pub(crate) fn build(
             cfg.traces.sampling_ratio,
         ))));
     let mut worker_spans = None;
-    if cfg.traces.otlp {
+    if cfg.traces.exported() {
         let otlp = cfg.otlp.clone();
         let res = resource.clone();
         let batcher = Batcher::start(
@@ -46,7 +46,7 @@ pub(crate) fn build(
             },
         )?;
         builder = builder.with_span_processor(QueueSpanProcessor(batcher));
-        if cfg.traces.worker_spans {
+        if cfg.traces.worker_spans_on() {
             worker_spans = Some(WorkerSpans::start(cfg, counters.clone())?);
         }
     }

@@ -225,11 +225,11 @@ async fn run() -> Result<(), BoxError> {
     // Observability fully on, as `snakepit serve` runs it with OTLP export configured.
     let mut cfg = TelemetryConfig::default();
     cfg.otlp.endpoint = Some(rotel.grpc_endpoint());
-    cfg.traces.otlp = true;
+    cfg.traces.otlp = Some(true);
     cfg.traces.sampling_ratio = 1.0;
-    cfg.traces.worker_spans = worker_spans;
+    cfg.traces.worker_spans = Some(worker_spans);
     cfg.metrics.prometheus = true;
-    cfg.metrics.otlp = true;
+    cfg.metrics.otlp = Some(true);
     cfg.logs.format = LogFormat::Json;
     let sink: Box<dyn std::io::Write + Send> =
         Box::new(std::fs::OpenOptions::new().write(true).open("/dev/null")?);

@@ -475,3 +475,37 @@ fn made_up_commands_and_pools_cannot_poison_the_metrics() {
     );
     assert!(series.len() <= 3 + 3 * 12 + 14, "{}", series.join("\n"));
 }
+
+#[test]
+fn an_otlp_endpoint_alone_exports_traces_with_the_worker_span() {
+    let rotel = Rotel::start();
+    let s = serve_with_defaults(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &rotel.grpc_endpoint())]);
+    let r = match http_request(
+        s.port,
+        "POST",
+        "/v1/execute",
+        &[("x-correlation-id", "corr-endpoint-only")],
+        Some(r#"{"command":"traced","args":{"steps":1}}"#),
+    ) {
+        Ok(r) => r,
+        Err(e) => panic!("POST: {e}"),
+    };
+    assert_eq!(r.status, 200, "{}", r.body);
+    let named = |name: &str| rotel.spans().into_iter().find(|sp| sp["name"] == name);
+    let arrived = wait_until(Duration::from_secs(30), || {
+        named("default/traced").is_some()
+            && named("snakepit.worker/traced").is_some()
+            && named("example.step.0").is_some()
+    });
+    assert!(arrived, "spans received: {:#?}\n{}", rotel.spans(), s.log());
+    let request = named("default/traced").unwrap();
+    let worker = named("snakepit.worker/traced").unwrap();
+    let user = named("example.step.0").unwrap();
+    assert_eq!(
+        request["attributes"]["correlation_id"],
+        "corr-endpoint-only"
+    );
+    assert_eq!(worker["parent_span_id"], request["span_id"]);
+    assert_eq!(user["parent_span_id"], worker["span_id"]);
+    assert_eq!(user["trace_id"], request["trace_id"]);
+}
