@@ -151,6 +151,10 @@ async fn a_real_prometheus_scrapes_a_running_pool() {
 async fn exemplars_link_latency_buckets_to_traces_in_a_real_prometheus() {
     let mut cfg = TelemetryConfig::default();
     cfg.logs.format = LogFormat::Off;
+    // Exemplars point at traces, so they exist only when traces are exported (nothing
+    // listens on port 9: the export thread drops and counts; no exemplar needs it).
+    cfg.traces.otlp = Some(true);
+    cfg.otlp.endpoint = Some("http://127.0.0.1:9".into());
     let mut telemetry = Telemetry::build(cfg).expect("telemetry");
     let dispatch = telemetry.subscriber().expect("subscriber");
     let _guard = set_test_default(&dispatch);

@@ -310,7 +310,7 @@ impl<E: SpanExporter + 'static> BatchExporter<SpanData> for OtelSpans<E> {
 
 /// A span processor that hands finished spans to a [`Batcher`].
 #[derive(Debug)]
-pub struct QueueSpanProcessor(pub Batcher<SpanData>);
+pub struct QueueSpanProcessor(pub std::sync::Arc<Batcher<SpanData>>);
 
 impl SpanProcessor for QueueSpanProcessor {
     fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}

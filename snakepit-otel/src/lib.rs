@@ -52,6 +52,7 @@ pub mod logs;
 pub mod metrics;
 pub mod openmetrics;
 mod otlp;
+mod request_spans;
 pub mod statsd;
 pub mod telemetry;
 pub mod trace;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry_sdk::logs::SdkLogger;
 use serde_json::{Map, Value};
 use snakepit_core::clock::rfc3339;
@@ -29,7 +29,7 @@ use tracing_subscriber::Layer;
 use crate::config::LogFormat;
 
 /// Span fields that log lines inherit from the request span.
-const INHERITED: [&str; 2] = ["correlation_id", "request_id"];
+const INHERITED: [&str; 4] = ["correlation_id", "request_id", "trace_id", "span_id"];
 /// Fields whose end matters most when they are too long.
 const KEEP_END: [&str; 2] = ["python_traceback", "stderr_tail"];
 
@@ -174,9 +174,6 @@ pub struct LogLayer {
     otlp: Option<SdkLogger>,
     sanitizer: Sanitizer,
     pub(crate) emitted: Arc<AtomicU64>,
-    /// Our own dispatcher, to ask the OTel layer for span contexts: inside an event
-    /// callback `dispatcher::get_default` yields the no-op dispatcher.
-    dispatch: std::sync::OnceLock<tracing::dispatcher::WeakDispatch>,
 }
 
 impl LogLayer {
@@ -192,7 +189,6 @@ impl LogLayer {
             otlp,
             sanitizer,
             emitted: Arc::new(AtomicU64::new(0)),
-            dispatch: std::sync::OnceLock::new(),
         }
     }
 }
@@ -201,10 +197,6 @@ impl<S> Layer<S> for LogLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
-        let _ = self.dispatch.set(subscriber.downgrade());
-    }
-
     fn on_new_span(
         &self,
         attrs: &tracing::span::Attributes<'_>,
@@ -255,14 +247,36 @@ where
                 }
             }
         }
-        let dispatch = self.dispatch.get().and_then(|d| d.upgrade());
-        let otel = span_id
-            .zip(dispatch)
-            .and_then(|(id, d)| tracing_opentelemetry::get_otel_context(&id, &d));
-        let span_context = otel
-            .as_ref()
-            .map(|cx| cx.span().span_context().clone())
-            .filter(|sc| sc.is_valid());
+        // The request span's ids (inherited), else the OpenTelemetry span that is
+        // current (the application's own, e.g. through tracing-opentelemetry).
+        let inherited_id = |key: &str| {
+            inherited
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        let span_context = match (inherited_id("trace_id"), inherited_id("span_id")) {
+            (Some(t), Some(s)) => match (TraceId::from_hex(t), SpanId::from_hex(s)) {
+                (Ok(t), Ok(s)) => Some(SpanContext::new(
+                    t,
+                    s,
+                    TraceFlags::default(),
+                    false,
+                    TraceState::NONE,
+                )),
+                _ => None,
+            },
+            _ => opentelemetry::Context::map_current(|cx| {
+                let span = cx.span();
+                let sc = span.span_context();
+                sc.is_valid().then(|| sc.clone())
+            }),
+        }
+        .filter(SpanContext::is_valid);
+        let inherited: Vec<(&'static str, String)> = inherited
+            .into_iter()
+            .filter(|(k, _)| *k != "trace_id" && *k != "span_id")
+            .collect();
         let now = SystemTime::now();
         self.emitted.fetch_add(1, Ordering::Relaxed);
 

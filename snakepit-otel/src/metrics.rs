@@ -21,7 +21,6 @@ use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry::{KeyValue, StringValue};
 use snakepit_core::{Error, Pool, Request, Served};
 use tower::{Layer, Service};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::labels::{Evidence, RequestLabels};
 use crate::openmetrics::{Exemplar, ExemplarStore};
@@ -99,12 +98,15 @@ impl RequestInstruments {
         self.labels.register(pools);
     }
 
-    /// The current (request) span, when exemplars are kept and it is sampled.
+    /// The current (request) span, when exemplars are kept and it is sampled: the trace
+    /// layer makes it the current OpenTelemetry context while the request runs.
     fn exemplar_context(&self) -> Option<SpanContext> {
         self.exemplars.as_ref()?;
-        let cx = tracing::Span::current().context();
-        let sc = cx.span().span_context().clone();
-        (sc.is_valid() && sc.is_sampled()).then_some(sc)
+        opentelemetry::Context::map_current(|cx| {
+            let span = cx.span();
+            let sc = span.span_context();
+            (sc.is_valid() && sc.is_sampled()).then(|| sc.clone())
+        })
     }
 
     /// Remember `context` as the exemplar of `elapsed`'s bucket if that bucket has no

@@ -39,6 +39,7 @@ use crate::lifecycle;
 use crate::logs::{LineWriter, LogLayer};
 use crate::metrics::{MetricsLayer, RequestInstruments};
 use crate::otlp::{export_settings, otlp_exporter};
+use crate::request_spans::SpanExport;
 use crate::statsd::StatsdSink;
 use crate::trace::TraceLayer;
 use crate::worker_spans::WorkerSpans;
@@ -92,6 +93,7 @@ pub struct Telemetry {
     sanitizer: Sanitizer,
     tracer_provider: Option<SdkTracerProvider>,
     tracer: Option<SdkTracer>,
+    request_spans: Option<SpanExport>,
     worker_spans: Option<WorkerSpans>,
     meter_provider: Option<SdkMeterProvider>,
     meter: Option<Meter>,
@@ -147,6 +149,7 @@ impl Telemetry {
             sanitizer: sanitizer.clone(),
             tracer_provider: None,
             tracer: None,
+            request_spans: None,
             worker_spans: None,
             meter_provider: None,
             meter: None,
@@ -176,6 +179,7 @@ impl Telemetry {
             .map_err(|e| setup("span export thread")(e.to_string()))?;
         t.tracer = Some(traces.provider.tracer("snakepit"));
         t.tracer_provider = Some(traces.provider);
+        t.request_spans = traces.request_spans;
         t.worker_spans = traces.worker_spans;
 
         // Metrics.
@@ -213,7 +217,8 @@ impl Telemetry {
             let provider = meter_builder.build();
             let meter = provider.meter("snakepit");
             let mut instruments = RequestInstruments::new(&meter, t.cfg.metrics.max_command_labels);
-            if t.cfg.metrics.exemplars && t.cfg.metrics.prometheus {
+            // Exemplars point at traces: only worth keeping when traces are exported.
+            if t.cfg.metrics.exemplars && t.cfg.metrics.prometheus && t.cfg.traces.exported() {
                 instruments = instruments.with_exemplars();
             }
             t.instruments = Some(Arc::new(instruments));
@@ -274,27 +279,22 @@ impl Telemetry {
         Ok(t)
     }
 
-    /// The `tracing` dispatcher (filter + OTel span layer + log layer), once. `None`
-    /// when telemetry is disabled or it was taken already.
+    /// The `tracing` dispatcher (filter + log layer), once. `None` when telemetry is
+    /// disabled or it was taken already. Request spans do not need it: the trace layer
+    /// exports them itself.
     pub fn subscriber(&mut self) -> Option<tracing::Dispatch> {
         let parts = self.subscriber_parts.take()?;
-        let tracer = self.tracer.clone()?;
-        let otel = tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_location(false)
-            .with_threads(false)
-            .with_tracked_inactivity(false)
-            // Our layers pass parents explicitly; activating the OTel context on every
-            // poll of every instrumented future is cost without use.
-            .with_context_activation(false)
-            .with_error_events_to_status(false)
-            .with_error_events_to_exceptions(false)
-            .with_error_fields_to_exceptions(false);
         let subscriber = tracing_subscriber::registry()
             .with(parts.filter)
-            .with(otel)
             .with(parts.log_layer);
         Some(tracing::Dispatch::new(subscriber))
+    }
+
+    /// The tracer of this telemetry's provider: spans your code makes with it (through
+    /// the OpenTelemetry API, or a `tracing-opentelemetry` layer of your own) go out
+    /// with the request spans. `None` when telemetry is disabled.
+    pub fn tracer(&self) -> Option<SdkTracer> {
+        self.tracer.clone()
     }
 
     /// Name used for requests that do not name a pool (default "default").
@@ -322,7 +322,7 @@ impl Telemetry {
         TraceLayer::new(
             self.default_pool.clone(),
             self.sanitizer.clone(),
-            self.tracer.clone(),
+            self.request_spans.clone(),
             self.cfg.logs.requests,
         )
         .with_worker_spans(self.worker_spans.clone())

@@ -54,10 +54,8 @@ async fn disabled_installs_nothing_and_layers_pass_through() {
     t.shutdown(Duration::from_secs(1));
 }
 
-#[tokio::test]
-async fn enabled_layers_inject_traceparent_and_count() {
-    let mut cfg = TelemetryConfig::default();
-    cfg.logs.format = LogFormat::Off;
+/// One request through the layers of `cfg`; what reached the inner service.
+async fn one_request(cfg: TelemetryConfig) -> (Request, Telemetry) {
     let mut t = Telemetry::build(cfg).unwrap();
     let dispatch = t.subscriber().unwrap();
     let _guard = tracing::dispatcher::set_default(&dispatch);
@@ -71,9 +69,19 @@ async fn enabled_layers_inject_traceparent_and_count() {
         .await
         .unwrap();
     let req = seen.lock().unwrap().take().unwrap();
-    let traceparent = req.metadata.iter().find(|(k, _)| k == "traceparent");
-    let (_, tp) = traceparent.expect("traceparent injected");
-    assert!(tp.starts_with("00-") && tp.ends_with("-01"), "{tp}");
+    (req, t)
+}
+
+#[tokio::test]
+async fn enabled_layers_count_and_inject_traceparent_only_when_spans_are_exported() {
+    let mut cfg = TelemetryConfig::default();
+    cfg.logs.format = LogFormat::Off;
+    cfg.traces.otlp = Some(false);
+    let (req, t) = one_request(cfg.clone()).await;
+    assert!(
+        req.metadata.iter().all(|(k, _)| k != "traceparent"),
+        "spans go nowhere: the worker has no trace to continue"
+    );
     assert!(req.correlation_id.is_some() && req.request_id.is_some());
     let text = t.prometheus_text().unwrap();
     assert!(
@@ -82,6 +90,15 @@ async fn enabled_layers_inject_traceparent_and_count() {
         ),
         "{text}"
     );
+    t.shutdown(Duration::from_secs(1));
+
+    // Exported (nothing listens on port 9: the export thread drops and counts).
+    cfg.traces.otlp = Some(true);
+    cfg.otlp.endpoint = Some("http://127.0.0.1:9".into());
+    let (req, t) = one_request(cfg).await;
+    let traceparent = req.metadata.iter().find(|(k, _)| k == "traceparent");
+    let (_, tp) = traceparent.expect("traceparent injected");
+    assert!(tp.starts_with("00-") && tp.ends_with("-01"), "{tp}");
     t.shutdown(Duration::from_secs(1));
 }
 

@@ -1,14 +1,16 @@
 //! `TraceLayer`: one span per request, following the OpenTelemetry RPC conventions.
 //!
 //! The span (`{pool}/{command}`, kind client, `rpc.system = "snakepit"`) carries the
-//! request and correlation ids; its W3C context is injected into the request metadata
-//! so the Python worker's spans join the trace. On success it records the worker and the
-//! queue wait (a wait of 1 ms or more also becomes a `snakepit.queue` child span with its
-//! real start and end times: real queueing is visible on the timeline, while the
-//! microsecond hand-off of an idle pool does not double the span volume);
-//! on failure it sets status Error and `error.type`, and a Python exception becomes an
-//! `exception` event with type, message and stacktrace, plus one log line with the
-//! traceback.
+//! request and correlation ids. It is made by [`crate::request_spans`] (ids always,
+//! data only when sampled and exported); a `tracing` span with the same ids wraps the
+//! call, so log lines inside the request carry them. When spans are exported, the W3C
+//! context goes into the request metadata, so the Python worker's span and the
+//! adapter's own spans join the trace; a queue wait of 1 ms or more becomes a
+//! `snakepit.queue` child span with its real start and end (real queueing is visible on
+//! the timeline, while the microsecond hand-off of an idle pool does not double the span
+//! volume). On failure the span gets status Error and `error.type`, and a Python
+//! exception becomes an `exception` event with type, message and stacktrace, plus one log
+//! line with the traceback.
 //!
 //! A streaming call's span stays open until the stream ends: it covers every chunk,
 //! and a generator that raises part way sets status Error with the exception event; a
@@ -19,22 +21,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 
-use opentelemetry::propagation::{Injector, TextMapPropagator};
-use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _};
+use opentelemetry::trace::{FutureExt as _, Status};
 use opentelemetry::KeyValue;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracer;
 use snakepit_core::{
     Error, Request, Response, ResponseStream, Sanitizer, Served, StreamEnd, StreamOutcome,
 };
 use tower::{Layer, Service};
-use tracing::field::Empty;
-
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::request_spans::{RequestSpan, SpanExport};
 use crate::worker_spans::{SpanParent, WorkerSpans};
 
 /// Queue waits at least this long get their own child span.
@@ -70,9 +66,9 @@ struct TraceShared {
     default_pool: String,
     log_requests: bool,
     sanitizer: Sanitizer,
-    /// For the queue-wait child span, which needs explicit timestamps.
-    tracer: Option<SdkTracer>,
-    /// Emits the worker's span from the timing it reported (OTLP traces only).
+    /// Where sampled spans go; None when spans are not exported.
+    export: Option<SpanExport>,
+    /// Emits the worker's span from the timing it reported.
     worker_spans: Option<WorkerSpans>,
 }
 
@@ -91,11 +87,12 @@ impl std::fmt::Debug for TraceLayer {
 }
 
 impl TraceLayer {
-    /// A layer for pools whose requests name no pool get `default_pool`.
-    pub fn new(
+    /// A layer for pools whose requests name no pool get `default_pool`; sampled spans
+    /// go to `export` (None: ids only, for log lines).
+    pub(crate) fn new(
         default_pool: impl Into<String>,
         sanitizer: Sanitizer,
-        tracer: Option<SdkTracer>,
+        export: Option<SpanExport>,
         log_requests: bool,
     ) -> Self {
         TraceLayer {
@@ -103,7 +100,7 @@ impl TraceLayer {
                 default_pool: default_pool.into(),
                 log_requests,
                 sanitizer,
-                tracer,
+                export,
                 worker_spans: None,
             })),
         }
@@ -142,13 +139,14 @@ pub struct Trace<S> {
     shared: Option<Arc<TraceShared>>,
 }
 
-struct MetadataInjector<'a>(&'a mut Vec<(String, String)>);
-
-impl Injector for MetadataInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.retain(|(k, _)| k != key);
-        self.0.push((key.to_string(), value));
-    }
+/// The request's span and what its end needs, held until the answer (or the stream's
+/// end, or the caller going away).
+struct Open {
+    shared: Arc<TraceShared>,
+    otel: RequestSpan,
+    span: tracing::Span,
+    command: String,
+    correlation_id: Option<String>,
 }
 
 impl<S> Service<Request> for Trace<S>
@@ -173,45 +171,45 @@ where
             .request_id
             .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
             .clone();
-        let pool = req
-            .pool
-            .clone()
-            .unwrap_or_else(|| shared.default_pool.clone());
-        // Only what log lines inherit (the ids) and what failures record are span
-        // fields; the rest is set as OTel attributes, and only on sampled spans.
+        let pool = req.pool.as_deref().unwrap_or(&shared.default_pool);
+        let otel = RequestSpan::start(
+            shared.export.as_ref(),
+            &req.metadata,
+            || format!("{pool}/{}", req.command),
+            || {
+                let mut attributes = vec![
+                    KeyValue::new("rpc.system", "snakepit"),
+                    KeyValue::new("rpc.service", pool.to_string()),
+                    KeyValue::new("rpc.method", req.command.clone()),
+                    KeyValue::new("request_id", request_id.clone()),
+                ];
+                if let Some(c) = &req.correlation_id {
+                    attributes.push(KeyValue::new("correlation_id", c.clone()));
+                }
+                if let Some(session) = &req.session_id {
+                    attributes.push(KeyValue::new("snakepit.session_id", session.clone()));
+                }
+                attributes
+            },
+        );
+        // Log lines inside the request inherit these fields.
         let span = tracing::info_span!(
             target: "snakepit::request",
             "snakepit.request",
-            otel.name = %format_args!("{pool}/{}", req.command),
-            otel.kind = "client",
             request_id = %request_id,
             correlation_id = req.correlation_id.as_deref().unwrap_or(""),
-            otel.status_code = Empty,
-            error.type = Empty,
+            trace_id = %otel.context.trace_id(),
+            span_id = %otel.context.span_id(),
         );
-        let cx = span.context();
-        let span_context = cx.span().span_context().clone();
-        if span_context.is_valid() {
-            TraceContextPropagator::new()
-                .inject_context(&cx, &mut MetadataInjector(&mut req.metadata));
-        }
-        let sampled = span_context.is_sampled();
-        // What the worker span needs once the request is gone into the pool.
-        let worker_parent = (sampled && shared.worker_spans.is_some()).then(|| {
-            (
-                span_context,
-                req.command.clone(),
-                req.correlation_id.clone(),
-            )
-        });
-        if sampled {
-            span.set_attribute("rpc.system", "snakepit");
-            span.set_attribute("rpc.service", pool);
-            span.set_attribute("rpc.method", req.command.clone());
-            if let Some(session) = &req.session_id {
-                span.set_attribute("snakepit.session_id", session.clone());
+        // The worker continues the trace only if the trace goes anywhere.
+        let context = otel.is_recording().then(|| {
+            let (traceparent, tracestate) = otel.traceparent();
+            set_metadata(&mut req.metadata, "traceparent", traceparent);
+            if let Some(state) = tracestate {
+                set_metadata(&mut req.metadata, "tracestate", state);
             }
-        }
+            otel.otel_context()
+        });
         if shared.log_requests {
             let mut args = req
                 .args
@@ -222,172 +220,163 @@ where
             shared.sanitizer.value(&mut args);
             tracing::info!(target: "snakepit::request", parent: &span, command = %req.command, args = %args, "request");
         }
-        let started = SystemTime::now();
-        let fut = self.inner.call(req).instrument(span.clone());
+        let open = Open {
+            shared,
+            otel,
+            span: span.clone(),
+            command: req.command.clone(),
+            correlation_id: req.correlation_id.clone(),
+        };
+        let inner = self.inner.call(req).instrument(span);
         Box::pin(async move {
             // Dropped before an answer (the caller went away): the span says so.
-            let cancelled = CancelGuard(Some(span.clone()));
-            let mut result = fut.await;
-            cancelled.disarm();
+            let mut guard = CancelGuard(Some(open));
+            let mut result = match context {
+                Some(cx) => inner.with_context(cx).await,
+                None => inner.await,
+            };
+            let Some(open) = guard.0.take() else {
+                return result;
+            };
             if let Some(stream) = result.as_mut().ok().and_then(Outcome::as_stream) {
-                // The span lives on in the observer and closes when the stream ends.
-                stream.on_end(move |end| on_stream_end(&shared, span, sampled, started, end));
+                // The span lives on in the observer and ends with the stream.
+                stream.on_end(move |end| open.end_stream(end));
                 return result;
             }
-            match &result {
-                Ok(resp) => on_success(&shared, &span, sampled, started, resp.served()),
-                Err(err) => on_error(&shared, &span, err),
-            }
-            if let (Some(spans), Some((context, command, correlation_id))) =
-                (&shared.worker_spans, worker_parent)
-            {
-                let (worker, failure) = match &result {
-                    Ok(resp) => (resp.served().and_then(|s| s.worker_span.as_ref()), None),
-                    Err(err) => (
-                        err.python().and_then(|p| p.worker_span.as_ref()),
-                        err.python(),
-                    ),
-                };
-                if let Some(worker) = worker {
-                    let parent = SpanParent {
-                        context: &context,
-                        command: &command,
-                        correlation_id: correlation_id.as_deref(),
-                    };
-                    spans.emit(&parent, worker, failure, &shared.sanitizer);
-                }
-            }
+            open.end(&result);
             result
         })
     }
 }
 
-/// Marks the request span `cancelled` if the request future is dropped before its
-/// answer.
-struct CancelGuard(Option<tracing::Span>);
-
-impl CancelGuard {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
+fn set_metadata(metadata: &mut Vec<(String, String)>, key: &str, value: String) {
+    metadata.retain(|(k, _)| k != key);
+    metadata.push((key.to_string(), value));
 }
+
+/// Ends the request span as `cancelled` if the request future is dropped first.
+struct CancelGuard(Option<Open>);
 
 impl Drop for CancelGuard {
     fn drop(&mut self) {
-        if let Some(span) = self.0.take() {
-            span.in_scope(|| span.set_attribute("snakepit.outcome", "cancelled"));
+        if let Some(mut open) = self.0.take() {
+            open.otel
+                .set_attribute(KeyValue::new("snakepit.outcome", "cancelled"));
+            open.otel.end();
         }
     }
 }
 
-fn on_stream_end(
-    shared: &TraceShared,
-    span: tracing::Span,
-    sampled: bool,
-    started: SystemTime,
-    end: &StreamEnd<'_>,
-) {
-    // tracing-opentelemetry ends a span at its last exit: entering it here, at the end
-    // of the stream, makes that the span's end.
-    span.in_scope(|| {
-        if sampled {
-            span.set_attribute("snakepit.stream.chunks", end.chunks as i64);
-            span.set_attribute("snakepit.outcome", end.outcome.status());
+impl Open {
+    /// A unary answer (or a failure before any stream).
+    fn end<T: Outcome>(mut self, result: &Result<T, Error>) {
+        match result {
+            Ok(resp) => self.on_success(resp.served()),
+            Err(err) => self.on_error(err),
         }
+        if let Some(spans) = &self.shared.worker_spans {
+            let (worker, failure) = match result {
+                Ok(resp) => (resp.served().and_then(|s| s.worker_span.as_ref()), None),
+                Err(err) => (
+                    err.python().and_then(|p| p.worker_span.as_ref()),
+                    err.python(),
+                ),
+            };
+            if let Some(worker) = worker {
+                let parent = SpanParent {
+                    context: &self.otel.context,
+                    command: &self.command,
+                    correlation_id: self.correlation_id.as_deref(),
+                };
+                spans.emit(&parent, worker, failure, &self.shared.sanitizer);
+            }
+        }
+        self.otel.end();
+    }
+
+    fn end_stream(mut self, end: &StreamEnd<'_>) {
+        self.otel
+            .set_attribute(KeyValue::new("snakepit.stream.chunks", end.chunks as i64));
+        self.otel
+            .set_attribute(KeyValue::new("snakepit.outcome", end.outcome.status()));
         match end.outcome {
-            StreamOutcome::Completed => on_success(shared, &span, sampled, started, end.served),
+            StreamOutcome::Completed => self.on_success(end.served),
             StreamOutcome::Failed(err) => {
-                record_placement(&span, sampled, end.served);
-                on_error(shared, &span, err);
+                self.record_placement(end.served);
+                self.on_error(err);
             }
             StreamOutcome::Cancelled => {
-                record_placement(&span, sampled, end.served);
-                tracing::debug!(target: "snakepit::request", parent: &span, chunks = end.chunks,
-                    "stream cancelled by the caller");
+                self.record_placement(end.served);
+                tracing::debug!(target: "snakepit::request", parent: &self.span,
+                    chunks = end.chunks, "stream cancelled by the caller");
             }
         }
-    });
-    // Dropping the last handle closes the span and exports it.
-    drop(span);
-}
-
-/// The worker and queue wait, on a sampled span.
-fn record_placement(span: &tracing::Span, sampled: bool, served: Option<&Served>) {
-    if let (true, Some(served)) = (sampled, served) {
-        span.set_attribute("snakepit.worker_id", served.worker_id.clone());
-        span.set_attribute(
-            "snakepit.queue_time_ms",
-            served.queue_time.as_secs_f64() * 1000.0,
-        );
+        self.otel.end();
     }
-}
 
-fn on_success(
-    shared: &TraceShared,
-    span: &tracing::Span,
-    sampled: bool,
-    started: SystemTime,
-    served: Option<&Served>,
-) {
-    let Some(served) = served else { return };
-    record_placement(span, sampled, Some(served));
-    if sampled {
-        if let Some(tracer) = shared
-            .tracer
-            .as_ref()
-            .filter(|_| served.queue_time >= QUEUE_SPAN_MIN)
-        {
-            let parent = span.context();
-            let end = started + served.queue_time;
-            let mut queue = tracer
-                .span_builder("snakepit.queue")
-                .with_kind(SpanKind::Internal)
-                .with_start_time(started)
-                .start_with_context(tracer, &parent);
-            queue.end_with_timestamp(end);
+    /// The worker and queue wait, on a sampled span.
+    fn record_placement(&mut self, served: Option<&Served>) {
+        if let (true, Some(served)) = (self.otel.is_recording(), served) {
+            self.otel.set_attribute(KeyValue::new(
+                "snakepit.worker_id",
+                served.worker_id.clone(),
+            ));
+            self.otel.set_attribute(KeyValue::new(
+                "snakepit.queue_time_ms",
+                served.queue_time.as_secs_f64() * 1000.0,
+            ));
         }
     }
-    if shared.log_requests {
-        tracing::info!(target: "snakepit::request", parent: span,
-            worker_id = %served.worker_id,
-            duration_ms = served.duration.as_secs_f64() * 1000.0,
-            queue_ms = served.queue_time.as_secs_f64() * 1000.0,
-            "response");
-    }
-}
 
-fn on_error(shared: &TraceShared, span: &tracing::Span, err: &Error) {
-    let mut message = err.to_string();
-    shared.sanitizer.truncate(&mut message);
-    span.record("otel.status_code", "ERROR");
-    span.record("error.type", err.error_type());
-    span.set_status(Status::error(message.clone()));
-    match err.python() {
-        Some(py) => {
-            let mut traceback = py.traceback.clone();
-            shared.sanitizer.truncate_keep_end(&mut traceback);
-            span.add_event(
-                "exception",
-                vec![
-                    KeyValue::new("exception.type", py.python_type.clone()),
-                    KeyValue::new(
-                        "exception.message",
-                        shared.sanitizer.field("message", &py.message),
-                    ),
-                    KeyValue::new("exception.stacktrace", traceback.clone()),
-                ],
-            );
-            tracing::error!(target: "snakepit::request", parent: span,
-                error_type = err.error_type(),
-                python_type = %py.python_type,
-                python_traceback = %traceback,
-                "request failed: {message}");
+    fn on_success(&mut self, served: Option<&Served>) {
+        let Some(served) = served else { return };
+        self.record_placement(Some(served));
+        if self.otel.is_recording() && served.queue_time >= QUEUE_SPAN_MIN {
+            let start = self.otel.start;
+            self.otel
+                .child("snakepit.queue", start, start + served.queue_time);
         }
-        None if is_server_side(err) => {
-            tracing::error!(target: "snakepit::request", parent: span, error_type = err.error_type(), "request failed: {message}")
+        if self.shared.log_requests {
+            tracing::info!(target: "snakepit::request", parent: &self.span,
+                worker_id = %served.worker_id,
+                duration_ms = served.duration.as_secs_f64() * 1000.0,
+                queue_ms = served.queue_time.as_secs_f64() * 1000.0,
+                "response");
         }
-        None => {
-            tracing::warn!(target: "snakepit::request", parent: span, error_type = err.error_type(), "request refused: {message}")
+    }
+
+    fn on_error(&mut self, err: &Error) {
+        let sanitizer = &self.shared.sanitizer;
+        let mut message = err.to_string();
+        sanitizer.truncate(&mut message);
+        self.otel
+            .set_attribute(KeyValue::new("error.type", err.error_type()));
+        self.otel.set_status(Status::error(message.clone()));
+        let span = &self.span;
+        match err.python() {
+            Some(py) => {
+                let mut traceback = py.traceback.clone();
+                sanitizer.truncate_keep_end(&mut traceback);
+                self.otel.add_event(
+                    "exception",
+                    vec![
+                        KeyValue::new("exception.type", py.python_type.clone()),
+                        KeyValue::new("exception.message", sanitizer.field("message", &py.message)),
+                        KeyValue::new("exception.stacktrace", traceback.clone()),
+                    ],
+                );
+                tracing::error!(target: "snakepit::request", parent: span,
+                    error_type = err.error_type(),
+                    python_type = %py.python_type,
+                    python_traceback = %traceback,
+                    "request failed: {message}");
+            }
+            None if is_server_side(err) => {
+                tracing::error!(target: "snakepit::request", parent: span, error_type = err.error_type(), "request failed: {message}")
+            }
+            None => {
+                tracing::warn!(target: "snakepit::request", parent: span, error_type = err.error_type(), "request refused: {message}")
+            }
         }
     }
 }

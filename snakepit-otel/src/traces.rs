@@ -10,15 +10,20 @@ use opentelemetry_sdk::Resource;
 use crate::config::TelemetryConfig;
 use crate::export::{Batcher, OtelSpans, QueueSpanProcessor, SignalCounters};
 use crate::otlp::{export_settings, otlp_exporter};
+use crate::request_spans::SpanExport;
 use crate::worker_spans::WorkerSpans;
 
 /// Built trace pipeline.
 pub(crate) struct Traces {
+    /// For spans made through the OpenTelemetry API (`Telemetry::tracer`); they share
+    /// the export thread with the request spans.
     pub provider: SdkTracerProvider,
+    /// Where the trace layer queues sampled request spans (None: not exported).
+    pub request_spans: Option<SpanExport>,
     pub worker_spans: Option<WorkerSpans>,
 }
 
-/// Spans always exist (log lines carry their ids); export is optional.
+/// The tracer provider always exists (for `Telemetry::tracer`); export is optional.
 pub(crate) fn build(
     cfg: &TelemetryConfig,
     resource: &Resource,
@@ -30,6 +35,7 @@ pub(crate) fn build(
             cfg.traces.sampling_ratio,
         ))));
     let mut worker_spans = None;
+    let mut request_spans = None;
     if cfg.traces.exported() {
         let otlp = cfg.otlp.clone();
         let res = resource.clone();
@@ -45,6 +51,8 @@ pub(crate) fn build(
                 Ok(OtelSpans(exporter))
             },
         )?;
+        let batcher = Arc::new(batcher);
+        request_spans = Some(SpanExport::new(batcher.clone(), cfg.traces.sampling_ratio));
         builder = builder.with_span_processor(QueueSpanProcessor(batcher));
         if cfg.traces.worker_spans_on() {
             worker_spans = Some(WorkerSpans::start(cfg, counters.clone())?);
@@ -52,6 +60,7 @@ pub(crate) fn build(
     }
     Ok(Traces {
         provider: builder.build(),
+        request_spans,
         worker_spans,
     })
 }
