@@ -1,17 +1,21 @@
 //! Getting telemetry out without ever slowing requests: bounded queues, a dedicated
 //! export thread per signal, a circuit breaker, and counters for what was lost.
 //!
-//! `on_end` / `emit` on the request path is a `try_send` into a bounded channel (full →
-//! dropped and counted). A thread with its own single-threaded Tokio runtime owns the
-//! exporter (so its gRPC/HTTP connection never runs on the application's runtime),
-//! batches items, and exports them with a timeout. After `breaker_failures` failed
-//! exports in a row the breaker opens: batches are dropped (and counted) without a
-//! network attempt for `breaker_cooldown`, then one export is tried again.
+//! `push` on the request path appends to a bounded buffer under a short lock (full →
+//! dropped and counted) and wakes nobody: the export thread sleeps until its batch
+//! delay passes, and is woken early only when a full batch is waiting (or for a flush).
+//! So at any request rate the thread wakes a few times a second, not once per span — a
+//! thread wake-up per request was the dearest thing on this path. The thread has its
+//! own single-threaded Tokio runtime and owns the exporter (so its gRPC/HTTP connection
+//! never runs on the application's runtime), and exports with a timeout. After
+//! `breaker_failures` failed exports in a row the breaker opens: batches are dropped
+//! (and counted) without a network attempt for `breaker_cooldown`, then one export is
+//! tried again.
 
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,15 +64,38 @@ pub trait BatchExporter<T>: Send + 'static {
     fn shutdown(&self) {}
 }
 
-enum Msg<T> {
-    Item(T),
+/// Requests to the export thread besides items.
+enum Control {
     Flush(SyncSender<()>),
     Shutdown(SyncSender<()>),
 }
 
-/// A bounded queue drained by an export thread.
+/// The items waiting for the export thread.
+struct Buffer<T> {
+    items: Mutex<Vec<T>>,
+    max_queue: usize,
+    max_batch: usize,
+}
+
+impl<T> Buffer<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<T>> {
+        match self.items.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn take(&self) -> Vec<T> {
+        std::mem::take(&mut *self.lock())
+    }
+}
+
+/// A bounded buffer drained by an export thread.
 pub struct Batcher<T> {
-    tx: SyncSender<Msg<T>>,
+    buffer: Arc<Buffer<T>>,
+    control: mpsc::Sender<Control>,
+    /// The export thread, to wake it.
+    waker: std::thread::Thread,
     counters: Arc<SignalCounters>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     name: &'static str,
@@ -94,49 +121,73 @@ impl<T: Send + 'static> Batcher<T> {
         E: BatchExporter<T>,
         F: FnOnce() -> Result<E, String> + Send + 'static,
     {
-        let (tx, rx) = mpsc::sync_channel(settings.max_queue.max(1));
+        let buffer = Arc::new(Buffer {
+            items: Mutex::new(Vec::new()),
+            max_queue: settings.max_queue.max(1),
+            max_batch: settings.max_batch.max(1),
+        });
+        let (control, control_rx) = mpsc::channel();
         let thread_counters = counters.clone();
+        let thread_buffer = buffer.clone();
         let thread = std::thread::Builder::new()
             .name(format!("snakepit-export-{name}"))
-            .spawn(move || run(name, settings, thread_counters, rx, make))?;
+            .spawn(move || {
+                run(
+                    name,
+                    settings,
+                    thread_counters,
+                    thread_buffer,
+                    control_rx,
+                    make,
+                )
+            })?;
         Ok(Batcher {
-            tx,
+            buffer,
+            control,
+            waker: thread.thread().clone(),
             counters,
             thread: Mutex::new(Some(thread)),
             name,
         })
     }
 
-    /// Never blocks: a full queue drops the item and counts it.
+    /// Never blocks and never wakes the export thread, unless a full batch is waiting.
+    /// A full buffer drops the item and counts it.
     pub fn push(&self, item: T) {
-        match self.tx.try_send(Msg::Item(item)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+        let full_batch = {
+            let mut items = self.buffer.lock();
+            if items.len() >= self.buffer.max_queue {
+                drop(items);
                 self.counters
                     .dropped_queue_full
                     .fetch_add(1, Ordering::Relaxed);
+                return;
             }
+            items.push(item);
+            items.len() == self.buffer.max_batch
+        };
+        if full_batch {
+            self.waker.unpark();
         }
     }
 
-    fn roundtrip(&self, make: fn(SyncSender<()>) -> Msg<T>, timeout: Duration) -> OTelSdkResult {
+    fn roundtrip(&self, make: fn(SyncSender<()>) -> Control, timeout: Duration) -> OTelSdkResult {
         let (done_tx, done_rx) = mpsc::sync_channel(1);
-        self.tx
-            .send_timeout_compat(make(done_tx), timeout)
-            .map_err(|_| {
-                OTelSdkError::InternalFailure(format!("{} exporter is gone", self.name))
-            })?;
+        self.control.send(make(done_tx)).map_err(|_| {
+            OTelSdkError::InternalFailure(format!("{} exporter is gone", self.name))
+        })?;
+        self.waker.unpark();
         done_rx
             .recv_timeout(timeout)
             .map_err(|_| OTelSdkError::Timeout(timeout))
     }
 
     pub fn flush(&self, timeout: Duration) -> OTelSdkResult {
-        self.roundtrip(Msg::Flush, timeout)
+        self.roundtrip(Control::Flush, timeout)
     }
 
     pub fn shutdown(&self, timeout: Duration) -> OTelSdkResult {
-        let result = self.roundtrip(Msg::Shutdown, timeout);
+        let result = self.roundtrip(Control::Shutdown, timeout);
         let handle = match self.thread.lock() {
             Ok(mut t) => t.take(),
             Err(p) => p.into_inner().take(),
@@ -150,27 +201,10 @@ impl<T: Send + 'static> Batcher<T> {
     }
 }
 
-/// `SyncSender::send` can block forever on a full queue; this bounds it.
-trait SendTimeout<T> {
-    fn send_timeout_compat(&self, msg: T, timeout: Duration) -> Result<(), ()>;
-}
-
-impl<T> SendTimeout<T> for SyncSender<T> {
-    fn send_timeout_compat(&self, mut msg: T, timeout: Duration) -> Result<(), ()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.try_send(msg) {
-                Ok(()) => return Ok(()),
-                Err(TrySendError::Disconnected(_)) => return Err(()),
-                Err(TrySendError::Full(m)) => {
-                    if Instant::now() >= deadline {
-                        return Err(());
-                    }
-                    msg = m;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
+impl<T> Drop for Batcher<T> {
+    fn drop(&mut self) {
+        // The control channel closes with us: wake the thread so it exports and ends.
+        self.waker.unpark();
     }
 }
 
@@ -183,7 +217,8 @@ fn run<T, E, F>(
     name: &'static str,
     settings: ExportSettings,
     counters: Arc<SignalCounters>,
-    rx: mpsc::Receiver<Msg<T>>,
+    buffer: Arc<Buffer<T>>,
+    control: mpsc::Receiver<Control>,
     make: F,
 ) where
     E: BatchExporter<T>,
@@ -196,23 +231,21 @@ fn run<T, E, F>(
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("snakepit: cannot start the {name} export runtime: {e}; {name} are dropped");
-            return drain_forever(rx, &counters);
+            return drain_forever(&buffer, control, &counters);
         }
     };
     let exporter = match rt.block_on(async { make() }) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("snakepit: cannot build the {name} exporter: {e}; {name} are dropped");
-            return drain_forever(rx, &counters);
+            return drain_forever(&buffer, control, &counters);
         }
     };
     let mut breaker = Breaker {
         failures_in_a_row: 0,
         open_until: None,
     };
-    let mut batch: Vec<T> = Vec::with_capacity(settings.max_batch);
-    let mut deadline = Instant::now() + settings.delay;
-    let export = |batch: Vec<T>, breaker: &mut Breaker| {
+    let export_one = |batch: Vec<T>, breaker: &mut Breaker| {
         if batch.is_empty() {
             return;
         }
@@ -244,53 +277,68 @@ fn run<T, E, F>(
             }
         }
     };
+    let max_batch = settings.max_batch.max(1);
+    let export_all = |breaker: &mut Breaker| {
+        let mut items = buffer.take();
+        while !items.is_empty() {
+            let rest = items.split_off(items.len().min(max_batch));
+            export_one(std::mem::replace(&mut items, rest), breaker);
+        }
+    };
+    let mut deadline = Instant::now() + settings.delay;
     loop {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(Msg::Item(item)) => {
-                batch.push(item);
-                if batch.len() >= settings.max_batch {
-                    export(std::mem::take(&mut batch), &mut breaker);
-                    deadline = Instant::now() + settings.delay;
+        let now = Instant::now();
+        if now >= deadline || buffer.lock().len() >= max_batch {
+            export_all(&mut breaker);
+            deadline = Instant::now() + settings.delay;
+        }
+        loop {
+            match control.try_recv() {
+                Ok(Control::Flush(done)) => {
+                    // A flush is an explicit request: try even through an open breaker.
+                    breaker.open_until = None;
+                    export_all(&mut breaker);
+                    let _ = done.send(());
+                }
+                Ok(Control::Shutdown(done)) => {
+                    breaker.open_until = None;
+                    export_all(&mut breaker);
+                    exporter.shutdown();
+                    let _ = done.send(());
+                    return;
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    export_all(&mut breaker);
+                    exporter.shutdown();
+                    return;
                 }
             }
-            Ok(Msg::Flush(done)) => {
-                // A flush is an explicit request: try even through an open breaker.
-                breaker.open_until = None;
-                export(std::mem::take(&mut batch), &mut breaker);
-                let _ = done.send(());
-            }
-            Ok(Msg::Shutdown(done)) => {
-                breaker.open_until = None;
-                export(std::mem::take(&mut batch), &mut breaker);
-                exporter.shutdown();
-                let _ = done.send(());
-                return;
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                export(std::mem::take(&mut batch), &mut breaker);
-                deadline = Instant::now() + settings.delay;
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                export(std::mem::take(&mut batch), &mut breaker);
-                exporter.shutdown();
-                return;
-            }
         }
+        std::thread::park_timeout(deadline.saturating_duration_since(Instant::now()));
     }
 }
 
-fn drain_forever<T>(rx: mpsc::Receiver<Msg<T>>, counters: &SignalCounters) {
-    while let Ok(msg) = rx.recv() {
-        match msg {
-            Msg::Item(_) => {
-                counters
-                    .dropped_export_failed
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            Msg::Flush(done) | Msg::Shutdown(done) => {
+fn drain_forever<T>(
+    buffer: &Buffer<T>,
+    control: mpsc::Receiver<Control>,
+    counters: &SignalCounters,
+) {
+    loop {
+        let dropped = buffer.take().len() as u64;
+        counters
+            .dropped_export_failed
+            .fetch_add(dropped, Ordering::Relaxed);
+        match control.recv_timeout(Duration::from_secs(1)) {
+            Ok(Control::Flush(done)) => {
                 let _ = done.send(());
             }
+            Ok(Control::Shutdown(done)) => {
+                let _ = done.send(());
+                return;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
         }
     }
 }

@@ -9,7 +9,8 @@
 //! - **bare tonic**: a tonic client per worker to the same Python workers over gRPC, no
 //!   pool, no observability (the floor for gRPC);
 //! - **multiprocessing.Pool** and **ProcessPoolExecutor**: Python's own pools running the
-//!   same adapter functions, driven by a Python client (`stdlib_pools.py`).
+//!   same adapter functions, driven by a Python client (`stdlib_pools.py`);
+//! - **pipe echo floor**: see below.
 //!
 //! ```text
 //! cargo bench -p snakepit --bench peers            # full run (~3 min)
@@ -17,10 +18,14 @@
 //! ```
 //!
 //! To investigate one cell (e.g. under `perf`): `-- --workers 4 --in-flight 16
-//! --workload ping --system pipe --seconds 10` (each filter optional). With
-//! `BENCH_WORKER_SPANS=1`, `telemetry.traces.worker_spans` is on (a second exported
-//! span per call, built by the pool from the worker's timing) and the workers run
-//! Python's OTel SDK for adapter spans, as `serve` does with OTLP traces on.
+//! --workload ping --system pipe --seconds 10` (each filter optional). Worker spans are
+//! on (a second exported span per call, built by the pool from the worker's timing) and
+//! the workers run Python's OTel SDK for adapter spans, as `serve` does with OTLP
+//! traces on; `BENCH_WORKER_SPANS=0` turns both off.
+//!
+//! **pipe echo floor** is a bare Rust→Python round trip over pipes (no pool, no
+//! telemetry; `pipe_floor.rs`): the distance of the snakepit pipe row from it is what
+//! the pool and its observability cost.
 //!
 //! Each cell runs every system in turn, `rounds` times, so machine noise spreads over
 //! all of them. "machine CPU/call" is the busy time of all cores (from /proc/stat) over
@@ -28,6 +33,7 @@
 
 #[path = "../../snakepit-core/benches/support/bare_tonic.rs"]
 mod bare_tonic;
+mod pipe_floor;
 // Shared with pool_overhead, which also reports the Rust process's own CPU per call.
 #[allow(dead_code)]
 #[path = "../../snakepit-core/benches/support/measure.rs"]
@@ -45,12 +51,13 @@ use snakepit::{EventBus, PoolConfig, Pools, PythonConfig, Request, TransportKind
 use snakepit_e2e::Rotel;
 use tower::{ServiceBuilder, ServiceExt};
 
-const SYSTEMS: [&str; 5] = [
+const SYSTEMS: [&str; 6] = [
     "snakepit pipe",
     "snakepit grpc",
     "bare tonic",
     "multiprocessing.Pool",
     "ProcessPoolExecutor",
+    "pipe echo floor",
 ];
 
 struct Workload {
@@ -220,7 +227,9 @@ async fn run() -> Result<(), BoxError> {
     .await??;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/stdlib_pools.py");
     let rotel = tokio::task::spawn_blocking(Rotel::start_blackhole).await?;
-    let worker_spans = std::env::var_os("BENCH_WORKER_SPANS").is_some();
+    // Worker spans and the workers' OTel SDK are on with exported traces, as `serve`
+    // runs them; BENCH_WORKER_SPANS=0 turns both off.
+    let worker_spans = std::env::var("BENCH_WORKER_SPANS").map_or(true, |v| v != "0");
 
     // Observability fully on, as `snakepit serve` runs it with OTLP export configured.
     let mut cfg = TelemetryConfig::default();
@@ -294,6 +303,7 @@ async fn run() -> Result<(), BoxError> {
             .layer(telemetry.metrics_layer())
             .service(pools.clone());
         let bare = spawn_bare(&python, workers).await?;
+        let floor = pipe_floor::Floor::spawn(&python, workers).await?;
 
         for w in &WORKLOADS {
             for in_flight in [1usize, 16] {
@@ -335,6 +345,18 @@ async fn run() -> Result<(), BoxError> {
                             tallies[2].add(s, machine_busy() - cpu);
                         }
                     }
+                    if only.system(SYSTEMS[5]) {
+                        let floor = floor.clone();
+                        let cpu = machine_busy();
+                        let s = drive(in_flight, d, move |i| {
+                            let floor = floor.clone();
+                            async move { floor.call(i).await }
+                        })
+                        .await;
+                        if round > 0 {
+                            tallies[5].add(s, machine_busy() - cpu);
+                        }
+                    }
                     if only.system(SYSTEMS[3]) || only.system(SYSTEMS[4]) {
                         let (py, sc) = (python.clone(), script.clone());
                         let stdlib = tokio::task::spawn_blocking(move || {
@@ -372,9 +394,11 @@ async fn run() -> Result<(), BoxError> {
                 let pipe_p50 = tallies[0].sample.pct(0.5);
                 let pipe_rps = tallies[0].sample.rps();
                 if w.command == "ping" && in_flight == 1 {
+                    let floor_p50 = tallies[5].sample.pct(0.5);
                     verdicts.push(format!(
-                        "pipe no-op p50 at 1 in flight, {workers} worker(s): {pipe_p50:.0} µs (target ≤ 80): {}",
-                        if pipe_p50 <= 80.0 { "met" } else { "MISSED" }
+                        "pipe no-op p50 at 1 in flight, {workers} worker(s): {pipe_p50:.0} µs, floor {floor_p50:.0} µs, +{:.0} (target ≤ floor + 15): {}",
+                        pipe_p50 - floor_p50,
+                        if pipe_p50 <= floor_p50 + 15.0 { "met" } else { "MISSED" }
                     ));
                 }
                 if in_flight == 16 && mp_rps > 0.0 {
@@ -389,6 +413,7 @@ async fn run() -> Result<(), BoxError> {
         }
         pools.shutdown(Duration::from_secs(5)).await;
         drop(bare);
+        drop(floor);
     }
     println!();
     for v in verdicts {

@@ -157,20 +157,39 @@ pub struct Rotel {
     proc: Option<Proc>,
 }
 
+/// The version scripts/test installs too.
+pub const ROTEL_VERSION: &str = "0.0.1a15";
+
+/// The rotel agent binary of the workers' venv, installing rotel there on first use
+/// (benchmarks run without scripts/test).
 pub fn rotel_agent() -> PathBuf {
-    let out = Command::new(python())
-        .args([
-            "-c",
-            "import os, rotel; print(os.path.dirname(rotel.__file__))",
-        ])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {
-            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("rotel-agent")
-        }
-        _ => {
-            panic!("rotel is not installed in the workers' venv; run scripts/test (it installs it)")
-        }
+    let locate = || {
+        Command::new(python())
+            .args([
+                "-c",
+                "import os, rotel; print(os.path.dirname(rotel.__file__))",
+            ])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("rotel-agent"))
+    };
+    if let Some(agent) = locate() {
+        return agent;
+    }
+    eprintln!("installing rotel {ROTEL_VERSION} (the OTLP receiver) into the workers' venv");
+    let installed = Command::new(python())
+        .args(["-m", "pip", "install", "--disable-pip-version-check", "-q"])
+        .arg(format!("rotel=={ROTEL_VERSION}"))
+        .status()
+        .is_ok_and(|s| s.success());
+    match locate() {
+        Some(agent) if installed => agent,
+        _ => panic!(
+            "cannot install rotel {ROTEL_VERSION} into {} (pip failed); it also needs \
+             libpython3.11 (apt-get install libpython3.11)",
+            python().display()
+        ),
     }
 }
 
