@@ -125,9 +125,17 @@ class Dispatcher:
 
     def execute(self, req, metadata: Mapping[str, str], deadline: Optional[float]):
         self.requests_handled += 1
-        traceparent = telemetry.sampled_traceparent(metadata)
-        if traceparent is None:
+        parsed = telemetry.parse_traceparent(metadata)
+        if parsed is None:
             return self._execute(req, metadata, deadline)
+        traceparent, sampled = parsed
+        if not sampled:
+            if not telemetry.active():
+                return self._execute(req, metadata, deadline)
+            # Spans the adapter makes follow the pool's decision not to sample.
+            caller = bytes.fromhex(traceparent[36:52])
+            with telemetry.user_span_parent(traceparent, caller, metadata, sampled=False):
+                return self._execute(req, metadata, deadline)
         if not self._report_spans:
             if not telemetry.active():
                 return self._execute(req, metadata, deadline)

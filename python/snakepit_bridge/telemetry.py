@@ -22,7 +22,7 @@ import logging
 import os
 import random
 import time
-from typing import Dict, Iterator, Mapping, Optional
+from typing import Dict, Iterator, Mapping, Optional, Tuple
 
 log = logging.getLogger("snakepit_bridge.telemetry")
 
@@ -41,8 +41,8 @@ def worker_spans_wanted() -> bool:
     return os.environ.get("SNAKEPIT_WORKER_SPANS", "1").lower() not in ("0", "false", "off")
 
 
-def sampled_traceparent(metadata: Mapping[str, str]) -> Optional[str]:
-    """The caller's W3C `traceparent` if it is well formed and sampled, else None."""
+def parse_traceparent(metadata: Mapping[str, str]) -> Optional[Tuple[str, bool]]:
+    """The caller's W3C `traceparent` if it is well formed, and whether it is sampled."""
     tp = metadata.get("traceparent")
     # version-traceid-parentid-flags: "00-" + 32 hex + "-" + 16 hex + "-" + 2 hex
     if tp is None or len(tp) != 55 or tp[2] != "-" or tp[35] != "-" or tp[52] != "-":
@@ -52,7 +52,13 @@ def sampled_traceparent(metadata: Mapping[str, str]) -> Optional[str]:
         int(tp[3:35], 16)
     except ValueError:
         return None
-    return tp if flags & 1 else None
+    return tp, bool(flags & 1)
+
+
+def sampled_traceparent(metadata: Mapping[str, str]) -> Optional[str]:
+    """The caller's W3C `traceparent` if it is well formed and sampled, else None."""
+    parsed = parse_traceparent(metadata)
+    return parsed[0] if parsed is not None and parsed[1] else None
 
 
 def new_span_id() -> bytes:
@@ -87,22 +93,25 @@ def _otel_api():
         from opentelemetry import context, trace
         from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
-        sampled = TraceFlags(TraceFlags.SAMPLED)
-        _api = (context, trace, NonRecordingSpan, SpanContext, sampled, TraceState)
+        flags = (TraceFlags(TraceFlags.DEFAULT), TraceFlags(TraceFlags.SAMPLED))
+        _api = (context, trace, NonRecordingSpan, SpanContext, flags, TraceState)
     return _api
 
 
 @contextlib.contextmanager
-def user_span_parent(traceparent: str, span_id: bytes, metadata: Mapping[str, str]):
-    """Make the pool-emitted worker span current, so user spans become its children."""
-    context, trace, NonRecordingSpan, SpanContext, sampled, TraceState = _otel_api()
+def user_span_parent(
+    traceparent: str, span_id: bytes, metadata: Mapping[str, str], sampled: bool = True
+):
+    """Make the pool-emitted worker span current, so user spans become its children; an
+    unsampled parent makes the SDK's (parent-based) sampler drop them, as the pool did."""
+    context, trace, NonRecordingSpan, SpanContext, flags, TraceState = _otel_api()
     state = metadata.get("tracestate")
     parent = SpanContext(
         trace_id=int(traceparent[3:35], 16),
         span_id=int.from_bytes(span_id, "big"),
         # The worker span lives in the pool's process.
         is_remote=True,
-        trace_flags=sampled,
+        trace_flags=flags[sampled],
         trace_state=TraceState.from_header([state]) if state else None,
     )
     token = context.attach(trace.set_span_in_context(NonRecordingSpan(parent)))

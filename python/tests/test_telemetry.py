@@ -104,6 +104,20 @@ def test_unary_calls_create_no_sdk_span_but_user_spans_nest_under_the_worker_spa
     assert not trace.get_current_span().get_span_context().is_valid
 
 
+def test_user_spans_follow_the_pools_decision_not_to_sample(spans):
+    provider, exporter = spans
+    Traced = traced_adapter(provider)
+    unsampled = f"00-{TRACE_ID}-{PARENT_ID}-00"
+    resp = call("work", {}, {"traceparent": unsampled}, Traced())
+    assert json.loads(resp.result_json) == "done"
+    assert not resp.HasField("span")
+    # The provider's default sampler is parent-based: an unsampled parent drops it.
+    assert exporter.get_finished_spans() == ()
+    from opentelemetry import trace
+
+    assert not trace.get_current_span().get_span_context().is_valid
+
+
 def test_a_stream_keeps_an_sdk_span_with_the_exception_recorded(spans):
     _, exporter = spans
     chunks = list(

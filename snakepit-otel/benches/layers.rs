@@ -3,11 +3,15 @@
 //! the figure is the layers' own CPU. Configurations side by side in one run:
 //!
 //! - **off**: `TelemetryConfig { enabled: false }` (the layers pass through);
-//! - **defaults**: what `snakepit serve` ships (Prometheus metrics with exemplars, JSON
-//!   logs at info, spans sampled but not exported);
-//! - **full**: every span sampled and exported over OTLP (to a port where nothing
-//!   listens: export happens off the request path, so only the request-path work
-//!   counts here), worker spans on, metrics for Prometheus and OTLP, JSON logs.
+//! - **defaults**: what `snakepit serve` ships with no collector (Prometheus metrics,
+//!   JSON logs at info; spans not exported, so ids only and no exemplars);
+//! - **full**: every span sampled and queued for OTLP export (to a port where nothing
+//!   listens), metrics for Prometheus and OTLP with exemplars, JSON logs. The instant
+//!   service reports no worker timing, so no worker span is built, and no log line is
+//!   written per call (request logging is off, as shipped).
+//!
+//! CPU is the whole process's (`getrusage`): the export threads' work on what the
+//! calls queued is included, so it is an upper bound on the request path's share.
 //!
 //! ```text
 //! cargo bench -p snakepit-otel --bench layers            # ~1 min

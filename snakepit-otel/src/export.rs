@@ -14,7 +14,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -73,6 +73,13 @@ enum Control {
 /// The items waiting for the export thread.
 struct Buffer<T> {
     items: Mutex<Vec<T>>,
+    /// Items the export thread took and has not finished exporting: they count
+    /// against `max_queue` too, so memory stays bounded while an export is slow.
+    exporting: AtomicUsize,
+    /// The export thread is gone: pushes are dropped (and counted) at once.
+    closed: AtomicBool,
+    /// Times the export thread woke up (tests check it does not wake per item).
+    wakes: AtomicU64,
     max_queue: usize,
     max_batch: usize,
 }
@@ -85,15 +92,24 @@ impl<T> Buffer<T> {
         }
     }
 
+    /// Everything waiting, counted as being exported until `exported` says otherwise.
     fn take(&self) -> Vec<T> {
-        std::mem::take(&mut *self.lock())
+        let mut items = self.lock();
+        let taken = std::mem::replace(&mut *items, Vec::with_capacity(self.max_batch));
+        self.exporting.fetch_add(taken.len(), Ordering::Relaxed);
+        taken
+    }
+
+    fn exported(&self, n: usize) {
+        self.exporting.fetch_sub(n, Ordering::Relaxed);
     }
 }
 
 /// A bounded buffer drained by an export thread.
 pub struct Batcher<T> {
     buffer: Arc<Buffer<T>>,
-    control: mpsc::Sender<Control>,
+    /// Taken on drop, so the thread sees the channel closed when it wakes.
+    control: Option<mpsc::Sender<Control>>,
     /// The export thread, to wake it.
     waker: std::thread::Thread,
     counters: Arc<SignalCounters>,
@@ -123,6 +139,9 @@ impl<T: Send + 'static> Batcher<T> {
     {
         let buffer = Arc::new(Buffer {
             items: Mutex::new(Vec::new()),
+            exporting: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            wakes: AtomicU64::new(0),
             max_queue: settings.max_queue.max(1),
             max_batch: settings.max_batch.max(1),
         });
@@ -135,15 +154,22 @@ impl<T: Send + 'static> Batcher<T> {
                 run(
                     name,
                     settings,
-                    thread_counters,
-                    thread_buffer,
+                    thread_counters.clone(),
+                    &thread_buffer,
                     control_rx,
                     make,
-                )
+                );
+                thread_buffer.closed.store(true, Ordering::Release);
+                // Whatever arrived since the last export will never go out.
+                let left = thread_buffer.take().len();
+                thread_buffer.exported(left);
+                thread_counters
+                    .dropped_export_failed
+                    .fetch_add(left as u64, Ordering::Relaxed);
             })?;
         Ok(Batcher {
             buffer,
-            control,
+            control: Some(control),
             waker: thread.thread().clone(),
             counters,
             thread: Mutex::new(Some(thread)),
@@ -154,9 +180,16 @@ impl<T: Send + 'static> Batcher<T> {
     /// Never blocks and never wakes the export thread, unless a full batch is waiting.
     /// A full buffer drops the item and counts it.
     pub fn push(&self, item: T) {
+        if self.buffer.closed.load(Ordering::Acquire) {
+            self.counters
+                .dropped_export_failed
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let full_batch = {
             let mut items = self.buffer.lock();
-            if items.len() >= self.buffer.max_queue {
+            let held = items.len() + self.buffer.exporting.load(Ordering::Relaxed);
+            if held >= self.buffer.max_queue {
                 drop(items);
                 self.counters
                     .dropped_queue_full
@@ -173,9 +206,9 @@ impl<T: Send + 'static> Batcher<T> {
 
     fn roundtrip(&self, make: fn(SyncSender<()>) -> Control, timeout: Duration) -> OTelSdkResult {
         let (done_tx, done_rx) = mpsc::sync_channel(1);
-        self.control.send(make(done_tx)).map_err(|_| {
-            OTelSdkError::InternalFailure(format!("{} exporter is gone", self.name))
-        })?;
+        let gone = || OTelSdkError::InternalFailure(format!("{} exporter is gone", self.name));
+        let control = self.control.as_ref().ok_or_else(gone)?;
+        control.send(make(done_tx)).map_err(|_| gone())?;
         self.waker.unpark();
         done_rx
             .recv_timeout(timeout)
@@ -203,7 +236,9 @@ impl<T: Send + 'static> Batcher<T> {
 
 impl<T> Drop for Batcher<T> {
     fn drop(&mut self) {
-        // The control channel closes with us: wake the thread so it exports and ends.
+        // Close the control channel first, then wake the thread: it exports what is
+        // left and ends.
+        self.control = None;
         self.waker.unpark();
     }
 }
@@ -217,7 +252,7 @@ fn run<T, E, F>(
     name: &'static str,
     settings: ExportSettings,
     counters: Arc<SignalCounters>,
-    buffer: Arc<Buffer<T>>,
+    buffer: &Buffer<T>,
     control: mpsc::Receiver<Control>,
     make: F,
 ) where
@@ -231,14 +266,14 @@ fn run<T, E, F>(
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("snakepit: cannot start the {name} export runtime: {e}; {name} are dropped");
-            return drain_forever(&buffer, control, &counters);
+            return drain_forever(buffer, control, &counters);
         }
     };
     let exporter = match rt.block_on(async { make() }) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("snakepit: cannot build the {name} exporter: {e}; {name} are dropped");
-            return drain_forever(&buffer, control, &counters);
+            return drain_forever(buffer, control, &counters);
         }
     };
     let mut breaker = Breaker {
@@ -279,10 +314,15 @@ fn run<T, E, F>(
     };
     let max_batch = settings.max_batch.max(1);
     let export_all = |breaker: &mut Breaker| {
-        let mut items = buffer.take();
-        while !items.is_empty() {
-            let rest = items.split_off(items.len().min(max_batch));
-            export_one(std::mem::replace(&mut items, rest), breaker);
+        let mut items = buffer.take().into_iter();
+        loop {
+            let batch: Vec<T> = items.by_ref().take(max_batch).collect();
+            if batch.is_empty() {
+                break;
+            }
+            let n = batch.len();
+            export_one(batch, breaker);
+            buffer.exported(n);
         }
     };
     let mut deadline = Instant::now() + settings.delay;
@@ -316,6 +356,7 @@ fn run<T, E, F>(
             }
         }
         std::thread::park_timeout(deadline.saturating_duration_since(Instant::now()));
+        buffer.wakes.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -325,7 +366,9 @@ fn drain_forever<T>(
     counters: &SignalCounters,
 ) {
     loop {
-        let dropped = buffer.take().len() as u64;
+        let taken = buffer.take();
+        let dropped = taken.len() as u64;
+        buffer.exported(taken.len());
         counters
             .dropped_export_failed
             .fetch_add(dropped, Ordering::Relaxed);
@@ -502,5 +545,83 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(2));
         assert!(counters.dropped_queue_full.load(Ordering::Relaxed) > 0);
         batcher.shutdown(Duration::from_secs(5)).unwrap();
+        // After shutdown nothing is kept: pushes are counted as lost.
+        let before = counters.dropped_export_failed.load(Ordering::Relaxed);
+        batcher.push(7);
+        assert_eq!(
+            counters.dropped_export_failed.load(Ordering::Relaxed),
+            before + 1
+        );
+    }
+
+    fn slow_settings() -> ExportSettings {
+        ExportSettings {
+            max_queue: 10_000,
+            max_batch: 1_000,
+            delay: Duration::from_secs(30),
+            timeout: Duration::from_secs(1),
+            breaker_failures: 2,
+            breaker_cooldown: Duration::from_secs(1),
+        }
+    }
+
+    fn flaky(got: &Arc<AtomicU64>) -> impl FnOnce() -> Result<Flaky, String> + Send + 'static {
+        let got = got.clone();
+        move || {
+            Ok(Flaky {
+                down: Arc::new(AtomicBool::new(false)),
+                got,
+                calls: Arc::new(AtomicU64::new(0)),
+            })
+        }
+    }
+
+    #[test]
+    fn pushes_below_a_batch_wake_nobody_and_a_full_batch_goes_at_once() {
+        let got = Arc::new(AtomicU64::new(0));
+        let batcher = Batcher::start("test", slow_settings(), Arc::default(), flaky(&got)).unwrap();
+        std::thread::sleep(Duration::from_millis(100)); // the thread is parked
+        let woke = batcher.buffer.wakes.load(Ordering::Relaxed);
+        for i in 0..999 {
+            batcher.push(i);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            batcher.buffer.wakes.load(Ordering::Relaxed) <= woke + 1,
+            "the export thread woke per item"
+        );
+        assert_eq!(
+            got.load(Ordering::Relaxed),
+            0,
+            "no export before a full batch"
+        );
+        batcher.push(999);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got.load(Ordering::Relaxed) < 1000 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            got.load(Ordering::Relaxed),
+            1000,
+            "a full batch is exported at once"
+        );
+    }
+
+    #[test]
+    fn dropping_the_batcher_exports_what_is_left_at_once() {
+        let got = Arc::new(AtomicU64::new(0));
+        let batcher = Batcher::start("test", slow_settings(), Arc::default(), flaky(&got)).unwrap();
+        for i in 0..5 {
+            batcher.push(i);
+        }
+        let thread = batcher.thread.lock().unwrap().take().unwrap();
+        let started = Instant::now();
+        drop(batcher);
+        thread.join().unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "waited for the batch delay"
+        );
+        assert_eq!(got.load(Ordering::Relaxed), 5);
     }
 }

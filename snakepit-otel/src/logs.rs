@@ -29,7 +29,10 @@ use tracing_subscriber::Layer;
 use crate::config::LogFormat;
 
 /// Span fields that log lines inherit from the request span.
-const INHERITED: [&str; 4] = ["correlation_id", "request_id", "trace_id", "span_id"];
+const INHERITED: [&str; 2] = ["correlation_id", "request_id"];
+/// The target of the trace layer's request spans, whose `trace_id`, `span_id` and
+/// `trace_flags` fields are the request's OpenTelemetry ids.
+const REQUEST_TARGET: &str = "snakepit::request";
 /// Fields whose end matters most when they are too long.
 const KEEP_END: [&str; 2] = ["python_traceback", "stderr_tail"];
 
@@ -98,7 +101,44 @@ impl LineWriter {
 }
 
 #[derive(Default)]
-struct SpanFields(Vec<(&'static str, String)>);
+struct SpanFields {
+    inherited: Vec<(&'static str, String)>,
+    /// A request span's OpenTelemetry ids.
+    trace: Option<(TraceId, SpanId)>,
+    flags: TraceFlags,
+}
+
+/// Formats into a stack buffer: reading a request span's ids needs no allocation.
+struct StackText {
+    buf: [u8; 40],
+    len: usize,
+}
+
+impl std::fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+fn debug_text(value: &dyn std::fmt::Debug) -> Option<StackText> {
+    use std::fmt::Write as _;
+    let mut text = StackText {
+        buf: [0; 40],
+        len: 0,
+    };
+    write!(text, "{value:?}").ok()?;
+    Some(text)
+}
+
+impl StackText {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
 
 struct Fields<'a> {
     map: Map<String, Value>,
@@ -151,17 +191,43 @@ impl Visit for Fields<'_> {
     }
 }
 
-struct Inherit<'a>(&'a mut SpanFields);
+/// Collects what log lines inside a span inherit; `request` is true for the trace
+/// layer's request spans (whose ids it reads; other spans' `trace_id` fields are theirs).
+struct Inherit<'a> {
+    fields: &'a mut SpanFields,
+    request: bool,
+}
 
 impl Visit for Inherit<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.record_str(field, &format!("{value:?}"));
+        match field.name() {
+            "trace_id" | "span_id" if self.request => {
+                let Some(text) = debug_text(value) else {
+                    return;
+                };
+                let (trace, span) = self
+                    .fields
+                    .trace
+                    .unwrap_or((TraceId::INVALID, SpanId::INVALID));
+                self.fields.trace = Some(match field.name() {
+                    "trace_id" => (TraceId::from_hex(text.as_str()).unwrap_or(trace), span),
+                    _ => (trace, SpanId::from_hex(text.as_str()).unwrap_or(span)),
+                });
+            }
+            name if INHERITED.contains(&name) => self.record_str(field, &format!("{value:?}")),
+            _ => {}
+        }
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if self.request && field.name() == "trace_flags" {
+            self.fields.flags = TraceFlags::new(value as u8);
+        }
     }
     fn record_str(&mut self, field: &Field, value: &str) {
         if let Some(name) = INHERITED.iter().find(|n| **n == field.name()) {
             if !value.is_empty() {
-                self.0 .0.retain(|(k, _)| k != name);
-                self.0 .0.push((name, value.to_string()));
+                self.fields.inherited.retain(|(k, _)| k != name);
+                self.fields.inherited.push((name, value.to_string()));
             }
         }
     }
@@ -203,9 +269,15 @@ where
         id: &tracing::span::Id,
         ctx: Context<'_, S>,
     ) {
+        if self.writer.is_none() && self.otlp.is_none() {
+            return; // logs off entirely: nothing will inherit anything
+        }
         let Some(span) = ctx.span(id) else { return };
         let mut fields = SpanFields::default();
-        attrs.record(&mut Inherit(&mut fields));
+        attrs.record(&mut Inherit {
+            fields: &mut fields,
+            request: attrs.metadata().target() == REQUEST_TARGET,
+        });
         span.extensions_mut().insert(fields);
     }
 
@@ -216,9 +288,10 @@ where
         ctx: Context<'_, S>,
     ) {
         let Some(span) = ctx.span(id) else { return };
+        let request = span.metadata().target() == REQUEST_TARGET;
         let mut ext = span.extensions_mut();
         if let Some(fields) = ext.get_mut::<SpanFields>() {
-            values.record(&mut Inherit(fields));
+            values.record(&mut Inherit { fields, request });
         }
     }
 
@@ -234,49 +307,38 @@ where
         };
         event.record(&mut fields);
         let mut inherited: Vec<(&'static str, String)> = Vec::new();
-        let mut span_id = None;
+        let mut request_ids = None;
         if let Some(scope) = ctx.event_scope(event) {
             for span in scope {
-                span_id.get_or_insert_with(|| span.id());
                 if let Some(f) = span.extensions().get::<SpanFields>() {
-                    for (k, v) in &f.0 {
+                    for (k, v) in &f.inherited {
                         if !inherited.iter().any(|(ik, _)| ik == k) {
                             inherited.push((k, v.clone()));
                         }
                     }
+                    if request_ids.is_none() {
+                        request_ids = f.trace.map(|(t, s)| (t, s, f.flags));
+                    }
                 }
             }
         }
-        // The request span's ids (inherited), else the OpenTelemetry span that is
-        // current (the application's own, e.g. through tracing-opentelemetry).
-        let inherited_id = |key: &str| {
-            inherited
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v.as_str())
-        };
-        let span_context = match (inherited_id("trace_id"), inherited_id("span_id")) {
-            (Some(t), Some(s)) => match (TraceId::from_hex(t), SpanId::from_hex(s)) {
-                (Ok(t), Ok(s)) => Some(SpanContext::new(
-                    t,
-                    s,
-                    TraceFlags::default(),
-                    false,
-                    TraceState::NONE,
-                )),
-                _ => None,
-            },
-            _ => opentelemetry::Context::map_current(|cx| {
+        // The request span's ids, else the OpenTelemetry span that is current (the
+        // application's own, e.g. through tracing-opentelemetry).
+        let span_context = match request_ids {
+            Some((trace, span, flags)) => Some(SpanContext::new(
+                trace,
+                span,
+                flags,
+                false,
+                TraceState::NONE,
+            )),
+            None => opentelemetry::Context::map_current(|cx| {
                 let span = cx.span();
                 let sc = span.span_context();
                 sc.is_valid().then(|| sc.clone())
             }),
         }
         .filter(SpanContext::is_valid);
-        let inherited: Vec<(&'static str, String)> = inherited
-            .into_iter()
-            .filter(|(k, _)| *k != "trace_id" && *k != "span_id")
-            .collect();
         let now = SystemTime::now();
         self.emitted.fetch_add(1, Ordering::Relaxed);
 

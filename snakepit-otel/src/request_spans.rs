@@ -137,7 +137,11 @@ pub(crate) struct RequestSpan {
     parent: Option<SpanContext>,
     pub start: SystemTime,
     recording: Option<Box<Recording>>,
+    /// Where the span goes when it ends (sampled spans only).
     export: Option<SpanExport>,
+    /// Spans are exported at all: the worker continues this trace (sampled or not, so
+    /// spans made inside honour the decision).
+    pub exported: bool,
 }
 
 impl RequestSpan {
@@ -181,7 +185,8 @@ impl RequestSpan {
             parent,
             start: SystemTime::now(),
             recording,
-            export: export.cloned().filter(|_| sampled),
+            export: export.filter(|_| sampled).cloned(),
+            exported: export.is_some(),
         }
     }
 
@@ -330,13 +335,119 @@ mod tests {
     }
 
     #[test]
-    fn ratio_sampling_agrees_with_the_sdk_bounds() {
+    fn ratio_sampling_decides_as_the_sdk_sampler_does() {
+        use opentelemetry_sdk::trace::{Sampler, SamplingDecision, ShouldSample};
         let always = TraceId::from(u128::MAX);
         assert!(ratio_samples(always, 1.0));
         assert!(!ratio_samples(always, 0.0));
-        let sampled = (0..10_000)
-            .filter(|_| ratio_samples(TraceId::from(nonzero_u128()), 0.25))
-            .count();
-        assert!((2_000..3_000).contains(&sampled), "{sampled}");
+        for ratio in [0.01, 0.25, 0.5, 0.9] {
+            let sdk = Sampler::TraceIdRatioBased(ratio);
+            for _ in 0..2_000 {
+                let id = TraceId::from(nonzero_u128());
+                let theirs = sdk
+                    .should_sample(
+                        None,
+                        id,
+                        "n",
+                        &opentelemetry::trace::SpanKind::Client,
+                        &[],
+                        &[],
+                    )
+                    .decision
+                    == SamplingDecision::RecordAndSample;
+                assert_eq!(ratio_samples(id, ratio), theirs, "{id} at {ratio}");
+            }
+        }
+    }
+
+    /// Collects what would be exported.
+    struct Collect(Arc<std::sync::Mutex<Vec<SpanData>>>);
+
+    impl crate::export::BatchExporter<SpanData> for Collect {
+        async fn export(&self, batch: Vec<SpanData>) -> Result<(), String> {
+            self.0.lock().unwrap().extend(batch);
+            Ok(())
+        }
+    }
+
+    fn collecting(ratio: f64) -> (SpanExport, Arc<std::sync::Mutex<Vec<SpanData>>>) {
+        let got: Arc<std::sync::Mutex<Vec<SpanData>>> = Arc::default();
+        let sink = got.clone();
+        let settings = crate::export::ExportSettings {
+            max_queue: 100,
+            max_batch: 10,
+            delay: std::time::Duration::from_secs(60),
+            timeout: std::time::Duration::from_secs(1),
+            breaker_failures: 3,
+            breaker_cooldown: std::time::Duration::from_secs(1),
+        };
+        let batcher = Batcher::start("test-spans", settings, Arc::default(), move || {
+            Ok(Collect(sink))
+        })
+        .unwrap();
+        (SpanExport::new(Arc::new(batcher), ratio), got)
+    }
+
+    #[test]
+    fn a_sampled_span_continues_its_parent_and_is_exported_once() {
+        let (export, got) = collecting(1.0);
+        let metadata = vec![
+            (
+                "traceparent".to_string(),
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
+            ),
+            ("tracestate".to_string(), "vendor=1".to_string()),
+        ];
+        let mut span = RequestSpan::start(Some(&export), &metadata, || "p/ping".into(), Vec::new);
+        assert!(span.is_recording() && span.exported);
+        span.set_attribute(KeyValue::new("k", "v"));
+        let (header, state) = span.traceparent();
+        assert!(header.ends_with("-01"), "{header}");
+        assert_eq!(state.as_deref(), Some("vendor=1"));
+        span.end();
+        export
+            .batcher
+            .flush(std::time::Duration::from_secs(5))
+            .unwrap();
+        let spans = got.lock().unwrap().clone();
+        assert_eq!(spans.len(), 1);
+        let s = &spans[0];
+        assert_eq!(s.name, "p/ping");
+        assert_eq!(
+            s.span_context.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(s.parent_span_id.to_string(), "00f067aa0ba902b7");
+        assert!(s.parent_span_is_remote);
+        assert_eq!(s.span_context.trace_state().header(), "vendor=1");
+        assert_eq!(s.attributes, vec![KeyValue::new("k", "v")]);
+    }
+
+    #[test]
+    fn the_current_context_is_the_parent_and_its_decision_holds() {
+        let (export, got) = collecting(1.0);
+        let parent = SpanContext::new(
+            TraceId::from(7u128),
+            SpanId::from(9u64),
+            TraceFlags::default(), // not sampled
+            false,
+            TraceState::NONE,
+        );
+        let cx = opentelemetry::Context::current().with_remote_span_context(parent);
+        let _attached = cx.attach();
+        let span = RequestSpan::start(Some(&export), &[], || "p/ping".into(), Vec::new);
+        assert_eq!(span.context.trace_id(), TraceId::from(7u128));
+        assert!(
+            !span.is_recording(),
+            "an unsampled parent is not overruled by the ratio"
+        );
+        assert!(span.exported);
+        assert!(span.traceparent().0.ends_with("-00"));
+        span.end();
+        export
+            .batcher
+            .flush(std::time::Duration::from_secs(5))
+            .unwrap();
+        assert!(got.lock().unwrap().is_empty(), "nothing exported for it");
     }
 }

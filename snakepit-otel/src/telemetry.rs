@@ -411,6 +411,11 @@ impl Telemetry {
                 "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
                 self.cfg.otlp.endpoint_or_default(),
             ),
+            // Adapter spans go where the pool's spans go, a traces endpoint included.
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT".into(),
+                self.cfg.otlp.signal_endpoint("traces"),
+            ),
             ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), protocol.into()),
             (
                 "OTEL_SERVICE_NAME".into(),

@@ -95,10 +95,21 @@ async fn enabled_layers_count_and_inject_traceparent_only_when_spans_are_exporte
     // Exported (nothing listens on port 9: the export thread drops and counts).
     cfg.traces.otlp = Some(true);
     cfg.otlp.endpoint = Some("http://127.0.0.1:9".into());
-    let (req, t) = one_request(cfg).await;
+    let (req, t) = one_request(cfg.clone()).await;
     let traceparent = req.metadata.iter().find(|(k, _)| k == "traceparent");
     let (_, tp) = traceparent.expect("traceparent injected");
     assert!(tp.starts_with("00-") && tp.ends_with("-01"), "{tp}");
+    t.shutdown(Duration::from_secs(1));
+
+    // Exported but not sampled: the worker still learns the decision (flags 00).
+    cfg.traces.sampling_ratio = 0.0;
+    let (req, t) = one_request(cfg).await;
+    let (_, tp) = req
+        .metadata
+        .iter()
+        .find(|(k, _)| k == "traceparent")
+        .expect("traceparent injected");
+    assert!(tp.ends_with("-00"), "{tp}");
     t.shutdown(Duration::from_secs(1));
 }
 
@@ -109,6 +120,8 @@ fn worker_env_says_whether_workers_time_requests_for_worker_spans() {
     };
     let mut cfg = TelemetryConfig::default();
     cfg.logs.format = crate::LogFormat::Off;
+    // Set, so an OTEL_EXPORTER_OTLP_ENDPOINT in the test's environment changes nothing.
+    cfg.traces.otlp = Some(false);
     let off = Telemetry::build(cfg.clone()).unwrap();
     assert_eq!(
         get(&off.worker_env(), "SNAKEPIT_WORKER_SPANS").as_deref(),

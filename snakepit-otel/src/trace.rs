@@ -145,8 +145,8 @@ struct Open {
     shared: Arc<TraceShared>,
     otel: RequestSpan,
     span: tracing::Span,
-    command: String,
-    correlation_id: Option<String>,
+    /// Command and correlation id, for the worker span (when there is one to emit).
+    worker_parent: Option<(String, Option<String>)>,
 }
 
 impl<S> Service<Request> for Trace<S>
@@ -196,13 +196,15 @@ where
         let span = tracing::info_span!(
             target: "snakepit::request",
             "snakepit.request",
-            request_id = %request_id,
+            request_id = request_id.as_str(),
             correlation_id = req.correlation_id.as_deref().unwrap_or(""),
             trace_id = %otel.context.trace_id(),
             span_id = %otel.context.span_id(),
+            trace_flags = u64::from(otel.context.trace_flags().to_u8()),
         );
-        // The worker continues the trace only if the trace goes anywhere.
-        let context = otel.is_recording().then(|| {
+        // When spans are exported the worker continues the trace, sampled or not (so
+        // spans made inside follow the decision); else there is no trace to continue.
+        let context = otel.exported.then(|| {
             let (traceparent, tracestate) = otel.traceparent();
             set_metadata(&mut req.metadata, "traceparent", traceparent);
             if let Some(state) = tracestate {
@@ -220,17 +222,20 @@ where
             shared.sanitizer.value(&mut args);
             tracing::info!(target: "snakepit::request", parent: &span, command = %req.command, args = %args, "request");
         }
-        let open = Open {
+        // Only worker spans need these after the call.
+        let worker_parent = (shared.worker_spans.is_some() && otel.is_recording())
+            .then(|| (req.command.clone(), req.correlation_id.clone()));
+        // Made before the future is first polled: dropped unpolled, it still ends the span.
+        let guard = CancelGuard(Some(Open {
             shared,
             otel,
             span: span.clone(),
-            command: req.command.clone(),
-            correlation_id: req.correlation_id.clone(),
-        };
+            worker_parent,
+        }));
         let inner = self.inner.call(req).instrument(span);
         Box::pin(async move {
             // Dropped before an answer (the caller went away): the span says so.
-            let mut guard = CancelGuard(Some(open));
+            let mut guard = guard;
             let mut result = match context {
                 Some(cx) => inner.with_context(cx).await,
                 None => inner.await,
@@ -274,7 +279,9 @@ impl Open {
             Ok(resp) => self.on_success(resp.served()),
             Err(err) => self.on_error(err),
         }
-        if let Some(spans) = &self.shared.worker_spans {
+        if let (Some(spans), Some((command, correlation_id))) =
+            (&self.shared.worker_spans, &self.worker_parent)
+        {
             let (worker, failure) = match result {
                 Ok(resp) => (resp.served().and_then(|s| s.worker_span.as_ref()), None),
                 Err(err) => (
@@ -285,8 +292,8 @@ impl Open {
             if let Some(worker) = worker {
                 let parent = SpanParent {
                     context: &self.otel.context,
-                    command: &self.command,
-                    correlation_id: self.correlation_id.as_deref(),
+                    command,
+                    correlation_id: correlation_id.as_deref(),
                 };
                 spans.emit(&parent, worker, failure, &self.shared.sanitizer);
             }

@@ -345,7 +345,8 @@ async fn run() -> Result<(), BoxError> {
                             tallies[2].add(s, machine_busy() - cpu);
                         }
                     }
-                    if only.system(SYSTEMS[5]) {
+                    // The floor is an echo: only next to the no-op does it mean anything.
+                    if only.system(SYSTEMS[5]) && w.command == "ping" {
                         let floor = floor.clone();
                         let cpu = machine_busy();
                         let s = drive(in_flight, d, move |i| {
@@ -396,7 +397,7 @@ async fn run() -> Result<(), BoxError> {
                 if w.command == "ping" && in_flight == 1 {
                     let floor_p50 = tallies[5].sample.pct(0.5);
                     verdicts.push(format!(
-                        "pipe no-op p50 at 1 in flight, {workers} worker(s): {pipe_p50:.0} µs, floor {floor_p50:.0} µs, +{:.0} (target ≤ floor + 15): {}",
+                        "pipe no-op p50 at 1 in flight, {workers} worker(s): {pipe_p50:.0} µs, floor {floor_p50:.0} µs, +{:.0} (target ≤ floor + 15, and ≤ 80 on a quiet machine): {}",
                         pipe_p50 - floor_p50,
                         if pipe_p50 <= floor_p50 + 15.0 { "met" } else { "MISSED" }
                     ));
