@@ -51,6 +51,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run-id", default="", help="the pool run this worker belongs to")
     p.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
     p.add_argument("--threads", type=int, default=4, help="gRPC handler threads")
+    p.add_argument(
+        "--busy-poll-us",
+        type=int,
+        default=0,
+        help="pipe transport: microseconds to poll for the next request before sleeping",
+    )
     p.add_argument("--watch-stdin", action="store_true", help="exit when stdin closes")
     p.add_argument("--stop-grace", type=float, default=2.0, help="seconds to finish on SIGTERM")
     return p.parse_args(argv)
@@ -126,7 +132,7 @@ def main(argv=None) -> int:
         except ValueError as exc:
             print(f"--pipe-fds {args.pipe_fds!r}: {exc}", file=sys.stderr)
             return EXIT_BIND_FAILED
-        server = PipeServer(dispatcher, fds, args.max_message_bytes)
+        server = PipeServer(dispatcher, fds, args.max_message_bytes, max(args.busy_poll_us, 0) / 1e6)
     else:
         address = args.address or (f"unix:{args.socket}" if args.socket else None)
         if address is None:

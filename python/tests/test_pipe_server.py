@@ -16,7 +16,7 @@ HEADER = struct.Struct(">I")
 
 
 class PipeWorker:
-    def __init__(self):
+    def __init__(self, busy_poll_us=100):
         self.data_in_r, self.data_in_w = os.pipe()    # pool -> worker
         self.data_out_r, self.data_out_w = os.pipe()  # worker -> pool
         self.ctl_in_r, self.ctl_in_w = os.pipe()
@@ -24,7 +24,8 @@ class PipeWorker:
         child = (self.data_in_r, self.data_out_w, self.ctl_in_r, self.ctl_out_w)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "snakepit_bridge", "--adapter", "snakepit_bridge.example:ExampleAdapter",
-             "--pipe-fds", ",".join(map(str, child)), "--max-message-bytes", "1048576"],
+             "--pipe-fds", ",".join(map(str, child)), "--max-message-bytes", "1048576",
+             "--busy-poll-us", str(busy_poll_us)],
             pass_fds=child, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for fd in child:
@@ -79,9 +80,10 @@ class PipeWorker:
                 pass
 
 
-@pytest.fixture
-def worker():
-    w = PipeWorker()
+# 100 µs is the pool's shipped busy poll; 0 is the plain blocking read.
+@pytest.fixture(params=[100, 0], ids=["busy-poll-default", "no-busy-poll"])
+def worker(request):
+    w = PipeWorker(request.param)
     yield w
     w.close()
 
@@ -167,3 +169,89 @@ def test_eof_on_the_data_pipe_means_the_pool_is_gone(worker):
 def test_sigterm_exits_cleanly(worker):
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.proc.wait(timeout=10) == 0
+
+
+# -- the busy-polling read, in process ------------------------------------------------
+
+def _frame_bytes(frame):
+    data = frame.SerializeToString()
+    return HEADER.pack(len(data)) + data
+
+
+@pytest.fixture
+def polled_pipe():
+    from snakepit_bridge.pipe_server import Pipe
+    r, w = os.pipe()
+    out_r, out_w = os.pipe()
+    pipe = Pipe(r, out_w, 1 << 20)
+    pipe.spin_for(100e-6)
+    yield pipe, w
+    for fd in (r, w, out_r, out_w):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def test_busy_poll_reads_what_is_there_and_what_comes_later(polled_pipe):
+    import threading
+    pipe, w = polled_pipe
+    os.write(w, _frame_bytes(pb.Frame(id=1, health=pb.HealthRequest())))
+    assert pipe.read().id == 1
+    # Arrives long after the poll window: the read sleeps and still gets it, and the
+    # next wait sleeps at once (the window caught nothing).
+    t = threading.Timer(0.05, lambda: os.write(w, _frame_bytes(pb.Frame(id=2, health=pb.HealthRequest()))))
+    t.start()
+    assert pipe.read().id == 2
+    t.join()
+    assert pipe._spin_pays is False
+    # A frame split across writes, the second part after a pause, reads whole.
+    raw = _frame_bytes(pb.Frame(id=3, health=pb.HealthRequest()))
+    os.write(w, raw[:3])
+    t = threading.Timer(0.02, lambda: os.write(w, raw[3:]))
+    t.start()
+    assert pipe.read().id == 3
+    t.join()
+
+
+def test_busy_poll_turns_back_on_when_traffic_returns(polled_pipe):
+    import threading
+    pipe, w = polled_pipe
+    # A 0.5 s window instead of the default 100 µs, so "a wait short enough that the
+    # poll would have caught it" does not depend on how fast this machine starts a
+    # thread; the rule is the same.
+    pipe.spin_for(0.5)
+    pipe._spin_pays = False
+    t = threading.Timer(0.05, lambda: os.write(w, _frame_bytes(pb.Frame(id=5, health=pb.HealthRequest()))))
+    t.start()
+    assert pipe.read().id == 5
+    t.join()
+    assert pipe._spin_pays is True
+    # And a wait longer than the window switches it off again.
+    pipe.spin_for(0.01)
+    pipe._spin_pays = False
+    t = threading.Timer(0.1, lambda: os.write(w, _frame_bytes(pb.Frame(id=6, health=pb.HealthRequest()))))
+    t.start()
+    assert pipe.read().id == 6
+    t.join()
+    assert pipe._spin_pays is False
+
+
+def test_busy_poll_sees_eof(polled_pipe):
+    pipe, w = polled_pipe
+    os.close(w)
+    assert pipe.read() is None
+
+
+def test_no_busy_poll_is_a_blocking_read():
+    from snakepit_bridge.pipe_server import Pipe
+    r, w = os.pipe()
+    try:
+        pipe = Pipe(r, w, 1 << 20)
+        pipe.spin_for(0.0)
+        assert os.get_blocking(r)
+        os.write(w, _frame_bytes(pb.Frame(id=9, health=pb.HealthRequest())))
+        assert pipe.read().id == 9
+    finally:
+        os.close(r)
+        os.close(w)

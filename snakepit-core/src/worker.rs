@@ -114,6 +114,8 @@ impl Worker {
                 spec.args.push("--pipe-fds".into());
                 let numbers: Vec<String> = pipe::CHILD_FDS.iter().map(i32::to_string).collect();
                 spec.args.push(numbers.join(",").into());
+                spec.args.push("--busy-poll-us".into());
+                spec.args.push(cfg.busy_poll_us.to_string().into());
                 spec.pass_fds = theirs.into_iter().zip(pipe::CHILD_FDS).collect();
                 Channel::Pipes(ours)
             }

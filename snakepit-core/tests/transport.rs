@@ -140,3 +140,49 @@ async fn a_malformed_frame_from_the_worker_replaces_it() {
     assert_eq!(resp.value().unwrap(), json!(1));
     pool.shutdown(Duration::from_secs(5)).await;
 }
+
+/// CPU time (user + system, in clock ticks) a process has used, from /proc.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the file, 12 and 13 after the name.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// The shipped busy poll (pipe transport): the default reaches the worker, calls
+/// answered back to back work, and a worker with nothing to do sleeps — the poll is
+/// bounded, it never turns into a spinning idle worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_busy_poll_reaches_the_worker_and_an_idle_worker_sleeps() {
+    if test_transport() != TransportKind::Pipe {
+        return; // gRPC workers serve from grpcio's threads; there is no pipe to poll
+    }
+    let cfg = test_config(1);
+    assert_eq!(cfg.busy_poll_us, PoolConfig::default().busy_poll_us);
+    let pool = start(cfg).await;
+    for i in 0..500 {
+        let out = pool
+            .execute(Request::new("echo", json!({ "i": i })))
+            .await
+            .unwrap();
+        assert_eq!(out.value().unwrap(), json!({ "i": i }));
+    }
+    let pid = pool.stats().workers[0].pid;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let flag = args.iter().position(|a| *a == b"--busy-poll-us").unwrap();
+    assert_eq!(
+        args[flag + 1],
+        PoolConfig::default().busy_poll_us.to_string().as_bytes()
+    );
+    // Idle for two seconds: a worker that kept polling would burn ~200 ticks. This
+    // measures idleness over a fixed interval, so it is a wait by nature, not a
+    // synchronisation sleep. Health checks (every 2 s here) cost a tick at most.
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_ticks(pid) - before;
+    assert!(used <= 10, "an idle worker used {used} ticks of CPU in 2 s");
+    pool.shutdown(Duration::from_secs(5)).await;
+}

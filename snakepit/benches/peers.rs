@@ -21,7 +21,8 @@
 //! --workload ping --system pipe --seconds 10` (each filter optional). Worker spans are
 //! on (a second exported span per call, built by the pool from the worker's timing) and
 //! the workers run Python's OTel SDK for adapter spans, as `serve` does with OTLP
-//! traces on; `BENCH_WORKER_SPANS=0` turns both off.
+//! traces on; `BENCH_WORKER_SPANS=0` turns both off. `BENCH_BUSY_POLL_US=0` runs the
+//! pools without the pipe worker's busy poll (default 100 µs), for a before/after.
 //!
 //! **pipe echo floor** is a bare Rust→Python round trip over pipes (no pool, no
 //! telemetry; `pipe_floor.rs`): the distance of the snakepit pipe row from it is what
@@ -230,6 +231,10 @@ async fn run() -> Result<(), BoxError> {
     // Worker spans and the workers' OTel SDK are on with exported traces, as `serve`
     // runs them; BENCH_WORKER_SPANS=0 turns both off.
     let worker_spans = std::env::var("BENCH_WORKER_SPANS").map_or(true, |v| v != "0");
+    // For before/after runs of the pipe worker's busy poll (`busy_poll_us`).
+    let busy_poll_us: Option<u64> = std::env::var("BENCH_BUSY_POLL_US")
+        .ok()
+        .and_then(|v| v.parse().ok());
 
     // Observability fully on, as `snakepit serve` runs it with OTLP export configured.
     let mut cfg = TelemetryConfig::default();
@@ -261,6 +266,10 @@ async fn run() -> Result<(), BoxError> {
             ", worker spans off; Python OTel SDK off in workers"
         }
     );
+    println!(
+        "pipe workers' busy poll: {} µs",
+        busy_poll_us.unwrap_or(PoolConfig::default().busy_poll_us)
+    );
     println!("bare tonic: no pool, no observability; stdlib pools: Python client, the faster of callback-chained and sequential calls\n");
     println!("| workload | workers | in flight | system | p50 µs | p99 µs | req/s | req/s vs mp.Pool | machine CPU/call |");
     println!("|---|---:|---:|---|---:|---:|---:|---:|---:|");
@@ -282,6 +291,9 @@ async fn run() -> Result<(), BoxError> {
                 ..PoolConfig::default()
             };
             p.python.env.extend(telemetry.worker_env());
+            if let Some(us) = busy_poll_us {
+                p.busy_poll_us = us;
+            }
             if !worker_spans {
                 p.python.env.insert("SNAKEPIT_OTEL".into(), "0".into());
             }

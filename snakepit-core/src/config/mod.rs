@@ -181,6 +181,11 @@ pub struct PoolConfig {
     pub capacity_warning_percent: f64,
     /// Window for error rate, throughput and latency percentiles in `stats()`.
     pub stats_window_secs: u64,
+    /// Pipe transport: after a reply, how long the worker polls for the next request
+    /// before it sleeps (0 = sleep at once). Under load this saves a sleep/wake pair on
+    /// each side of every call; when idle it costs at most this much CPU per request
+    /// (adaptive: after a window that caught nothing the worker sleeps at once).
+    pub busy_poll_us: u64,
     pub python: PythonConfig,
     pub sessions: SessionConfig,
 }
@@ -212,6 +217,7 @@ impl Default for PoolConfig {
             max_response_bytes: 64 * 1024 * 1024,
             capacity_warning_percent: 80.0,
             stats_window_secs: 60,
+            busy_poll_us: 100,
             python: PythonConfig::default(),
             sessions: SessionConfig::default(),
         }
@@ -315,7 +321,7 @@ impl PoolConfig {
         }
         // Every duration and size has a range: huge values would overflow a deadline
         // (`Instant + Duration`) or the admission semaphore instead of meaning "never".
-        let ranges: [(&str, u64, u64, u64, &str); 21] = [
+        let ranges: [(&str, u64, u64, u64, &str); 22] = [
             ("size", self.size as u64, 1, 1024, "workers"),
             (
                 "max_queue_size",
@@ -382,6 +388,7 @@ impl PoolConfig {
                 "checks",
             ),
             ("stop_grace_ms", self.stop_grace_ms, 0, HOUR_MS, "ms"),
+            ("busy_poll_us", self.busy_poll_us, 0, 10_000, "µs"),
             (
                 "restart_backoff_max_ms",
                 self.restart_backoff_max_ms,

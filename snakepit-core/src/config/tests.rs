@@ -54,6 +54,7 @@ fn huge_values_are_refused_with_their_key_and_range() {
         "health_check_interval_ms",
         "health_check_timeout_ms",
         "stop_grace_ms",
+        "busy_poll_us",
         "restart_backoff_initial_ms",
         "restart_backoff_max_ms",
         "restart_backoff_reset_secs",
