@@ -7,8 +7,9 @@ arrives within tens of microseconds, and a sleep/wake pair costs more than that 
 virtual machine (≈ 30 µs of CPU on each side and as much latency). The poll yields the
 core to any runnable neighbour on every turn, and it is adaptive: after a window that
 caught nothing the next wait sleeps at once, until a wait short enough to have been
-caught shows the traffic is back. Cost when idle: at most one window per request. The control pair (health, describe,
-sessions, cancel) has its own thread, so health checks are answered while a request
+caught shows the traffic is back. Cost when idle: at most one window per request.
+
+The control pair (health, describe, sessions, cancel) has its own thread, so health checks are answered while a request
 runs. EOF on the data pipe means the pool is gone: the worker exits at once. A frame
 that does not decode or is too long is answered with a `frame_error` and ends the
 worker (exit code 5): the pool replaces it.

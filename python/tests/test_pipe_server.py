@@ -214,26 +214,30 @@ def test_busy_poll_reads_what_is_there_and_what_comes_later(polled_pipe):
     t.join()
 
 
-def test_busy_poll_turns_back_on_when_traffic_returns(polled_pipe):
+def _read_written_after(pipe, w, frame_id, delay):
+    """Read a frame that another thread writes `delay` seconds from now."""
     import threading
+    frame = _frame_bytes(pb.Frame(id=frame_id, health=pb.HealthRequest()))
+    t = threading.Timer(delay, lambda: os.write(w, frame))
+    t.start()
+    got = pipe.read()
+    t.join()
+    return got.id
+
+
+def test_busy_poll_turns_back_on_when_traffic_returns(polled_pipe):
     pipe, w = polled_pipe
     # A 0.5 s window instead of the default 100 µs, so "a wait short enough that the
     # poll would have caught it" does not depend on how fast this machine starts a
     # thread; the rule is the same.
     pipe.spin_for(0.5)
     pipe._spin_pays = False
-    t = threading.Timer(0.05, lambda: os.write(w, _frame_bytes(pb.Frame(id=5, health=pb.HealthRequest()))))
-    t.start()
-    assert pipe.read().id == 5
-    t.join()
+    assert _read_written_after(pipe, w, 5, 0.05) == 5
     assert pipe._spin_pays is True
     # And a wait longer than the window switches it off again.
     pipe.spin_for(0.01)
     pipe._spin_pays = False
-    t = threading.Timer(0.1, lambda: os.write(w, _frame_bytes(pb.Frame(id=6, health=pb.HealthRequest()))))
-    t.start()
-    assert pipe.read().id == 6
-    t.join()
+    assert _read_written_after(pipe, w, 6, 0.1) == 6
     assert pipe._spin_pays is False
 
 
