@@ -182,8 +182,8 @@ pub struct PoolConfig {
     /// Window for error rate, throughput and latency percentiles in `stats()`.
     pub stats_window_secs: u64,
     /// Pipe transport: after a reply, how long the worker polls for the next request
-    /// before it sleeps (0 = sleep at once). Under load this saves a sleep/wake pair on
-    /// each side of every call; when idle it costs at most this much CPU per request
+    /// before it sleeps (0 = sleep at once). Under load this saves the worker a
+    /// sleep/wake pair per call; when idle it costs at most this much CPU per request
     /// (adaptive: after a window that caught nothing the worker sleeps at once).
     pub busy_poll_us: u64,
     pub python: PythonConfig,
