@@ -241,6 +241,21 @@ def test_busy_poll_turns_back_on_when_traffic_returns(polled_pipe):
     assert pipe._spin_pays is False
 
 
+def test_a_frame_that_comes_within_the_window_is_caught_without_sleeping(polled_pipe, monkeypatch):
+    from snakepit_bridge import pipe_server
+    pipe, w = polled_pipe
+    # A 2 s window instead of 100 µs, so a frame written 10 ms later lands inside it
+    # however slowly this machine starts the writer thread.
+    pipe.spin_for(2.0)
+
+    def no_sleep(*_args):
+        raise AssertionError("the read slept although the frame came within the poll window")
+
+    monkeypatch.setattr(pipe_server.select, "select", no_sleep)
+    assert _read_written_after(pipe, w, 8, 0.01) == 8
+    assert pipe._spin_pays is True
+
+
 def test_busy_poll_sees_eof(polled_pipe):
     pipe, w = polled_pipe
     os.close(w)
