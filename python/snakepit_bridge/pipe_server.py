@@ -9,8 +9,14 @@ core to any runnable neighbour on every turn, and it is adaptive: after a window
 caught nothing the next wait sleeps at once, until a wait short enough to have been
 caught shows the traffic is back. Cost when idle: at most one window per request.
 
-The control pair (health, describe, sessions, cancel) has its own thread, so health checks are answered while a request
-runs. EOF on the data pipe means the pool is gone: the worker exits at once. A frame
+The pool may write the next unary request behind the running one (pipelining), so the
+worker starts it the moment it has replied. Such a call can be taken back with a
+`revoke` on the control pair while it has not started: the data thread claims each call
+under a lock before running it, and the control thread answers `revoked` only for a call
+not yet claimed (then no reply for it is ever written).
+
+The control pair (health, describe, sessions, cancel, revoke) has its own thread, so
+health checks are answered while a request runs. EOF on the data pipe means the pool is gone: the worker exits at once. A frame
 that does not decode or is too long is answered with a `frame_error` and ends the
 worker (exit code 5): the pool replaces it.
 """
@@ -25,7 +31,7 @@ from typing import Callable, Mapping, Optional, Set
 
 from google.protobuf.message import DecodeError
 
-from ._proto import Frame, FrameError
+from ._proto import Frame, FrameError, RevokeAck
 from .dispatch import Dispatcher
 
 EXIT_BAD_FRAME = 5
@@ -145,6 +151,10 @@ class PipeServer:
         self.control = Pipe(ctl_in, ctl_out, max_frame)
         self.data.spin_for(busy_poll)
         self.cancelled: Set[int] = set()
+        # Pipelined calls taken back before they started, and the last call started.
+        self._claims = threading.Lock()
+        self._revoked: Set[int] = set()
+        self._started = 0
         # A plain flag, not an Event: it flips twice per request and only stop() reads it.
         self.busy = False
 
@@ -171,6 +181,8 @@ class PipeServer:
             elif kind == "cancel":
                 self.cancelled.add(frame.id)
                 continue
+            elif kind == "revoke":
+                reply = Frame(id=frame.id, revoke_ack=RevokeAck(revoked=self._revoke(frame.revoke.call_id)))
             else:
                 _fatal(self.control, f"unexpected {kind!r} frame on the control pipe")
                 return
@@ -186,6 +198,8 @@ class PipeServer:
                 return
             if frame is None:
                 os._exit(0)  # the pool is gone
+            if not self._claim(frame.id):
+                continue  # taken back by the pool before it started
             kind = frame.WhichOneof("body")
             metadata: Mapping[str, str] = frame.metadata
             self.busy = True
@@ -202,6 +216,23 @@ class PipeServer:
                 self.data.write(Frame(id=frame.id, frame_error=FrameError(message=str(exc), too_large=True)))
             finally:
                 self.busy = False
+
+    def _revoke(self, call_id: int) -> bool:
+        """Control thread: take back call `call_id` unless it has started."""
+        with self._claims:
+            if call_id <= self._started:
+                return False
+            self._revoked.add(call_id)
+            return True
+
+    def _claim(self, call_id: int) -> bool:
+        """Data thread: mark call `call_id` started; False if it was taken back."""
+        with self._claims:
+            if call_id in self._revoked:
+                self._revoked.discard(call_id)
+                return False
+            self._started = call_id
+            return True
 
     def _stream(self, frame, metadata: Mapping[str, str]) -> None:
         call_id = frame.id

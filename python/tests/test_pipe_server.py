@@ -115,6 +115,40 @@ def test_control_answers_while_a_request_runs(worker):
     assert worker.recv(worker.data_out_r).id == busy_id
 
 
+def _send_execute(worker, command, args):
+    worker.next_id += 1
+    worker.send(worker.data_in_w, pb.Frame(id=worker.next_id, execute=pb.ExecuteRequest(
+        command=command, args_json=json.dumps(args).encode())))
+    return worker.next_id
+
+
+def test_a_call_written_behind_the_running_one_runs_next_in_order(worker):
+    slow = _send_execute(worker, "sleep", {"ms": 200})
+    behind = _send_execute(worker, "echo", {"n": 1})
+    first, second = worker.recv(worker.data_out_r), worker.recv(worker.data_out_r)
+    assert (first.id, second.id) == (slow, behind)
+    assert json.loads(second.execute_result.result_json) == {"n": 1}
+
+
+def test_revoke_takes_back_a_call_that_has_not_started(worker):
+    slow = _send_execute(worker, "sleep", {"ms": 400})
+    behind = _send_execute(worker, "echo", {"n": 2})
+    ack = worker.control(revoke=pb.Revoke(call_id=behind)).revoke_ack
+    assert ack.revoked
+    # The slow call's reply comes, and nothing for the revoked one: the next reply on
+    # the data pipe is for a later call.
+    assert worker.recv(worker.data_out_r).id == slow
+    after = _send_execute(worker, "ping", {})
+    assert worker.recv(worker.data_out_r).id == after
+
+
+def test_revoke_of_a_call_that_already_ran_says_so(worker):
+    assert json.loads(worker.call("ping").result_json) == "pong"
+    assert not worker.control(revoke=pb.Revoke(call_id=worker.next_id)).revoke_ack.revoked
+    # The worker is in step: the next call is answered as usual.
+    assert json.loads(worker.call("ping").result_json) == "pong"
+
+
 def test_stream_chunks_then_final_and_cancel(worker):
     worker.next_id += 1
     worker.send(worker.data_in_w, pb.Frame(id=worker.next_id, execute_stream=pb.ExecuteRequest(command="stream", args_json=b'{"n": 3}')))

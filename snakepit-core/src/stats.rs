@@ -94,6 +94,11 @@ pub struct PoolStats {
     pub failures_total: u64,
     pub crashes_total: u64,
     pub recycles_total: u64,
+    /// Requests written to a worker behind the one it was running (`pipeline`).
+    pub pipelined_total: u64,
+    /// Of those, requests taken back unrun because another worker went idle, or
+    /// because the worker was replaced before it started them.
+    pub taken_back_total: u64,
     pub active_sessions: usize,
     #[serde(rename = "uptime_ms", serialize_with = "as_ms")]
     pub uptime: Duration,

@@ -22,7 +22,9 @@
 //! on (a second exported span per call, built by the pool from the worker's timing) and
 //! the workers run Python's OTel SDK for adapter spans, as `serve` does with OTLP
 //! traces on; `BENCH_WORKER_SPANS=0` turns both off. `BENCH_BUSY_POLL_US=0` runs the
-//! pools without the pipe worker's busy poll (default 100 µs), for a before/after.
+//! pools without the pipe worker's busy poll (default 100 µs), `BENCH_PIPELINE=0`
+//! without pipelining (the next queued request written behind the running one), each
+//! for a before/after.
 //!
 //! **pipe echo floor** is a bare Rust→Python round trip over pipes (no pool, no
 //! telemetry; `pipe_floor.rs`): the distance of the snakepit pipe row from it is what
@@ -235,6 +237,9 @@ async fn run() -> Result<(), BoxError> {
     let busy_poll_us: Option<u64> = std::env::var("BENCH_BUSY_POLL_US")
         .ok()
         .and_then(|v| v.parse().ok());
+    // For before/after runs of pipelining (`pipeline`).
+    let pipeline =
+        std::env::var("BENCH_PIPELINE").map_or(PoolConfig::default().pipeline, |v| v != "0");
 
     // Observability fully on, as `snakepit serve` runs it with OTLP export configured.
     let mut cfg = TelemetryConfig::default();
@@ -267,8 +272,9 @@ async fn run() -> Result<(), BoxError> {
         }
     );
     println!(
-        "pipe workers' busy poll: {} µs",
-        busy_poll_us.unwrap_or(PoolConfig::default().busy_poll_us)
+        "pipe workers' busy poll: {} µs; pipelining {}",
+        busy_poll_us.unwrap_or(PoolConfig::default().busy_poll_us),
+        if pipeline { "on" } else { "off" }
     );
     println!("bare tonic: no pool, no observability; stdlib pools: Python client, the faster of callback-chained and sequential calls\n");
     println!("| workload | workers | in flight | system | p50 µs | p99 µs | req/s | req/s vs mp.Pool | machine CPU/call |");
@@ -294,6 +300,7 @@ async fn run() -> Result<(), BoxError> {
             if let Some(us) = busy_poll_us {
                 p.busy_poll_us = us;
             }
+            p.pipeline = pipeline;
             if !worker_spans {
                 p.python.env.insert("SNAKEPIT_OTEL".into(), "0".into());
             }

@@ -33,6 +33,8 @@ SessionAck = _message("SessionAck")
 Frame = _message("Frame")
 Cancel = _message("Cancel")
 FrameError = _message("FrameError")
+Revoke = _message("Revoke")
+RevokeAck = _message("RevokeAck")
 
 __all__ = [
     "SERVICE_NAME",
@@ -52,4 +54,6 @@ __all__ = [
     "Frame",
     "Cancel",
     "FrameError",
+    "Revoke",
+    "RevokeAck",
 ]

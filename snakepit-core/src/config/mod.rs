@@ -186,6 +186,11 @@ pub struct PoolConfig {
     /// sleep/wake pair per call; when idle it costs at most this much CPU per request
     /// (adaptive: after a window that caught nothing the worker sleeps at once).
     pub busy_poll_us: u64,
+    /// Pipe transport: write the next queued unary request behind the running one, so
+    /// the worker starts it the moment it replies. A request written ahead is taken
+    /// back and handed on as soon as another worker is idle, so it never waits behind
+    /// a slow call while a worker could run it.
+    pub pipeline: bool,
     pub python: PythonConfig,
     pub sessions: SessionConfig,
 }
@@ -218,6 +223,7 @@ impl Default for PoolConfig {
             capacity_warning_percent: 80.0,
             stats_window_secs: 60,
             busy_poll_us: 100,
+            pipeline: true,
             python: PythonConfig::default(),
             sessions: SessionConfig::default(),
         }

@@ -1,14 +1,16 @@
 //! The request loop of one worker: take the next job (its own session jobs first,
 //! then the shared queue), run it, repeat, until something ends the worker.
 //!
-//! The driver is the only code that sends requests to its worker, one at a time. It
-//! never answers health checks or stats (the monitor and `stats()` read counters), so
+//! The driver is the only code that sends requests to its worker, in order: the
+//! running one and at most one written behind it (`ahead.rs`), which runs next
+//! whatever else changed meanwhile. It never answers health checks or stats (the monitor and `stats()` read counters), so
 //! a slow request can never stall them.
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
+use super::ahead::{self, AheadSlot, Pipeline};
 use super::execute;
 use super::exit::{is_planned, Control, Exit};
 use super::job::Job;
@@ -16,13 +18,6 @@ use super::leave::Registration;
 use super::shared::PoolShared;
 use crate::error::ExitInfo;
 use crate::worker::Worker;
-
-/// What woke an idle worker.
-enum Wake {
-    Job(Job),
-    Exit(Exit),
-    Recheck,
-}
 
 pub(crate) async fn run(
     shared: &Arc<PoolShared>,
@@ -39,45 +34,93 @@ pub(crate) async fn run(
         .max_lifetime()
         .map(|d| tokio::time::Instant::from_std(worker.process.started_at + d));
     let mut exited = worker.process.exit_watch();
+    let pipelining = shared.config.pipeline;
+    let mut slot = AheadSlot::default();
     loop {
-        if let Control::Recycle { reason } = *control.borrow_and_update() {
-            return Exit::Recycle { reason };
-        }
-        // Jobs for this worker first (its sessions, handoffs), then the shared queue.
-        let queued = match private_rx.try_recv() {
-            Ok(job) => Some(job),
-            Err(_) => shared.dispatch.next_or_idle(&worker.id, private_tx),
-        };
-        let job = match queued {
-            Some(job) => job,
+        // A job written behind the last call is in the worker's pipe: it runs next.
+        let (job, sent) = match slot.take_to_run(shared) {
+            Some(held) => (held.job, Some(held.call_id)),
             None => {
-                let wake = tokio::select! {
-                    biased;
-                    _ = shared.stop.cancelled() => Wake::Exit(Exit::Shutdown),
-                    _ = exited.wait_for(Option::is_some) => Wake::Exit(crashed(worker)),
-                    _ = changed(control) => Wake::Recheck,
-                    _ = sleep_until(lifetime_end) => Wake::Exit(Exit::Recycle { reason: "max_lifetime" }),
-                    Some(job) = private_rx.recv() => Wake::Job(job),
-                };
-                shared.dispatch.leave_idle(&worker.id);
-                match wake {
-                    Wake::Job(job) => job,
-                    Wake::Exit(exit) => return exit,
-                    Wake::Recheck => continue,
+                if let Control::Recycle { reason } = *control.borrow_and_update() {
+                    return Exit::Recycle { reason };
+                }
+                let private = (private_tx, &mut *private_rx);
+                match next_job(shared, worker, private, control, lifetime_end, &mut exited).await {
+                    Next::Job(job) => (job, None),
+                    Next::Exit(exit) => return exit,
+                    Next::Recheck => continue,
                 }
             }
         };
-        // The caller may have timed out in the queue, or gone away entirely.
-        if let Some(exit) = run_taken(shared, worker, job).await {
+        let pipeline = Pipeline {
+            enabled: pipelining,
+            sent,
+            slot: &mut slot,
+        };
+        // The caller may have timed out in the queue, or gone away entirely (a job
+        // written ahead was taken already and runs regardless: its frame is sent).
+        let exit = match sent {
+            Some(_) => execute::run_job(shared, worker, job, pipeline).await,
+            None => run_taken(shared, worker, job, pipeline).await,
+        };
+        let exit = match (exit, slot.broken()) {
+            (Some(exit), _) => Some(exit),
+            (None, Some(message)) => Some(Exit::Broken { message }),
+            (None, None) => None,
+        };
+        let max = shared.config.max_requests;
+        let exit = match exit {
+            None if max > 0 && worker.requests() >= max => Some(Exit::Recycle {
+                reason: "max_requests",
+            }),
+            other => other,
+        };
+        if let Some(exit) = exit {
+            ahead::settle(shared, worker, &mut slot, &exit).await;
             return exit;
         }
-        let max = shared.config.max_requests;
-        if max > 0 && worker.requests() >= max {
-            return Exit::Recycle {
-                reason: "max_requests",
-            };
-        }
     }
+}
+
+/// What an idle worker got.
+enum Next {
+    Job(Job),
+    Exit(Exit),
+    Recheck,
+}
+
+/// The next job for an idle worker: its own (sessions, handoffs) first, then the
+/// shared queue, else wait for one or for something that ends the worker.
+async fn next_job(
+    shared: &Arc<PoolShared>,
+    worker: &Worker,
+    private: (
+        &mpsc::UnboundedSender<Job>,
+        &mut mpsc::UnboundedReceiver<Job>,
+    ),
+    control: &mut watch::Receiver<Control>,
+    lifetime_end: Option<tokio::time::Instant>,
+    exited: &mut watch::Receiver<Option<ExitInfo>>,
+) -> Next {
+    let (private_tx, private_rx) = private;
+    // Jobs for this worker first (its sessions, handoffs), then the shared queue.
+    let queued = match private_rx.try_recv() {
+        Ok(job) => Some(job),
+        Err(_) => shared.dispatch.next_or_idle(&worker.id, private_tx),
+    };
+    if let Some(job) = queued {
+        return Next::Job(job);
+    }
+    let wake = tokio::select! {
+        biased;
+        _ = shared.stop.cancelled() => Next::Exit(Exit::Shutdown),
+        _ = exited.wait_for(Option::is_some) => Next::Exit(crashed(worker)),
+        _ = changed(control) => Next::Recheck,
+        _ = sleep_until(lifetime_end) => Next::Exit(Exit::Recycle { reason: "max_lifetime" }),
+        Some(job) = private_rx.recv() => Next::Job(job),
+    };
+    shared.dispatch.leave_idle(&worker.id);
+    wake
 }
 
 /// How a draining worker's session-only service ended.
@@ -101,6 +144,8 @@ pub(crate) async fn serve_sessions(
     until: tokio::time::Instant,
 ) -> DrainEnd {
     let mut exited = worker.process.exit_watch();
+    // Only its sessions' jobs: nothing is written ahead here.
+    let mut slot = AheadSlot::default();
     loop {
         if shared.stop.is_cancelled() {
             return DrainEnd::Exit(Exit::Shutdown);
@@ -117,7 +162,7 @@ pub(crate) async fn serve_sessions(
         if shared.sessions.held_by(&worker.id) == 0 {
             // Requests already routed here (a session closed meanwhile) still run.
             match reg.private_rx.try_recv() {
-                Ok(job) => match run_taken(shared, worker, job).await {
+                Ok(job) => match run_taken(shared, worker, job, Pipeline::off(&mut slot)).await {
                     Some(exit) => return DrainEnd::Exit(exit),
                     None => continue,
                 },
@@ -133,18 +178,23 @@ pub(crate) async fn serve_sessions(
             _ = &mut session_ended => continue,
             Some(job) = reg.private_rx.recv() => job,
         };
-        if let Some(exit) = run_taken(shared, worker, job).await {
+        if let Some(exit) = run_taken(shared, worker, job, Pipeline::off(&mut slot)).await {
             return DrainEnd::Exit(exit);
         }
     }
 }
 
 /// Run `job` unless its caller gave up; `Some(exit)` when the worker must go.
-async fn run_taken(shared: &Arc<PoolShared>, worker: &Worker, job: Job) -> Option<Exit> {
+async fn run_taken(
+    shared: &Arc<PoolShared>,
+    worker: &Worker,
+    job: Job,
+    pipeline: Pipeline<'_>,
+) -> Option<Exit> {
     if !job.state.take() || job.reply.is_closed() {
         return None;
     }
-    execute::run_job(shared, worker, job).await
+    execute::run_job(shared, worker, job, pipeline).await
 }
 
 fn crashed(worker: &Worker) -> Exit {

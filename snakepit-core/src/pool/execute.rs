@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+use super::ahead::{self, Pipeline};
 use super::exit::Exit;
 use super::job::{Job, Placement, Reply, StreamFinish, StreamReply};
 use super::report::{finish, ms};
@@ -25,8 +26,14 @@ use crate::worker::Worker;
 /// After a broken call, how long to wait for the process to show it died.
 const CRASH_CONFIRM: Duration = Duration::from_secs(1);
 
-/// Run `job` on `worker`; `Some(exit)` when the worker must be replaced.
-pub(crate) async fn run_job(shared: &Arc<PoolShared>, worker: &Worker, job: Job) -> Option<Exit> {
+/// Run `job` on `worker`; `Some(exit)` when the worker must be replaced. A unary call
+/// may write the next queued job behind itself (`pipeline`).
+pub(crate) async fn run_job(
+    shared: &Arc<PoolShared>,
+    worker: &Worker,
+    job: Job,
+    pipeline: Pipeline<'_>,
+) -> Option<Exit> {
     // A draining worker (serving only its sessions) stays shown as draining.
     let draining = worker.status.state() == WorkerState::Draining;
     // The session first: it may belong on another worker, or have lost its state.
@@ -80,7 +87,7 @@ pub(crate) async fn run_job(shared: &Arc<PoolShared>, worker: &Worker, job: Job)
     let (outcome, exit, session_recreated) = match session_recreated {
         Err(err) => (Err(err), None, None),
         Ok(recreated) => {
-            let (outcome, exit) = call(shared, worker, &job, timeout).await;
+            let (outcome, exit) = call(shared, worker, &job, timeout, pipeline).await;
             (outcome, exit, recreated)
         }
     };
@@ -151,6 +158,7 @@ async fn call(
     worker: &Worker,
     job: &Job,
     timeout: Option<Duration>,
+    pipeline: Pipeline<'_>,
 ) -> (CallOutcome, Option<Exit>) {
     let request = proto::ExecuteRequest {
         command: job.command.clone(),
@@ -165,7 +173,9 @@ async fn call(
     };
     let tx = match &job.reply {
         Reply::Stream(s) => &s.chunks,
-        Reply::Unary(_) => return unary(shared, worker, job, request, meta, timeout).await,
+        Reply::Unary(_) => {
+            return unary(shared, worker, job, request, meta, timeout, pipeline).await
+        }
     };
     let (result, exit) = stream(shared, worker, job, request, meta, timeout, tx).await;
     (result.map(|()| (bytes::Bytes::new(), None)), exit)
@@ -178,13 +188,21 @@ async fn unary(
     request: proto::ExecuteRequest,
     meta: CallMeta<'_>,
     timeout: Option<Duration>,
+    pipeline: Pipeline<'_>,
 ) -> (CallOutcome, Option<Exit>) {
-    let call = worker.transport.execute(request, meta);
-    let result = match timeout {
-        Some(t) => tokio::time::timeout(t, call)
-            .await
-            .unwrap_or(Err(TransportError::TimedOut)),
-        None => call.await,
+    let result = match worker.transport.pipelined() {
+        Some(pipe) if pipeline.enabled || pipeline.sent.is_some() => {
+            ahead::call(shared, worker, pipe, request, meta, timeout, pipeline).await
+        }
+        _ => {
+            let call = worker.transport.execute(request, meta);
+            match timeout {
+                Some(t) => tokio::time::timeout(t, call)
+                    .await
+                    .unwrap_or(Err(TransportError::TimedOut)),
+                None => call.await,
+            }
+        }
     };
     match result {
         Ok(resp) => match resp.outcome {

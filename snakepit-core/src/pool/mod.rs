@@ -10,6 +10,7 @@
 //! A handle is cheap to clone; all clones share one pool. Dropping the last handle
 //! without [`Pool::shutdown`] kills the workers.
 
+mod ahead;
 mod call;
 mod dispatch;
 mod drain;
@@ -283,6 +284,8 @@ impl Pool {
             failures_total: s.failures_total.load(Ordering::Relaxed),
             crashes_total: s.crashes_total.load(Ordering::Relaxed),
             recycles_total: s.recycles_total.load(Ordering::Relaxed),
+            pipelined_total: s.pipelined_total.load(Ordering::Relaxed),
+            taken_back_total: s.taken_back_total.load(Ordering::Relaxed),
             active_sessions: s.sessions.len(),
             uptime: s.started_at.elapsed(),
             accepting: s.accepting.load(Ordering::Relaxed),

@@ -55,6 +55,10 @@ pub(crate) struct PoolShared {
     pub failures_total: AtomicU64,
     pub crashes_total: AtomicU64,
     pub recycles_total: AtomicU64,
+    /// Requests written to a worker behind the one it was running (pipelining).
+    pub pipelined_total: AtomicU64,
+    /// Of those, requests taken back unrun and handed to another worker.
+    pub taken_back_total: AtomicU64,
     /// Re-armed when utilization drops below the threshold.
     pub capacity_warning_armed: AtomicBool,
     pub started_at: Instant,
@@ -89,6 +93,8 @@ impl PoolShared {
             failures_total: AtomicU64::new(0),
             crashes_total: AtomicU64::new(0),
             recycles_total: AtomicU64::new(0),
+            pipelined_total: AtomicU64::new(0),
+            taken_back_total: AtomicU64::new(0),
             capacity_warning_armed: AtomicBool::new(true),
             started_at: Instant::now(),
             worker_seq: AtomicU64::new(0),

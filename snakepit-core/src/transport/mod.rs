@@ -57,6 +57,11 @@ pub(crate) enum TransportError {
 }
 
 pub(crate) trait WorkerTransport: Send + Sync + 'static {
+    /// The transport's pipelining face, if it has one (the pipe transport).
+    fn pipelined(&self) -> Option<&dyn Pipelined> {
+        None
+    }
+
     fn execute<'a>(
         &'a self,
         req: proto::ExecuteRequest,
@@ -91,4 +96,40 @@ pub(crate) trait WorkerTransport: Send + Sync + 'static {
         session_id: &'a str,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<bool, TransportError>>;
+}
+
+/// Unary calls split in two, so the pool can write the next request behind the running
+/// one (the worker starts it the moment it replies) and take it back while it waits.
+///
+/// Replies come in the order the requests were sent; the caller receives them in that
+/// order. A sent call is either received or revoked, never neither.
+pub(crate) trait Pipelined: Send + Sync {
+    /// Write a unary request; returns its call id.
+    fn send<'a>(
+        &'a self,
+        req: proto::ExecuteRequest,
+        meta: CallMeta<'a>,
+    ) -> BoxFuture<'a, Result<u64, TransportError>>;
+
+    /// Write a unary request behind the running call only if the pipe takes it whole
+    /// at once (`Ok(None)`: not written, nothing to undo).
+    fn try_send_ahead<'a>(
+        &'a self,
+        req: proto::ExecuteRequest,
+        meta: CallMeta<'a>,
+    ) -> BoxFuture<'a, Result<Option<u64>, TransportError>>;
+
+    /// Read the reply to `call_id`, the oldest call not yet received.
+    fn receive(
+        &self,
+        call_id: u64,
+    ) -> BoxFuture<'_, Result<proto::ExecuteResponse, TransportError>>;
+
+    /// Take back `call_id` unless the worker started it: true means no reply to it
+    /// will come, and it never ran.
+    fn revoke(
+        &self,
+        call_id: u64,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<bool, TransportError>>;
 }

@@ -1,8 +1,11 @@
 //! Pipe transport: the contract's messages as length-prefixed `Frame`s over two pairs of
 //! pipes inherited by the worker (see `proto/snakepit/v1/worker.proto`).
 //!
-//! The data pair carries one request at a time: the driver's task writes the frame and
-//! reads the reply itself, so a call costs no hop through another task. A stream holds
+//! The data pair carries the worker's requests in order: the driver's task writes the
+//! frame and reads the reply itself, so a call costs no hop through another task. The
+//! driver may write the next unary request before reading the running one's reply
+//! (`Pipelined`); the worker answers in order, and a `Revoke` on the control pair takes
+//! back a written call that has not started. A stream holds
 //! the data pair until its final chunk; if its consumer drops it early, a `Cancel` goes
 //! out on the control pair and the next call first reads the rest of that stream. The
 //! control pair (health, describe, sessions, cancel) is multiplexed by frame id, with
@@ -24,8 +27,8 @@ use tokio::net::unix::pipe;
 use tokio::sync::{oneshot, Mutex as AsyncMutex, OwnedMutexGuard};
 
 use super::{
-    BoxFuture, CallMeta, ChunkStream, TransportError, WorkerTransport, CORRELATION_ID_HEADER,
-    REQUEST_ID_HEADER,
+    BoxFuture, CallMeta, ChunkStream, Pipelined, TransportError, WorkerTransport,
+    CORRELATION_ID_HEADER, REQUEST_ID_HEADER,
 };
 use crate::proto::{self, frame::Body, Frame};
 
@@ -75,16 +78,27 @@ fn protocol(message: impl Into<String>) -> TransportError {
     TransportError::Protocol(message.into())
 }
 
-async fn write_frame(tx: &mut pipe::Sender, frame: &Frame) -> Result<(), TransportError> {
+/// Writes of at most this many bytes reach a pipe whole or not at all (POSIX
+/// `PIPE_BUF`, 4096 on Linux).
+const PIPE_BUF: usize = 4096;
+
+fn encode_frame(frame: &Frame) -> Result<Vec<u8>, TransportError> {
     let len = frame.encoded_len();
     let mut buf = Vec::with_capacity(4 + len);
     buf.extend_from_slice(&(len as u32).to_be_bytes());
     frame
         .encode(&mut buf)
         .map_err(|e| protocol(format!("cannot encode frame: {e}")))?;
-    tx.write_all(&buf)
-        .await
-        .map_err(|e| TransportError::Disconnected(format!("writing to the worker: {e}")))
+    Ok(buf)
+}
+
+fn write_failed(e: std::io::Error) -> TransportError {
+    TransportError::Disconnected(format!("writing to the worker: {e}"))
+}
+
+async fn write_frame(tx: &mut pipe::Sender, frame: &Frame) -> Result<(), TransportError> {
+    let buf = encode_frame(frame)?;
+    tx.write_all(&buf).await.map_err(write_failed)
 }
 
 async fn read_frame(
@@ -129,10 +143,16 @@ fn frame_meta(meta: &CallMeta<'_>) -> HashMap<String, String> {
     m
 }
 
-struct Data {
+/// The writing half of the data pair. Locked apart from the reading half, so a
+/// pipelined request can be written while the running call's reply is awaited.
+struct DataTx {
     tx: pipe::Sender,
-    rx: BufReader<pipe::Receiver>,
     next_id: u64,
+}
+
+/// The reading half of the data pair.
+struct Data {
+    rx: BufReader<pipe::Receiver>,
     /// A stream whose consumer left before its final chunk: read it out first.
     unfinished: Option<u64>,
 }
@@ -159,6 +179,7 @@ impl Data {
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Frame, TransportError>>>>>;
 
 pub(crate) struct PipeTransport {
+    data_tx: AsyncMutex<DataTx>,
     data: Arc<AsyncMutex<Data>>,
     control_tx: Arc<AsyncMutex<pipe::Sender>>,
     pending: Pending,
@@ -176,10 +197,12 @@ impl Drop for PipeTransport {
 impl PipeTransport {
     /// Wrap the pool's pipe ends (call inside a Tokio runtime).
     pub fn new(ends: PipeEnds, max_frame: usize) -> std::io::Result<PipeTransport> {
-        let data = Data {
+        let data_tx = DataTx {
             tx: sender(ends.data_tx)?,
-            rx: BufReader::with_capacity(64 * 1024, receiver(ends.data_rx)?),
             next_id: 0,
+        };
+        let data = Data {
+            rx: BufReader::with_capacity(64 * 1024, receiver(ends.data_rx)?),
             unfinished: None,
         };
         let mut control_rx = BufReader::new(receiver(ends.control_rx)?);
@@ -210,6 +233,7 @@ impl PipeTransport {
             }
         });
         Ok(PipeTransport {
+            data_tx: AsyncMutex::new(data_tx),
             data: Arc::new(AsyncMutex::new(data)),
             control_tx: Arc::new(AsyncMutex::new(sender(ends.control_tx)?)),
             pending,
@@ -255,14 +279,105 @@ impl PipeTransport {
             .ok_or_else(|| protocol("control reply without a body"))
     }
 
-    fn execute_frame(data: &mut Data, body: Body, meta: &CallMeta<'_>) -> Frame {
-        data.next_id += 1;
+    fn call_frame(id: u64, body: Body, meta: &CallMeta<'_>) -> Frame {
         Frame {
-            id: data.next_id,
+            id,
             metadata: frame_meta(meta),
             timeout_ms: meta.timeout.map_or(0, |t| t.as_millis().max(1) as u64),
             body: Some(body),
         }
+    }
+
+    /// Write one call on the data pair; returns its id.
+    async fn send_call(&self, body: Body, meta: &CallMeta<'_>) -> Result<u64, TransportError> {
+        let mut data = self.data_tx.lock().await;
+        data.next_id += 1;
+        let frame = Self::call_frame(data.next_id, body, meta);
+        write_frame(&mut data.tx, &frame).await?;
+        Ok(frame.id)
+    }
+
+    /// Write one call only if the pipe takes the whole frame now.
+    async fn try_send_call(
+        &self,
+        body: Body,
+        meta: &CallMeta<'_>,
+    ) -> Result<Option<u64>, TransportError> {
+        let Ok(mut data) = self.data_tx.try_lock() else {
+            return Ok(None);
+        };
+        let frame = Self::call_frame(data.next_id + 1, body, meta);
+        let buf = encode_frame(&frame)?;
+        if buf.len() > PIPE_BUF {
+            return Ok(None);
+        }
+        match data.tx.try_write(&buf) {
+            Ok(n) => {
+                data.next_id = frame.id;
+                if n < buf.len() {
+                    // Not expected at this size (POSIX); finish rather than leave half a frame.
+                    data.tx.write_all(&buf[n..]).await.map_err(write_failed)?;
+                }
+                Ok(Some(frame.id))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(write_failed(e)),
+        }
+    }
+
+    /// Read the reply to unary call `id`.
+    async fn receive_result(&self, id: u64) -> Result<proto::ExecuteResponse, TransportError> {
+        let mut data = self.data.lock().await;
+        data.catch_up(self.max_frame).await?;
+        let reply = read_frame(&mut data.rx, self.max_frame).await?;
+        match reply.body {
+            Some(Body::ExecuteResult(r)) if reply.id == id => Ok(r),
+            other => Err(protocol(format!(
+                "expected the result of call {id}, got {other:?} for call {}",
+                reply.id
+            ))),
+        }
+    }
+}
+
+impl Pipelined for PipeTransport {
+    fn send<'a>(
+        &'a self,
+        req: proto::ExecuteRequest,
+        meta: CallMeta<'a>,
+    ) -> BoxFuture<'a, Result<u64, TransportError>> {
+        Box::pin(async move { self.send_call(Body::Execute(req), &meta).await })
+    }
+
+    fn try_send_ahead<'a>(
+        &'a self,
+        req: proto::ExecuteRequest,
+        meta: CallMeta<'a>,
+    ) -> BoxFuture<'a, Result<Option<u64>, TransportError>> {
+        Box::pin(async move { self.try_send_call(Body::Execute(req), &meta).await })
+    }
+
+    fn receive(
+        &self,
+        call_id: u64,
+    ) -> BoxFuture<'_, Result<proto::ExecuteResponse, TransportError>> {
+        Box::pin(self.receive_result(call_id))
+    }
+
+    fn revoke(
+        &self,
+        call_id: u64,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<bool, TransportError>> {
+        Box::pin(async move {
+            match self
+                .control(Body::Revoke(proto::Revoke { call_id }), timeout)
+                .await?
+            {
+                Body::RevokeAck(a) => Ok(a.revoked),
+                other => Err(protocol(format!("expected a revoke ack, got {other:?}"))),
+            }
+        })
     }
 }
 
@@ -297,24 +412,18 @@ impl Drop for StreamState {
 }
 
 impl WorkerTransport for PipeTransport {
+    fn pipelined(&self) -> Option<&dyn Pipelined> {
+        Some(self)
+    }
+
     fn execute<'a>(
         &'a self,
         req: proto::ExecuteRequest,
         meta: CallMeta<'a>,
     ) -> BoxFuture<'a, Result<proto::ExecuteResponse, TransportError>> {
         Box::pin(async move {
-            let mut data = self.data.lock().await;
-            data.catch_up(self.max_frame).await?;
-            let frame = Self::execute_frame(&mut data, Body::Execute(req), &meta);
-            write_frame(&mut data.tx, &frame).await?;
-            let reply = read_frame(&mut data.rx, self.max_frame).await?;
-            match reply.body {
-                Some(Body::ExecuteResult(r)) if reply.id == frame.id => Ok(r),
-                other => Err(protocol(format!(
-                    "expected the result of call {}, got {other:?} for call {}",
-                    frame.id, reply.id
-                ))),
-            }
+            let id = self.send_call(Body::Execute(req), &meta).await?;
+            self.receive_result(id).await
         })
     }
 
@@ -324,13 +433,12 @@ impl WorkerTransport for PipeTransport {
         meta: CallMeta<'a>,
     ) -> BoxFuture<'a, Result<ChunkStream, TransportError>> {
         Box::pin(async move {
+            let id = self.send_call(Body::ExecuteStream(req), &meta).await?;
             let mut data = self.data.clone().lock_owned().await;
             data.catch_up(self.max_frame).await?;
-            let frame = Self::execute_frame(&mut data, Body::ExecuteStream(req), &meta);
-            write_frame(&mut data.tx, &frame).await?;
             let state = StreamState {
                 data,
-                id: frame.id,
+                id,
                 max: self.max_frame,
                 done: false,
                 control_tx: self.control_tx.clone(),

@@ -1,0 +1,286 @@
+//! Pipelining: while a worker runs a unary call, the oldest queued job is written
+//! behind it, so the worker starts that job the moment it replies instead of idling
+//! while its reply travels back and the next request travels in (two wake-ups per
+//! call on a busy pool). `multiprocessing.Pool` keeps the next task in the worker's
+//! pipe the same way; unlike it, a job held ahead never waits behind a slow call while
+//! a worker could run it:
+//!
+//! - when a worker goes idle with nothing queued (`Dispatcher::hungry`), the holder
+//!   takes its job back (a `Revoke` answered by the worker's control thread, which
+//!   says whether the job had started) and the idle worker gets it;
+//! - when the worker must go (timeout, crash, broken pipe), a job that never started
+//!   goes back to the head of the queue; one whose fate is unknown fails, saying so.
+//!
+//! Only jobs that fit: unary, no session (a session's job belongs on its holder), and
+//! a frame of at most `PIPE_BUF` bytes, which the pipe takes whole or not at all
+//! without waiting (`Pipelined::try_send_ahead`). A large job written ahead could
+//! block the driver while the worker blocks writing a large reply: a deadlock.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::exit::Exit;
+use super::job::{Job, Reply};
+use super::shared::PoolShared;
+use crate::error::Error;
+use crate::proto;
+use crate::transport::{CallMeta, Pipelined, TransportError};
+use crate::worker::Worker;
+
+/// The largest job considered for writing ahead, a little under `PIPE_BUF` (4096
+/// bytes on Linux) to leave room for the frame's own fields; the exact check is the
+/// transport's.
+const AHEAD_MAX_BYTES: usize = 3584;
+
+/// How long a take-back may wait for the worker's answer: as long as a health check
+/// (its control thread answers both; one that cannot is unhealthy anyway).
+fn revoke_timeout(shared: &PoolShared) -> Duration {
+    Duration::from_millis(shared.config.health_check_timeout_ms)
+}
+
+/// A job written to the worker behind the running call.
+pub(crate) struct Ahead {
+    pub job: Job,
+    pub call_id: u64,
+}
+
+/// A driver's job held ahead, if any.
+#[derive(Default)]
+pub(crate) struct AheadSlot {
+    held: Option<Ahead>,
+    /// The worker claimed the held job (it runs next): no take-back any more.
+    started: bool,
+    /// A take-back went unanswered: the held job's fate is unknown and the worker
+    /// must go once its running call ends.
+    broken: Option<String>,
+}
+
+/// How a unary call may pipeline.
+pub(crate) struct Pipeline<'a> {
+    /// Write the next queued job behind this call (config, and not draining).
+    pub enabled: bool,
+    /// This job was written ahead already, as this call id.
+    pub sent: Option<u64>,
+    pub slot: &'a mut AheadSlot,
+}
+
+impl<'a> Pipeline<'a> {
+    pub fn off(slot: &'a mut AheadSlot) -> Self {
+        Pipeline {
+            enabled: false,
+            sent: None,
+            slot,
+        }
+    }
+}
+
+impl AheadSlot {
+    /// The held job, to run now as the worker's next call.
+    pub fn take_to_run(&mut self, shared: &PoolShared) -> Option<Ahead> {
+        let held = self.held.take()?;
+        if !std::mem::take(&mut self.started) {
+            shared.dispatch.release_ahead();
+        }
+        Some(held)
+    }
+
+    /// Why the worker must go, if a take-back went unanswered.
+    pub fn broken(&mut self) -> Option<String> {
+        self.broken.take()
+    }
+}
+
+fn fits(job: &Job) -> bool {
+    let size = job.args.len()
+        + job.command.len()
+        + job.request_id.len()
+        + job.correlation_id.as_ref().map_or(0, String::len)
+        + job
+            .metadata
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum::<usize>();
+    matches!(job.reply, Reply::Unary(_)) && job.session_id.is_none() && size <= AHEAD_MAX_BYTES
+}
+
+/// Room for one more request before `max_requests` (the running one counts).
+fn room_for_one_more(shared: &PoolShared, worker: &Worker) -> bool {
+    let max = shared.config.max_requests;
+    max == 0 || worker.requests() + 2 <= max
+}
+
+/// A unary call over a pipelining transport: write it (unless it was written ahead),
+/// write the next queued job behind it, and read its reply by `timeout`, handing the
+/// job behind it to any worker that goes idle meanwhile.
+pub(crate) async fn call(
+    shared: &Arc<PoolShared>,
+    worker: &Worker,
+    pipe: &dyn Pipelined,
+    request: proto::ExecuteRequest,
+    meta: CallMeta<'_>,
+    timeout: Option<Duration>,
+    pipeline: Pipeline<'_>,
+) -> Result<proto::ExecuteResponse, TransportError> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let call_id = match pipeline.sent {
+        Some(id) => id,
+        None => within(deadline, pipe.send(request, meta)).await?,
+    };
+    let slot = pipeline.slot;
+    if pipeline.enabled && slot.held.is_none() && room_for_one_more(shared, worker) {
+        slot.held = send_next(shared, worker, pipe).await;
+    }
+    let reply = within(deadline, pipe.receive(call_id));
+    tokio::pin!(reply);
+    loop {
+        if slot.held.is_none() || slot.started {
+            return reply.await;
+        }
+        // Listen before looking, so a worker that goes idle in between still wakes us.
+        let hungry = shared.dispatch.hungry();
+        tokio::pin!(hungry);
+        hungry.as_mut().enable();
+        if !shared.dispatch.has_idle() {
+            tokio::select! {
+                biased;
+                r = &mut reply => return r,
+                _ = &mut hungry => {}
+            }
+            if !shared.dispatch.has_idle() {
+                continue; // another holder served it
+            }
+        }
+        take_back(shared, pipe, slot).await;
+    }
+}
+
+async fn within<T>(
+    deadline: Option<Instant>,
+    fut: impl std::future::Future<Output = Result<T, TransportError>>,
+) -> Result<T, TransportError> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, fut)
+            .await
+            .unwrap_or(Err(TransportError::TimedOut)),
+        None => fut.await,
+    }
+}
+
+/// Take the oldest queued job if it fits and write it behind the running call.
+async fn send_next(shared: &PoolShared, worker: &Worker, pipe: &dyn Pipelined) -> Option<Ahead> {
+    loop {
+        let job = shared.dispatch.take_ahead(fits)?;
+        if !job.state.take() || job.reply.is_closed() {
+            // Its caller gave up waiting, or went away: as a driver taking it would.
+            shared.dispatch.release_ahead();
+            continue;
+        }
+        let timeout = job.timeout.or_else(|| shared.config.request_timeout());
+        let request = proto::ExecuteRequest {
+            command: job.command.clone(),
+            args_json: job.args.clone(),
+            session_id: String::new(),
+        };
+        let meta = CallMeta {
+            request_id: &job.request_id,
+            correlation_id: job.correlation_id.as_deref(),
+            extra: &job.metadata,
+            timeout,
+        };
+        let sent = pipe.try_send_ahead(request, meta).await;
+        return match sent {
+            Ok(Some(call_id)) => {
+                shared.pipelined_total.fetch_add(1, Ordering::Relaxed);
+                Some(Ahead { job, call_id })
+            }
+            // The pipe is full or the frame too big, or the pipe broke (the running
+            // call will report that): the job was not written; it stays first in line.
+            Ok(None) | Err(_) => {
+                tracing::trace!(worker_id = %worker.id, "job not written ahead");
+                shared.dispatch.release_ahead();
+                job.state.release();
+                shared.dispatch.give_back(job);
+                None
+            }
+        };
+    }
+}
+
+/// Take the held job back from the worker and hand it on, unless it started.
+async fn take_back(shared: &PoolShared, pipe: &dyn Pipelined, slot: &mut AheadSlot) {
+    let Some(held) = slot.held.take() else {
+        return;
+    };
+    let answer = pipe.revoke(held.call_id, revoke_timeout(shared)).await;
+    shared.dispatch.release_ahead();
+    match answer {
+        Ok(true) => hand_on(shared, held.job),
+        Ok(false) => {
+            slot.held = Some(held);
+            slot.started = true;
+        }
+        Err(e) => {
+            slot.held = Some(held);
+            slot.started = true;
+            slot.broken = Some(format!(
+                "the worker did not answer a take-back of a request written behind the running one ({e})"
+            ));
+        }
+    }
+}
+
+/// Back to an idle worker or the head of the queue: the job never ran.
+fn hand_on(shared: &PoolShared, job: Job) {
+    shared.taken_back_total.fetch_add(1, Ordering::Relaxed);
+    job.state.release();
+    shared.dispatch.give_back(job);
+}
+
+/// The worker goes (`exit`) with a job held ahead: requeue it if it surely never
+/// started, else fail it saying what happened.
+pub(crate) async fn settle(
+    shared: &PoolShared,
+    worker: &Worker,
+    slot: &mut AheadSlot,
+    exit: &Exit,
+) {
+    let started = slot.started;
+    let broken = slot.broken.take();
+    let Some(held) = slot.take_to_run(shared) else {
+        return;
+    };
+    let never_started = match exit {
+        // The call before it died unanswered, and the worker starts a call only after
+        // writing the previous reply (which would have been read): it never started,
+        // whatever a take-back that raced the death said.
+        Exit::Crashed { .. } => true,
+        _ if started || broken.is_some() => false,
+        _ => match worker.transport.pipelined() {
+            Some(pipe) => matches!(
+                pipe.revoke(held.call_id, revoke_timeout(shared)).await,
+                Ok(true)
+            ),
+            None => false,
+        },
+    };
+    if never_started {
+        hand_on(shared, held.job);
+        return;
+    }
+    let why = match exit {
+        Exit::Recycle { reason } => format!("replaced ({reason})"),
+        Exit::Crashed { exit } => format!("lost ({exit})"),
+        Exit::Broken { message } => format!("replaced ({message})"),
+        Exit::Shutdown => "stopped".to_string(),
+    };
+    held.job.fail(Error::Transport {
+        worker_id: worker.id.to_string(),
+        message: format!(
+            "this request was written to the worker behind another call and the worker was {why} \
+             before its result came back; it may have run. Retry if the command is idempotent"
+        ),
+    });
+}
