@@ -440,7 +440,22 @@ async fn run() -> Result<(), BoxError> {
         println!("{v}");
     }
     let (spans_dropped, logs_dropped, lines_dropped) = telemetry.dropped();
-    println!("telemetry dropped: spans {spans_dropped}, log records {logs_dropped}, log lines {lines_dropped}");
+    let spans_exported = telemetry
+        .span_counters()
+        .exported
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let offered = (spans_exported + spans_dropped).max(1);
+    // The issue's bar: a run that drops more than 1 % of spans did not export them.
+    println!(
+        "telemetry: spans exported {spans_exported}, dropped {spans_dropped} ({:.2} %{}); \
+         log records dropped {logs_dropped}, log lines dropped {lines_dropped}",
+        100.0 * spans_dropped as f64 / offered as f64,
+        if spans_dropped * 100 > offered {
+            ", over 1 %: the pipe rows did not export every span"
+        } else {
+            ""
+        }
+    );
     telemetry.shutdown(Duration::from_secs(5));
     drop(rotel);
     Ok(())

@@ -7,6 +7,7 @@
 //! replaces the worker whatever the transport) but it does tell the worker the
 //! deadline so Python code can see it.
 
+mod frame;
 pub(crate) mod grpc;
 pub(crate) mod pipe;
 

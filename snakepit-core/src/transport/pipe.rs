@@ -21,15 +21,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream;
-use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;
 use tokio::sync::{oneshot, Mutex as AsyncMutex, OwnedMutexGuard};
 
-use super::{
-    BoxFuture, CallMeta, ChunkStream, Pipelined, TransportError, WorkerTransport,
-    CORRELATION_ID_HEADER, REQUEST_ID_HEADER,
+use super::frame::{
+    encode_frame, frame_meta, protocol, read_frame, write_failed, write_frame, PIPE_BUF,
 };
+use super::{BoxFuture, CallMeta, ChunkStream, Pipelined, TransportError, WorkerTransport};
 use crate::proto::{self, frame::Body, Frame};
 
 /// The descriptors the worker finds its pipes on (`--pipe-fds 3,4,5,6`).
@@ -72,75 +71,6 @@ fn sender(fd: OwnedFd) -> std::io::Result<pipe::Sender> {
 
 fn receiver(fd: OwnedFd) -> std::io::Result<pipe::Receiver> {
     pipe::Receiver::from_file(File::from(fd))
-}
-
-fn protocol(message: impl Into<String>) -> TransportError {
-    TransportError::Protocol(message.into())
-}
-
-/// Writes of at most this many bytes reach a pipe whole or not at all (POSIX
-/// `PIPE_BUF`, 4096 on Linux).
-const PIPE_BUF: usize = 4096;
-
-fn encode_frame(frame: &Frame) -> Result<Vec<u8>, TransportError> {
-    let len = frame.encoded_len();
-    let mut buf = Vec::with_capacity(4 + len);
-    buf.extend_from_slice(&(len as u32).to_be_bytes());
-    frame
-        .encode(&mut buf)
-        .map_err(|e| protocol(format!("cannot encode frame: {e}")))?;
-    Ok(buf)
-}
-
-fn write_failed(e: std::io::Error) -> TransportError {
-    TransportError::Disconnected(format!("writing to the worker: {e}"))
-}
-
-async fn write_frame(tx: &mut pipe::Sender, frame: &Frame) -> Result<(), TransportError> {
-    let buf = encode_frame(frame)?;
-    tx.write_all(&buf).await.map_err(write_failed)
-}
-
-async fn read_frame(
-    rx: &mut BufReader<pipe::Receiver>,
-    max: usize,
-) -> Result<Frame, TransportError> {
-    let mut head = [0u8; 4];
-    rx.read_exact(&mut head)
-        .await
-        .map_err(|e| TransportError::Disconnected(format!("reading from the worker: {e}")))?;
-    let len = u32::from_be_bytes(head) as usize;
-    if len > max {
-        return Err(protocol(format!(
-            "worker sent a frame of {len} bytes, over the limit of {max} (max_response_bytes)"
-        )));
-    }
-    let mut body = vec![0u8; len];
-    rx.read_exact(&mut body)
-        .await
-        .map_err(|e| TransportError::Disconnected(format!("reading from the worker: {e}")))?;
-    let frame = Frame::decode(body.as_slice())
-        .map_err(|e| protocol(format!("worker sent a frame that does not decode: {e}")))?;
-    if let Some(Body::FrameError(e)) = &frame.body {
-        if e.too_large {
-            // The worker withheld an oversized reply; the pipe is still in step.
-            return Err(TransportError::TooLarge(e.message.clone()));
-        }
-        return Err(protocol(format!("worker rejected a frame: {}", e.message)));
-    }
-    Ok(frame)
-}
-
-fn frame_meta(meta: &CallMeta<'_>) -> HashMap<String, String> {
-    let mut m = HashMap::with_capacity(2 + meta.extra.len());
-    m.insert(REQUEST_ID_HEADER.to_string(), meta.request_id.to_string());
-    if let Some(c) = meta.correlation_id {
-        m.insert(CORRELATION_ID_HEADER.to_string(), c.to_string());
-    }
-    for (k, v) in meta.extra {
-        m.insert(k.clone(), v.clone());
-    }
-    m
 }
 
 /// The writing half of the data pair. Locked apart from the reading half, so a
