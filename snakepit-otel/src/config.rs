@@ -34,9 +34,10 @@ pub struct OtlpConfig {
     /// Extra request headers (authentication for hosted backends).
     pub headers: BTreeMap<String, String>,
     /// Spans/log records buffered for export; beyond it new ones are dropped and counted.
-    /// 8192 (the OTel SDK's default is 2048): a pipelined pool serves ≈ 20,000 calls/s
-    /// on two cores, two spans each, and 2048 held only ≈ 50 ms of them, so one slow
-    /// export dropped ≈ 1 %; 8192 dropped none in the same run. At most a few MB.
+    /// 4096 (the OTel SDK's default is 2048): a pipelined pool serves 20,000–26,000
+    /// calls/s on two cores, two spans each, and 2048 held only ≈ 50 ms of them (1.04 %
+    /// dropped in the `peers` bench's busiest cell); 4096 dropped 0.06–1.1 % there and
+    /// 8192 none, at ≈ 1.5 KB of memory per queued span (8192 adds ≈ 12 MiB at peak).
     pub max_queue_size: usize,
     /// Consecutive failed exports that open the circuit breaker...
     pub breaker_failures: u32,
@@ -54,7 +55,7 @@ impl Default for OtlpConfig {
             protocol: OtlpProtocol::Grpc,
             timeout_ms: 5_000,
             headers: BTreeMap::new(),
-            max_queue_size: 8_192,
+            max_queue_size: 4_096,
             breaker_failures: 3,
             breaker_cooldown_ms: 15_000,
         }
