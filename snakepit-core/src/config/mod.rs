@@ -188,8 +188,9 @@ pub struct PoolConfig {
     pub busy_poll_us: u64,
     /// Pipe transport: write the next queued unary request behind the running one, so
     /// the worker starts it the moment it replies. A request written ahead is taken
-    /// back and handed on as soon as another worker is idle, so it never waits behind
-    /// a slow call while a worker could run it.
+    /// back and handed on as soon as another worker is idle, or to the head of the
+    /// queue once the running call has lasted 10 ms, so it never waits behind a slow
+    /// call while a worker could run it.
     pub pipeline: bool,
     pub python: PythonConfig,
     pub sessions: SessionConfig,

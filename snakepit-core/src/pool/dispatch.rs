@@ -92,6 +92,12 @@ impl Dispatcher {
         Some(job)
     }
 
+    /// Jobs held ahead right now.
+    #[cfg(test)]
+    pub fn held_ahead(&self) -> usize {
+        self.held_ahead.load(Ordering::Acquire)
+    }
+
     /// A job held ahead was run or given back.
     pub fn release_ahead(&self) {
         self.held_ahead.fetch_sub(1, Ordering::AcqRel);

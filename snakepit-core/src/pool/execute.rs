@@ -192,7 +192,8 @@ async fn unary(
 ) -> (CallOutcome, Option<Exit>) {
     let result = match worker.transport.pipelined() {
         Some(pipe) if pipeline.enabled || pipeline.sent.is_some() => {
-            ahead::call(shared, worker, pipe, request, meta, timeout, pipeline).await
+            let done = worker.requests();
+            ahead::call(shared, done, pipe, request, meta, timeout, pipeline).await
         }
         _ => {
             let call = worker.transport.execute(request, meta);
