@@ -232,6 +232,9 @@ class PipeServer:
                 self._revoked.discard(call_id)
                 return False
             self._started = call_id
+            if self._revoked:
+                # Ids only grow: a revoke for a call that never came is stale now.
+                self._revoked = {i for i in self._revoked if i > call_id}
             return True
 
     def _stream(self, frame, metadata: Mapping[str, str]) -> None:

@@ -32,6 +32,20 @@ class Rogue(Adapter):
         return n
 
     @command
+    def echo(self, text: str = "") -> dict:
+        return {"text": text}
+
+    @command
+    def pid(self) -> int:
+        return os.getpid()
+
+    @command
+    def big_chunks(self, n: int = 100, size: int = 200_000):
+        # Each chunk is larger than a pipe's buffer: writing one needs the pool to read.
+        for i in range(n):
+            yield "x" * size
+
+    @command
     def garbage(self) -> str:
         # A frame that does not decode, written on the data pipe before the real reply.
         os.write(4, b"\x00\x00\x00\x03\xff\xff\xff")
@@ -184,5 +198,35 @@ async fn the_default_busy_poll_reaches_the_worker_and_an_idle_worker_sleeps() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let used = cpu_ticks(pid) - before;
     assert!(used <= 10, "an idle worker used {used} ticks of CPU in 2 s");
+    pool.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_request_after_an_abandoned_stream_is_served_by_the_same_worker() {
+    use futures_util::StreamExt;
+    let pool = start(rogue_config(test_transport())).await;
+    let pid = |resp: snakepit_core::Response| resp.value().unwrap().as_u64();
+    let before = pid(pool.execute(Request::new("pid", json!({}))).await.unwrap());
+    // Dropped after one chunk: the worker is then blocked writing the next one (larger
+    // than the pipe's buffer) and sees the cancel only when the pool reads on.
+    let mut stream = pool
+        .execute_stream(Request::new("big_chunks", json!({})))
+        .await
+        .unwrap();
+    assert!(stream.next().await.unwrap().is_ok());
+    drop(stream);
+    // Also larger than a pipe's buffer: writing it needs the worker to read meanwhile.
+    // The 10 s deadline (the suite's is 20 s) only bounds how long a regression takes.
+    let text = "y".repeat(512 * 1024);
+    let resp = pool
+        .execute(Request::new("echo", json!({ "text": text })).timeout(Duration::from_secs(10)))
+        .await
+        .expect("served after the abandoned stream");
+    assert_eq!(
+        resp.value().unwrap()["text"].as_str().map(str::len),
+        Some(512 * 1024)
+    );
+    let after = pid(pool.execute(Request::new("pid", json!({}))).await.unwrap());
+    assert_eq!(after, before, "the worker was kept");
     pool.shutdown(Duration::from_secs(5)).await;
 }

@@ -25,8 +25,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::dispatch::ReservedIdle;
 use super::exit::Exit;
 use super::job::{Job, Reply};
+use super::report::queue_timed_out;
 use super::shared::PoolShared;
 use crate::error::Error;
 use crate::proto;
@@ -147,6 +149,8 @@ pub(crate) async fn call(
     }
     let reply = within(deadline, pipe.receive(call_id));
     tokio::pin!(reply);
+    // With one worker the held job has nowhere better to go: no patience take-back.
+    let patient = shared.config.size > 1;
     loop {
         let patience_ends = match &slot.held {
             Some(held) if !slot.started => held.held_since + AHEAD_PATIENCE,
@@ -156,19 +160,19 @@ pub(crate) async fn call(
         let hungry = shared.dispatch.hungry();
         tokio::pin!(hungry);
         hungry.as_mut().enable();
-        if !shared.dispatch.has_idle() {
-            tokio::select! {
+        let idle = match shared.dispatch.reserve_idle() {
+            Some(idle) => Some(idle),
+            None => tokio::select! {
                 biased;
                 r = &mut reply => return r,
-                _ = &mut hungry => {
-                    if !shared.dispatch.has_idle() {
-                        continue; // another holder served it
-                    }
-                }
-                _ = tokio::time::sleep_until(patience_ends) => {}
-            }
-        }
-        take_back(shared, pipe, slot).await;
+                _ = &mut hungry => match shared.dispatch.reserve_idle() {
+                    Some(idle) => Some(idle),
+                    None => continue, // another holder serves it
+                },
+                _ = tokio::time::sleep_until(patience_ends), if patient => None,
+            },
+        };
+        take_back(shared, pipe, slot, idle, deadline).await?;
     }
 }
 
@@ -220,39 +224,111 @@ async fn send_next(shared: &PoolShared, pipe: &dyn Pipelined) -> Option<Ahead> {
             Ok(None) | Err(_) => {
                 tracing::trace!(request_id = %job.request_id, "job not written ahead");
                 shared.dispatch.release_ahead();
-                job.state.release();
-                shared.dispatch.give_back(job);
+                if let Some(job) = past_queue_deadline(shared, job) {
+                    job.state.release();
+                    shared.dispatch.give_back(job);
+                }
                 None
             }
         };
     }
 }
 
-/// Take the held job back from the worker and hand it on, unless it started.
-async fn take_back(shared: &PoolShared, pipe: &dyn Pipelined, slot: &mut AheadSlot) {
+/// Take the held job back from the worker and hand it on (to `idle`, reserved for it,
+/// else the head of the queue), unless it started. The answer is awaited up to the
+/// running call's `deadline` (it comes from the worker's control thread, which needs
+/// the GIL like the running call): `Err(TimedOut)` means that call's deadline passed.
+async fn take_back(
+    shared: &PoolShared,
+    pipe: &dyn Pipelined,
+    slot: &mut AheadSlot,
+    idle: Option<ReservedIdle>,
+    deadline: Option<Instant>,
+) -> Result<(), TransportError> {
     let Some(held) = slot.held.take() else {
-        return;
+        if let Some(idle) = idle {
+            shared.dispatch.unreserve(idle);
+        }
+        return Ok(());
     };
-    let answer = pipe.revoke(held.call_id, revoke_timeout(shared)).await;
-    shared.dispatch.release_ahead();
-    match answer {
-        Ok(true) => hand_on(shared, held.job),
+    let wait = deadline.map_or(NO_DEADLINE, |d| d.saturating_duration_since(Instant::now()));
+    let answer = pipe.revoke(held.call_id, wait).await;
+    let job = match answer {
+        Ok(true) => {
+            shared.dispatch.release_ahead();
+            held.job
+        }
         Ok(false) => {
+            shared.dispatch.release_ahead();
             slot.held = Some(held);
             slot.started = true;
+            if let Some(idle) = idle {
+                shared.dispatch.unreserve(idle);
+            }
+            return Ok(());
+        }
+        Err(TransportError::TimedOut) => {
+            // Still held, fate unknown: the running call timed out, and `settle` asks
+            // again before the worker goes.
+            slot.held = Some(held);
+            if let Some(idle) = idle {
+                shared.dispatch.unreserve(idle);
+            }
+            return Err(TransportError::TimedOut);
         }
         Err(e) => {
+            shared.dispatch.release_ahead();
             slot.held = Some(held);
             slot.started = true;
             slot.broken = Some(format!(
-                "the worker did not answer a take-back of a request written behind the running one ({e})"
+                "the worker's control pipe failed during a take-back of a request written behind the running one ({e})"
             ));
+            if let Some(idle) = idle {
+                shared.dispatch.unreserve(idle);
+            }
+            return Ok(());
         }
+    };
+    match idle {
+        Some(idle) => match past_queue_deadline(shared, job) {
+            Some(job) => {
+                shared.taken_back_total.fetch_add(1, Ordering::Relaxed);
+                job.state.release();
+                shared.dispatch.hand_to(idle, job);
+            }
+            None => shared.dispatch.unreserve(idle),
+        },
+        None => hand_on(shared, job),
     }
+    Ok(())
+}
+
+/// A take-back without a running call's deadline waits this long at most (the
+/// control reader fails it at once if the worker's pipe closes).
+const NO_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+
+/// `Some(job)` if it may still run; its caller's queue deadline passed meanwhile: it
+/// fails with `QueueTimeout` (as if it had never left the queue) and `None`.
+fn past_queue_deadline(shared: &PoolShared, job: Job) -> Option<Job> {
+    if job.admitted_at.elapsed() < shared.config.queue_timeout() {
+        return Some(job);
+    }
+    let err = queue_timed_out(
+        shared,
+        &job.request_id,
+        &job.command,
+        job.correlation_id.as_deref(),
+        job.admitted_at,
+    );
+    job.fail(err);
+    None
 }
 
 /// Back to an idle worker or the head of the queue: the job never ran.
 fn hand_on(shared: &PoolShared, job: Job) {
+    let Some(job) = past_queue_deadline(shared, job) else {
+        return;
+    };
     shared.taken_back_total.fetch_add(1, Ordering::Relaxed);
     job.state.release();
     shared.dispatch.give_back(job);

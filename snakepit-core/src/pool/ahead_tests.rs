@@ -25,12 +25,17 @@ struct FakePipe {
     written: Mutex<Vec<u64>>,
     answered: watch::Sender<u64>,
     revokes: Mutex<Vec<u64>>,
-    revoke_answer: bool,
+    /// `None`: the take-back is never answered (the worker's control thread is stuck).
+    revoke_answer: Option<bool>,
     full: bool,
 }
 
 impl FakePipe {
     fn new(revoke_answer: bool, full: bool) -> Arc<Self> {
+        Self::answering(Some(revoke_answer), full)
+    }
+
+    fn answering(revoke_answer: Option<bool>, full: bool) -> Arc<Self> {
         Arc::new(FakePipe {
             next_id: AtomicU64::new(0),
             written: Mutex::new(Vec::new()),
@@ -95,24 +100,32 @@ impl Pipelined for FakePipe {
     fn revoke(
         &self,
         call_id: u64,
-        _timeout: Duration,
+        timeout: Duration,
     ) -> BoxFuture<'_, Result<bool, TransportError>> {
         self.revokes.lock().unwrap().push(call_id);
-        Box::pin(async move { Ok(self.revoke_answer) })
+        Box::pin(async move {
+            match self.revoke_answer {
+                Some(answer) => Ok(answer),
+                None => {
+                    tokio::time::sleep(timeout).await;
+                    Err(TransportError::TimedOut)
+                }
+            }
+        })
     }
 }
 
 fn bare_pool() -> Arc<PoolShared> {
+    pool_with(PoolConfig::default())
+}
+
+fn pool_with(config: PoolConfig) -> Arc<PoolShared> {
     let launch = LaunchSpec {
         python: "/nonexistent/python".into(),
         run_id: "test".into(),
         run_dir: std::env::temp_dir(),
     };
-    Arc::new(PoolShared::new(
-        PoolConfig::default(),
-        EventBus::default(),
-        launch,
-    ))
+    Arc::new(PoolShared::new(config, EventBus::default(), launch))
 }
 
 type ReplyRx = oneshot::Receiver<Result<Response, Error>>;
@@ -140,6 +153,15 @@ fn run_current(
     shared: &Arc<PoolShared>,
     pipe: &Arc<FakePipe>,
 ) -> tokio::task::JoinHandle<(bool, bool)> {
+    run_current_within(shared, pipe, None)
+}
+
+/// `run_current` with the current call's own deadline.
+fn run_current_within(
+    shared: &Arc<PoolShared>,
+    pipe: &Arc<FakePipe>,
+    timeout: Option<Duration>,
+) -> tokio::task::JoinHandle<(bool, bool)> {
     let (shared, pipe) = (shared.clone(), pipe.clone());
     tokio::spawn(async move {
         let mut slot = AheadSlot::default();
@@ -155,7 +177,10 @@ fn run_current(
             extra: &[],
             timeout: None,
         };
-        let result = call(&shared, 0, &*pipe, request, meta, None, pipeline).await;
+        let result = call(&shared, 0, &*pipe, request, meta, timeout, pipeline).await;
+        if let Err(e) = &result {
+            assert_eq!(*e, TransportError::TimedOut);
+        }
         let held = slot.take_to_run(&shared).is_some();
         (result.is_ok(), held)
     })
@@ -270,4 +295,104 @@ async fn a_job_whose_caller_gave_up_is_not_written_ahead() {
     assert_eq!(current.await.unwrap(), (true, false));
     assert_eq!(pipe.written(), 1);
     assert_eq!(shared.dispatch.held_ahead(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_idle_worker_takes_back_one_held_job_not_every_holders() {
+    let shared = bare_pool();
+    let (a, b) = (FakePipe::new(true, false), FakePipe::new(true, false));
+    let _r1 = queued_job(&shared, JobState::default());
+    let first = run_current(&shared, &a);
+    until(|| a.written() == 2).await;
+    let _r2 = queued_job(&shared, JobState::default());
+    let second = run_current(&shared, &b);
+    until(|| b.written() == 2).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    assert!(shared
+        .dispatch
+        .next_or_idle(&Arc::from("idle-1"), &tx)
+        .is_none());
+    rx.recv()
+        .await
+        .expect("one held job reaches the idle worker");
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        a.revokes().len() + b.revokes().len(),
+        1,
+        "only one holder took its job back"
+    );
+    a.answered.send_replace(1);
+    b.answered.send_replace(1);
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert!(first.0 && second.0);
+    assert_eq!(
+        u8::from(first.1) + u8::from(second.1),
+        1,
+        "the other holder kept its job (it would run next)"
+    );
+    assert_eq!(shared.dispatch.held_ahead(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_take_back_waits_no_longer_than_the_running_calls_deadline() {
+    let shared = bare_pool();
+    let pipe = FakePipe::answering(None, false);
+    let _reply = queued_job(&shared, JobState::default());
+    let started = Instant::now();
+    let current = run_current_within(&shared, &pipe, Some(Duration::from_secs(1)));
+    until(|| pipe.written() == 2).await;
+    // The patience passes, the take-back is never answered: the call times out at its
+    // own deadline (not the health-check timeout), the job still held, fate unknown.
+    assert_eq!(current.await.unwrap(), (false, true));
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    assert_eq!(pipe.revokes(), vec![2]);
+    assert_eq!(shared.dispatch.held_ahead(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_job_past_its_queue_deadline_fails_with_queue_timeout_when_taken_back() {
+    // A 5 ms queue timeout (default 5 s), shorter than the patience, so the job is past
+    // it when it comes back.
+    let shared = pool_with(PoolConfig {
+        queue_timeout_ms: 5,
+        ..PoolConfig::default()
+    });
+    let pipe = FakePipe::new(true, false);
+    let reply = queued_job(&shared, JobState::default());
+    let current = run_current(&shared, &pipe);
+    until(|| pipe.written() == 2).await;
+    // The queue deadline is wall-clock time (`admitted_at` is a std Instant), which a
+    // paused Tokio clock does not move: let 5 ms of it pass.
+    std::thread::sleep(Duration::from_millis(6));
+    tokio::time::sleep(AHEAD_PATIENCE * 2).await;
+    assert!(matches!(reply.await, Ok(Err(Error::QueueTimeout { .. }))));
+    let (tx, _rx) = mpsc::unbounded_channel();
+    assert!(
+        shared
+            .dispatch
+            .next_or_idle(&Arc::from("w2"), &tx)
+            .is_none(),
+        "not requeued"
+    );
+    pipe.answered.send_replace(1);
+    assert_eq!(current.await.unwrap(), (true, false));
+    assert_eq!(shared.taken_back_total.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_of_one_keeps_its_held_job_however_long_the_call() {
+    let shared = pool_with(PoolConfig {
+        size: 1,
+        ..PoolConfig::default()
+    });
+    let pipe = FakePipe::new(true, false);
+    let _reply = queued_job(&shared, JobState::default());
+    let current = run_current(&shared, &pipe);
+    until(|| pipe.written() == 2).await;
+    tokio::time::sleep(AHEAD_PATIENCE * 10).await;
+    assert!(pipe.revokes().is_empty(), "no other worker could take it");
+    pipe.answered.send_replace(1);
+    assert_eq!(current.await.unwrap(), (true, true));
 }

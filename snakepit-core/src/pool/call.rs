@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, TryAcquireError};
 
 use super::job::{Job, JobState, Reply, StreamReply};
-use super::report::{ms, refused};
+use super::report::{queue_timed_out, refused};
 use super::shared::PoolShared;
 use super::stream::{ResponseStream, StreamParts};
 use crate::error::Error;
@@ -207,33 +207,12 @@ impl Ticket {
         if !self.state.abandon() {
             return Ok(fut.await); // a worker took it just now
         }
-        let waited = self.admitted_at.elapsed();
-        let err = Error::QueueTimeout {
-            pool: shared.name.to_string(),
-            timeout,
-        };
-        let corr = self.correlation_id.as_deref();
-        shared
-            .events
-            .emit_with(EventKind::RequestTimeout, corr, || {
-                data::RequestTimeout {
-                    timeout_ms: ms(timeout),
-                    queue_time_ms: ms(waited),
-                    request_id: self.request_id.clone(),
-                    command: self.command.clone(),
-                    pool_name: shared.name.to_string(),
-                    worker_id: String::new(),
-                    caller_stalled: false,
-                }
-                .into()
-            });
-        Err(refused(
+        Err(queue_timed_out(
             shared,
             &self.request_id,
             &self.command,
-            corr,
-            waited,
-            err,
+            self.correlation_id.as_deref(),
+            self.admitted_at,
         ))
     }
 }

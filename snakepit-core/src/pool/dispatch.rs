@@ -22,6 +22,9 @@ struct Idle {
     tx: mpsc::UnboundedSender<Job>,
 }
 
+/// An idle worker taken off the idle list for one job (`reserve_idle`).
+pub(crate) struct ReservedIdle(Idle);
+
 #[derive(Default)]
 struct State {
     queue: VecDeque<Job>,
@@ -110,9 +113,31 @@ impl Dispatcher {
         self.hungry.notified()
     }
 
-    /// Whether some worker waits for a job.
-    pub fn has_idle(&self) -> bool {
-        !self.lock().idle.is_empty()
+    /// Reserve the warmest idle worker for a job being taken back, so that of several
+    /// holders woken by one idle worker only one takes its job back for it.
+    pub fn reserve_idle(&self) -> Option<ReservedIdle> {
+        self.lock().idle.pop().map(ReservedIdle)
+    }
+
+    /// Hand `job` to the reserved worker (or, if it went away, on as `give_back` does).
+    pub fn hand_to(&self, reserved: ReservedIdle, job: Job) {
+        if let Err(returned) = reserved.0.tx.send(job) {
+            self.give_back(returned.0);
+        }
+    }
+
+    /// The reservation was not needed: the worker gets the oldest queued job, or waits
+    /// among the idle again.
+    pub fn unreserve(&self, reserved: ReservedIdle) {
+        let mut state = self.lock();
+        if let Some(job) = state.queue.pop_front() {
+            match reserved.0.tx.send(job) {
+                Ok(()) => return,
+                Err(returned) => state.queue.push_front(returned.0), // it left meanwhile
+            }
+            return;
+        }
+        state.idle.push(reserved.0);
     }
 
     /// Put back a job that was taken ahead and given back unrun: to an idle worker,

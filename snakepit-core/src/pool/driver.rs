@@ -52,8 +52,10 @@ pub(crate) async fn run(
                 }
             }
         };
+        // Nothing is written behind this call while a recycle is pending or this
+        // worker's own jobs (sessions, handoffs) wait: those come next.
         let pipeline = Pipeline {
-            enabled: pipelining,
+            enabled: pipelining && *control.borrow() == Control::Run && private_rx.is_empty(),
             sent,
             slot: &mut slot,
         };

@@ -81,6 +81,38 @@ pub(crate) fn finish(
         });
 }
 
+/// A request whose queue deadline passed before a worker started it: the
+/// `request.timeout` event, counters, and the `QueueTimeout` error for its caller.
+pub(crate) fn queue_timed_out(
+    shared: &PoolShared,
+    request_id: &str,
+    command: &str,
+    correlation_id: Option<&str>,
+    admitted_at: std::time::Instant,
+) -> Error {
+    let timeout = shared.config.queue_timeout();
+    let waited = admitted_at.elapsed();
+    let err = Error::QueueTimeout {
+        pool: shared.name.to_string(),
+        timeout,
+    };
+    shared
+        .events
+        .emit_with(EventKind::RequestTimeout, correlation_id, || {
+            data::RequestTimeout {
+                timeout_ms: ms(timeout),
+                queue_time_ms: ms(waited),
+                request_id: request_id.to_string(),
+                command: command.to_string(),
+                pool_name: shared.name.to_string(),
+                worker_id: String::new(),
+                caller_stalled: false,
+            }
+            .into()
+        });
+    refused(shared, request_id, command, correlation_id, waited, err)
+}
+
 /// A request that failed before any worker ran it (refused, or timed out in the
 /// queue): counters, the stats window (unless the caller caused it) and
 /// `request.failed`.

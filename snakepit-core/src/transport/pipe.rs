@@ -218,8 +218,11 @@ impl PipeTransport {
         }
     }
 
-    /// Write one call on the data pair; returns its id.
+    /// Write one call on the data pair; returns its id. The rest of an abandoned
+    /// stream is read first: its worker may be blocked writing a chunk into the full
+    /// pipe, and would never read a request large enough to block this write.
     async fn send_call(&self, body: Body, meta: &CallMeta<'_>) -> Result<u64, TransportError> {
+        self.data.lock().await.catch_up(self.max_frame).await?;
         let mut data = self.data_tx.lock().await;
         data.next_id += 1;
         let frame = Self::call_frame(data.next_id, body, meta);
@@ -233,6 +236,11 @@ impl PipeTransport {
         body: Body,
         meta: &CallMeta<'_>,
     ) -> Result<Option<u64>, TransportError> {
+        // Not behind an abandoned stream (see `send_call`), and never waiting.
+        match self.data.try_lock() {
+            Ok(rx) if rx.unfinished.is_none() => {}
+            _ => return Ok(None),
+        }
         let Ok(mut data) = self.data_tx.try_lock() else {
             return Ok(None);
         };
