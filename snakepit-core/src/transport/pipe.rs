@@ -106,7 +106,22 @@ impl Data {
     }
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Frame, TransportError>>>>>;
+/// Control calls waiting for their reply, and why the reader stopped (once it has):
+/// a call made after that fails at once instead of waiting for a reply nobody reads.
+#[derive(Default)]
+struct PendingCalls {
+    waiters: HashMap<u64, oneshot::Sender<Result<Frame, TransportError>>>,
+    closed: Option<TransportError>,
+}
+
+type Pending = Arc<Mutex<PendingCalls>>;
+
+fn lock_pending(pending: &Pending) -> std::sync::MutexGuard<'_, PendingCalls> {
+    match pending.lock() {
+        Ok(p) => p,
+        Err(p) => p.into_inner(),
+    }
+}
 
 pub(crate) struct PipeTransport {
     data_tx: AsyncMutex<DataTx>,
@@ -136,17 +151,14 @@ impl PipeTransport {
             unfinished: None,
         };
         let mut control_rx = BufReader::new(receiver(ends.control_rx)?);
-        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let pending: Pending = Arc::default();
         let reader_pending = pending.clone();
         let reader = tokio::spawn(async move {
             // Route every control reply to its caller; on a broken pipe, fail them all.
             let failure = loop {
                 match read_frame(&mut control_rx, max_frame).await {
                     Ok(frame) => {
-                        let waiter = match reader_pending.lock() {
-                            Ok(mut p) => p.remove(&frame.id),
-                            Err(p) => p.into_inner().remove(&frame.id),
-                        };
+                        let waiter = lock_pending(&reader_pending).waiters.remove(&frame.id);
                         if let Some(w) = waiter {
                             let _ = w.send(Ok(frame));
                         }
@@ -154,9 +166,10 @@ impl PipeTransport {
                     Err(e) => break e,
                 }
             };
-            let waiters: Vec<_> = match reader_pending.lock() {
-                Ok(mut p) => p.drain().map(|(_, w)| w).collect(),
-                Err(p) => p.into_inner().drain().map(|(_, w)| w).collect(),
+            let waiters: Vec<_> = {
+                let mut p = lock_pending(&reader_pending);
+                p.closed = Some(failure.clone());
+                p.waiters.drain().map(|(_, w)| w).collect()
             };
             for w in waiters {
                 let _ = w.send(Err(failure.clone()));
@@ -177,10 +190,13 @@ impl PipeTransport {
     async fn control(&self, body: Body, timeout: Duration) -> Result<Body, TransportError> {
         let id = self.next_control_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        match self.pending.lock() {
-            Ok(mut p) => p.insert(id, tx),
-            Err(p) => p.into_inner().insert(id, tx),
-        };
+        {
+            let mut p = lock_pending(&self.pending);
+            if let Some(failure) = &p.closed {
+                return Err(failure.clone());
+            }
+            p.waiters.insert(id, tx);
+        }
         let frame = Frame {
             id,
             body: Some(body),
@@ -199,10 +215,7 @@ impl PipeTransport {
             .await
             .unwrap_or(Err(TransportError::TimedOut));
         if result.is_err() {
-            match self.pending.lock() {
-                Ok(mut p) => p.remove(&id),
-                Err(p) => p.into_inner().remove(&id),
-            };
+            lock_pending(&self.pending).waiters.remove(&id);
         }
         result?
             .body
@@ -472,3 +485,7 @@ impl WorkerTransport for PipeTransport {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "pipe_tests.rs"]
+mod tests;
