@@ -28,11 +28,11 @@ use tokio::time::Instant;
 use super::dispatch::ReservedIdle;
 use super::exit::Exit;
 use super::job::{Job, Reply};
-use super::report::queue_timed_out;
+use super::report::release_unrun;
 use super::shared::PoolShared;
 use crate::error::Error;
 use crate::proto;
-use crate::transport::{CallMeta, Pipelined, TransportError};
+use crate::transport::{by_deadline, CallMeta, Pipelined, TransportError};
 use crate::worker::Worker;
 
 /// The largest job considered for writing ahead, a little under `PIPE_BUF` (4096
@@ -141,13 +141,13 @@ pub(crate) async fn call(
     let deadline = timeout.map(|t| Instant::now() + t);
     let call_id = match pipeline.sent {
         Some(id) => id,
-        None => within(deadline, pipe.send(request, meta)).await?,
+        None => by_deadline(deadline, pipe.send(request, meta)).await?,
     };
     let slot = pipeline.slot;
     if pipeline.enabled && slot.held.is_none() && room_for_one_more(shared, done) {
         slot.held = send_next(shared, pipe).await;
     }
-    let reply = within(deadline, pipe.receive(call_id));
+    let reply = by_deadline(deadline, pipe.receive(call_id));
     tokio::pin!(reply);
     // With one worker the held job has nowhere better to go: no patience take-back.
     let patient = shared.config.size > 1;
@@ -176,40 +176,17 @@ pub(crate) async fn call(
     }
 }
 
-async fn within<T>(
-    deadline: Option<Instant>,
-    fut: impl std::future::Future<Output = Result<T, TransportError>>,
-) -> Result<T, TransportError> {
-    match deadline {
-        Some(d) => tokio::time::timeout_at(d, fut)
-            .await
-            .unwrap_or(Err(TransportError::TimedOut)),
-        None => fut.await,
-    }
-}
-
 /// Take the oldest queued job if it fits and write it behind the running call.
 async fn send_next(shared: &PoolShared, pipe: &dyn Pipelined) -> Option<Ahead> {
     loop {
         let job = shared.dispatch.take_ahead(fits)?;
-        if !job.state.take() || job.reply.is_closed() {
+        if !job.claim() {
             // Its caller gave up waiting, or went away: as a driver taking it would.
             shared.dispatch.release_ahead();
             continue;
         }
-        let timeout = job.timeout.or_else(|| shared.config.request_timeout());
-        let request = proto::ExecuteRequest {
-            command: job.command.clone(),
-            args_json: job.args.clone(),
-            session_id: String::new(),
-        };
-        let meta = CallMeta {
-            request_id: &job.request_id,
-            correlation_id: job.correlation_id.as_deref(),
-            extra: &job.metadata,
-            timeout,
-        };
-        let sent = pipe.try_send_ahead(request, meta).await;
+        let meta = job.meta(shared.request_timeout(&job));
+        let sent = pipe.try_send_ahead(job.request(), meta).await;
         return match sent {
             Ok(Some(call_id)) => {
                 shared.pipelined_total.fetch_add(1, Ordering::Relaxed);
@@ -224,8 +201,7 @@ async fn send_next(shared: &PoolShared, pipe: &dyn Pipelined) -> Option<Ahead> {
             Ok(None) | Err(_) => {
                 tracing::trace!(request_id = %job.request_id, "job not written ahead");
                 shared.dispatch.release_ahead();
-                if let Some(job) = past_queue_deadline(shared, job) {
-                    job.state.release();
+                if let Some(job) = release_unrun(shared, job) {
                     shared.dispatch.give_back(job);
                 }
                 None
@@ -245,93 +221,61 @@ async fn take_back(
     idle: Option<ReservedIdle>,
     deadline: Option<Instant>,
 ) -> Result<(), TransportError> {
-    let Some(held) = slot.held.take() else {
-        if let Some(idle) = idle {
-            shared.dispatch.unreserve(idle);
-        }
-        return Ok(());
-    };
-    let wait = deadline.map_or(NO_DEADLINE, |d| d.saturating_duration_since(Instant::now()));
-    let answer = pipe.revoke(held.call_id, wait).await;
-    let job = match answer {
-        Ok(true) => {
-            shared.dispatch.release_ahead();
-            held.job
-        }
-        Ok(false) => {
-            shared.dispatch.release_ahead();
-            slot.held = Some(held);
-            slot.started = true;
-            if let Some(idle) = idle {
-                shared.dispatch.unreserve(idle);
+    let mut outcome = Ok(());
+    let taken_back = match slot.held.take() {
+        None => None,
+        Some(held) => {
+            let wait =
+                deadline.map_or(NO_DEADLINE, |d| d.saturating_duration_since(Instant::now()));
+            match pipe.revoke(held.call_id, wait).await {
+                Ok(true) => {
+                    shared.dispatch.release_ahead();
+                    Some(held.job)
+                }
+                // Still held, fate unknown: the running call timed out, and `settle`
+                // asks again before the worker goes.
+                Err(TransportError::TimedOut) => {
+                    slot.held = Some(held);
+                    outcome = Err(TransportError::TimedOut);
+                    None
+                }
+                // Started (it runs next here), or the control pipe failed (the worker
+                // goes once the running call ends).
+                answer => {
+                    shared.dispatch.release_ahead();
+                    slot.held = Some(held);
+                    slot.started = true;
+                    if let Err(e) = answer {
+                        slot.broken = Some(format!(
+                            "the worker's control pipe failed during a take-back of a request written behind the running one ({e})"
+                        ));
+                    }
+                    None
+                }
             }
-            return Ok(());
-        }
-        Err(TransportError::TimedOut) => {
-            // Still held, fate unknown: the running call timed out, and `settle` asks
-            // again before the worker goes.
-            slot.held = Some(held);
-            if let Some(idle) = idle {
-                shared.dispatch.unreserve(idle);
-            }
-            return Err(TransportError::TimedOut);
-        }
-        Err(e) => {
-            shared.dispatch.release_ahead();
-            slot.held = Some(held);
-            slot.started = true;
-            slot.broken = Some(format!(
-                "the worker's control pipe failed during a take-back of a request written behind the running one ({e})"
-            ));
-            if let Some(idle) = idle {
-                shared.dispatch.unreserve(idle);
-            }
-            return Ok(());
         }
     };
-    match idle {
-        Some(idle) => match past_queue_deadline(shared, job) {
-            Some(job) => {
-                shared.taken_back_total.fetch_add(1, Ordering::Relaxed);
-                job.state.release();
-                shared.dispatch.hand_to(idle, job);
-            }
-            None => shared.dispatch.unreserve(idle),
-        },
-        None => hand_on(shared, job),
-    }
-    Ok(())
+    hand_on(shared, taken_back, idle);
+    outcome
 }
 
 /// A take-back without a running call's deadline waits this long at most (the
 /// control reader fails it at once if the worker's pipe closes).
 const NO_DEADLINE: Duration = Duration::from_secs(24 * 3600);
 
-/// `Some(job)` if it may still run; its caller's queue deadline passed meanwhile: it
-/// fails with `QueueTimeout` (as if it had never left the queue) and `None`.
-fn past_queue_deadline(shared: &PoolShared, job: Job) -> Option<Job> {
-    if job.admitted_at.elapsed() < shared.config.queue_timeout() {
-        return Some(job);
+/// A job taken back unrun goes to `idle` (reserved for it), else the head of the
+/// queue; an unused reservation is returned.
+fn hand_on(shared: &PoolShared, job: Option<Job>, idle: Option<ReservedIdle>) {
+    let job = job.and_then(|job| release_unrun(shared, job));
+    if job.is_some() {
+        shared.taken_back_total.fetch_add(1, Ordering::Relaxed);
     }
-    let err = queue_timed_out(
-        shared,
-        &job.request_id,
-        &job.command,
-        job.correlation_id.as_deref(),
-        job.admitted_at,
-    );
-    job.fail(err);
-    None
-}
-
-/// Back to an idle worker or the head of the queue: the job never ran.
-fn hand_on(shared: &PoolShared, job: Job) {
-    let Some(job) = past_queue_deadline(shared, job) else {
-        return;
-    };
-    shared.taken_back_total.fetch_add(1, Ordering::Relaxed);
-    job.state.release();
-    shared.dispatch.give_back(job);
+    match (job, idle) {
+        (Some(job), Some(idle)) => shared.dispatch.hand_to(idle, job),
+        (Some(job), None) => shared.dispatch.give_back(job),
+        (None, Some(idle)) => shared.dispatch.unreserve(idle),
+        (None, None) => {}
+    }
 }
 
 /// The worker goes (`exit`) with a job held ahead: requeue it if it surely never
@@ -362,7 +306,7 @@ pub(crate) async fn settle(
         },
     };
     if never_started {
-        hand_on(shared, held.job);
+        hand_on(shared, Some(held.job), None);
         return;
     }
     let why = match exit {

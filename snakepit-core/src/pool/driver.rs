@@ -193,7 +193,7 @@ async fn run_taken(
     job: Job,
     pipeline: Pipeline<'_>,
 ) -> Option<Exit> {
-    if !job.state.take() || job.reply.is_closed() {
+    if !job.claim() {
         return None;
     }
     execute::run_job(shared, worker, job, pipeline).await

@@ -20,7 +20,7 @@ use crate::proto::{self, worker_error::Kind};
 use crate::request::{Chunk, Response, Served, WorkerSpan};
 use crate::session::Claim;
 use crate::stats::WorkerState;
-use crate::transport::{CallMeta, TransportError};
+use crate::transport::{within, CallMeta, TransportError};
 use crate::worker::Worker;
 
 /// After a broken call, how long to wait for the process to show it died.
@@ -78,7 +78,7 @@ pub(crate) async fn run_job(
             taken_at: started,
         });
     }
-    let timeout = job.timeout.or_else(|| shared.config.request_timeout());
+    let timeout = shared.request_timeout(&job);
     let session_recreated = match session {
         Some(Err(err)) => Err(err),
         Some(Ok(claim)) => Ok(sessions::prepare_on(shared, worker, &job, claim).await),
@@ -160,17 +160,7 @@ async fn call(
     timeout: Option<Duration>,
     pipeline: Pipeline<'_>,
 ) -> (CallOutcome, Option<Exit>) {
-    let request = proto::ExecuteRequest {
-        command: job.command.clone(),
-        args_json: job.args.clone(),
-        session_id: job.session_id.clone().unwrap_or_default(),
-    };
-    let meta = CallMeta {
-        request_id: &job.request_id,
-        correlation_id: job.correlation_id.as_deref(),
-        extra: &job.metadata,
-        timeout,
-    };
+    let (request, meta) = (job.request(), job.meta(timeout));
     let tx = match &job.reply {
         Reply::Stream(s) => &s.chunks,
         Reply::Unary(_) => {
@@ -195,15 +185,7 @@ async fn unary(
             let done = worker.requests();
             ahead::call(shared, done, pipe, request, meta, timeout, pipeline).await
         }
-        _ => {
-            let call = worker.transport.execute(request, meta);
-            match timeout {
-                Some(t) => tokio::time::timeout(t, call)
-                    .await
-                    .unwrap_or(Err(TransportError::TimedOut)),
-                None => call.await,
-            }
-        }
+        _ => within(timeout, worker.transport.execute(request, meta)).await,
     };
     match result {
         Ok(resp) => match resp.outcome {
@@ -291,12 +273,7 @@ async fn stream(
             }
         }
     };
-    let result = match timeout {
-        Some(t) => tokio::time::timeout(t, forward)
-            .await
-            .unwrap_or(Err(TransportError::TimedOut)),
-        None => forward.await,
-    };
+    let result = within(timeout, forward).await;
     match result {
         Ok(None) => (Ok(()), None),
         Ok(Some(err)) => (Err(worker_error(shared, &job.command, err)), None),

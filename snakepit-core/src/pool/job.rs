@@ -8,7 +8,9 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
+use crate::proto;
 use crate::request::{Chunk, Response, Served};
+use crate::transport::CallMeta;
 
 const QUEUED: u8 = 0;
 const TAKEN: u8 = 1;
@@ -98,6 +100,30 @@ pub(crate) struct Job {
 }
 
 impl Job {
+    /// Claim the job to run it; false if its caller gave up waiting or went away.
+    pub fn claim(&self) -> bool {
+        self.state.take() && !self.reply.is_closed()
+    }
+
+    /// The request the worker gets.
+    pub fn request(&self) -> proto::ExecuteRequest {
+        proto::ExecuteRequest {
+            command: self.command.clone(),
+            args_json: self.args.clone(),
+            session_id: self.session_id.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The context that travels with it, under `timeout`.
+    pub fn meta(&self, timeout: Option<Duration>) -> CallMeta<'_> {
+        CallMeta {
+            request_id: &self.request_id,
+            correlation_id: self.correlation_id.as_deref(),
+            extra: &self.metadata,
+            timeout,
+        }
+    }
+
     /// Send a failure to whoever waits (if anyone still does).
     pub fn fail(self, err: Error) {
         match self.reply {

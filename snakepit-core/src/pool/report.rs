@@ -81,6 +81,27 @@ pub(crate) fn finish(
         });
 }
 
+/// Hand back a job a worker took but did not run (it belongs on another worker, or
+/// was taken back from behind a running call), so the next worker can take it and its
+/// caller's queue deadline applies again. The caller stopped timing the queue once a
+/// worker took the job: if that deadline passed meanwhile, the job fails here with
+/// `QueueTimeout` (as if it had never left the queue) and `None` comes back.
+pub(crate) fn release_unrun(shared: &PoolShared, job: Job) -> Option<Job> {
+    if job.admitted_at.elapsed() >= shared.config.queue_timeout() {
+        let err = queue_timed_out(
+            shared,
+            &job.request_id,
+            &job.command,
+            job.correlation_id.as_deref(),
+            job.admitted_at,
+        );
+        job.fail(err);
+        return None;
+    }
+    job.state.release();
+    Some(job)
+}
+
 /// A request whose queue deadline passed before a worker started it: the
 /// `request.timeout` event, counters, and the `QueueTimeout` error for its caller.
 pub(crate) fn queue_timed_out(

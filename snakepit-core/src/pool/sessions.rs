@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::job::Job;
-use super::report::ms;
+use super::report::{ms, release_unrun};
 use super::shared::PoolShared;
 use crate::error::Error;
 use crate::events::{data, EventKind};
@@ -41,8 +41,9 @@ pub(crate) fn claim_for(
 /// Send a session's job to the worker holding it (or, with `None` or a holder that
 /// just left, back to the shared queue), for it to be taken again.
 pub(crate) fn forward(shared: &PoolShared, holder: Option<Arc<str>>, job: Job) {
-    job.state.release();
-    let mut job = job;
+    let Some(mut job) = release_unrun(shared, job) else {
+        return;
+    };
     if let Some(entry) = holder.as_ref().and_then(|h| {
         let workers = shared.workers();
         workers.get(h).map(|e| e.private_tx.clone())

@@ -101,6 +101,11 @@ impl PoolShared {
         }
     }
 
+    /// The deadline `job` runs under: its own, else the pool's `request_timeout_ms`.
+    pub fn request_timeout(&self, job: &Job) -> Option<std::time::Duration> {
+        job.timeout.or_else(|| self.config.request_timeout())
+    }
+
     pub fn next_worker_id(&self) -> Arc<str> {
         let n = self.worker_seq.fetch_add(1, Ordering::Relaxed) + 1;
         Arc::from(format!("{}-{n}", self.name).as_str())

@@ -57,6 +57,28 @@ pub(crate) enum TransportError {
     Other(String),
 }
 
+/// Run a transport call until `deadline` (none: as long as it takes); past it, the
+/// call is dropped and `TimedOut` comes back.
+pub(crate) async fn by_deadline<T>(
+    deadline: Option<tokio::time::Instant>,
+    call: impl Future<Output = Result<T, TransportError>>,
+) -> Result<T, TransportError> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, call)
+            .await
+            .unwrap_or(Err(TransportError::TimedOut)),
+        None => call.await,
+    }
+}
+
+/// `by_deadline` for a call that starts now and may take `timeout`.
+pub(crate) async fn within<T>(
+    timeout: Option<Duration>,
+    call: impl Future<Output = Result<T, TransportError>>,
+) -> Result<T, TransportError> {
+    by_deadline(timeout.map(|t| tokio::time::Instant::now() + t), call).await
+}
+
 pub(crate) trait WorkerTransport: Send + Sync + 'static {
     /// The transport's pipelining face, if it has one (the pipe transport).
     fn pipelined(&self) -> Option<&dyn Pipelined> {
