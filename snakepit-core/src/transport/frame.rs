@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
+use bytes::{Buf, BytesMut};
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
 use super::{CallMeta, TransportError, CORRELATION_ID_HEADER, REQUEST_ID_HEADER};
@@ -40,26 +41,71 @@ pub(super) async fn write_frame(
     tx.write_all(&buf).await.map_err(write_failed)
 }
 
-pub(super) async fn read_frame(
-    rx: &mut BufReader<pipe::Receiver>,
+/// Frames read off one pipe. Cancel-safe: the bytes of a frame read so far stay in
+/// `buf` when the caller stops waiting (a stream dropped mid-chunk), and the next read
+/// goes on with the same frame, so the pipe never falls out of step.
+pub(super) struct FrameReader {
+    rx: pipe::Receiver,
+    buf: BytesMut,
     max: usize,
-) -> Result<Frame, TransportError> {
-    let mut head = [0u8; 4];
-    rx.read_exact(&mut head)
-        .await
-        .map_err(|e| TransportError::Disconnected(format!("reading from the worker: {e}")))?;
-    let len = u32::from_be_bytes(head) as usize;
-    if len > max {
-        return Err(protocol(format!(
-            "worker sent a frame of {len} bytes, over the limit of {max} (max_response_bytes)"
-        )));
+}
+
+/// How much to ask the pipe for when the buffer has no room (a pipe holds 64 KiB).
+const READ_CHUNK: usize = 64 * 1024;
+
+impl FrameReader {
+    pub fn new(rx: pipe::Receiver, max: usize) -> Self {
+        FrameReader {
+            rx,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            max,
+        }
     }
-    let mut body = vec![0u8; len];
-    rx.read_exact(&mut body)
-        .await
-        .map_err(|e| TransportError::Disconnected(format!("reading from the worker: {e}")))?;
-    let frame = Frame::decode(body.as_slice())
-        .map_err(|e| protocol(format!("worker sent a frame that does not decode: {e}")))?;
+
+    pub async fn read(&mut self) -> Result<Frame, TransportError> {
+        loop {
+            if let Some(frame) = self.complete_frame()? {
+                return checked(frame);
+            }
+            // `read_buf` is cancel-safe: bytes are appended only once read.
+            let n = self.rx.read_buf(&mut self.buf).await.map_err(|e| {
+                TransportError::Disconnected(format!("reading from the worker: {e}"))
+            })?;
+            if n == 0 {
+                return Err(TransportError::Disconnected(
+                    "reading from the worker: the pipe closed".into(),
+                ));
+            }
+        }
+    }
+
+    /// The next frame if the buffer holds all of it (making room for it otherwise).
+    fn complete_frame(&mut self) -> Result<Option<Frame>, TransportError> {
+        let Some(head) = self.buf.first_chunk::<4>() else {
+            self.buf.reserve(READ_CHUNK);
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(*head) as usize;
+        if len > self.max {
+            return Err(protocol(format!(
+                "worker sent a frame of {len} bytes, over the limit of {} (max_response_bytes)",
+                self.max
+            )));
+        }
+        if self.buf.len() < 4 + len {
+            self.buf.reserve((4 + len - self.buf.len()).max(READ_CHUNK));
+            return Ok(None);
+        }
+        self.buf.advance(4);
+        let body = self.buf.split_to(len);
+        Frame::decode(body.freeze())
+            .map(Some)
+            .map_err(|e| protocol(format!("worker sent a frame that does not decode: {e}")))
+    }
+}
+
+/// A frame error from the worker as a transport error.
+fn checked(frame: Frame) -> Result<Frame, TransportError> {
     if let Some(Body::FrameError(e)) = &frame.body {
         if e.too_large {
             // The worker withheld an oversized reply; the pipe is still in step.

@@ -21,12 +21,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::sync::{oneshot, Mutex as AsyncMutex, OwnedMutexGuard};
 
 use super::frame::{
-    encode_frame, frame_meta, protocol, read_frame, write_failed, write_frame, PIPE_BUF,
+    encode_frame, frame_meta, protocol, write_failed, write_frame, FrameReader, PIPE_BUF,
 };
 use super::{BoxFuture, CallMeta, ChunkStream, Pipelined, TransportError, WorkerTransport};
 use crate::proto::{self, frame::Body, Frame};
@@ -82,16 +82,16 @@ struct DataTx {
 
 /// The reading half of the data pair.
 struct Data {
-    rx: BufReader<pipe::Receiver>,
+    rx: FrameReader,
     /// A stream whose consumer left before its final chunk: read it out first.
     unfinished: Option<u64>,
 }
 
 impl Data {
     /// Read the rest of an abandoned stream so the pipe is in step again.
-    async fn catch_up(&mut self, max: usize) -> Result<(), TransportError> {
+    async fn catch_up(&mut self) -> Result<(), TransportError> {
         while let Some(id) = self.unfinished {
-            let frame = read_frame(&mut self.rx, max).await?;
+            let frame = self.rx.read().await?;
             match frame.body {
                 Some(Body::Chunk(c)) if frame.id == id && c.r#final => self.unfinished = None,
                 Some(Body::Chunk(_)) if frame.id == id => {}
@@ -129,7 +129,6 @@ pub(crate) struct PipeTransport {
     control_tx: Arc<AsyncMutex<pipe::Sender>>,
     pending: Pending,
     next_control_id: AtomicU64,
-    max_frame: usize,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -147,16 +146,16 @@ impl PipeTransport {
             next_id: 0,
         };
         let data = Data {
-            rx: BufReader::with_capacity(64 * 1024, receiver(ends.data_rx)?),
+            rx: FrameReader::new(receiver(ends.data_rx)?, max_frame),
             unfinished: None,
         };
-        let mut control_rx = BufReader::new(receiver(ends.control_rx)?);
+        let mut control_rx = FrameReader::new(receiver(ends.control_rx)?, max_frame);
         let pending: Pending = Arc::default();
         let reader_pending = pending.clone();
         let reader = tokio::spawn(async move {
             // Route every control reply to its caller; on a broken pipe, fail them all.
             let failure = loop {
-                match read_frame(&mut control_rx, max_frame).await {
+                match control_rx.read().await {
                     Ok(frame) => {
                         let waiter = lock_pending(&reader_pending).waiters.remove(&frame.id);
                         if let Some(w) = waiter {
@@ -181,7 +180,6 @@ impl PipeTransport {
             control_tx: Arc::new(AsyncMutex::new(sender(ends.control_tx)?)),
             pending,
             next_control_id: AtomicU64::new(1),
-            max_frame,
             reader,
         })
     }
@@ -235,7 +233,7 @@ impl PipeTransport {
     /// stream is read first: its worker may be blocked writing a chunk into the full
     /// pipe, and would never read a request large enough to block this write.
     async fn send_call(&self, body: Body, meta: &CallMeta<'_>) -> Result<u64, TransportError> {
-        self.data.lock().await.catch_up(self.max_frame).await?;
+        self.data.lock().await.catch_up().await?;
         let mut data = self.data_tx.lock().await;
         data.next_id += 1;
         let frame = Self::call_frame(data.next_id, body, meta);
@@ -278,9 +276,10 @@ impl PipeTransport {
 
     /// Read the reply to unary call `id`.
     async fn receive_result(&self, id: u64) -> Result<proto::ExecuteResponse, TransportError> {
+        // No catch-up here: `send_call` read any abandoned stream out before this call
+        // (or the one before it) was written, and a stream is never open meanwhile.
         let mut data = self.data.lock().await;
-        data.catch_up(self.max_frame).await?;
-        let reply = read_frame(&mut data.rx, self.max_frame).await?;
+        let reply = data.rx.read().await?;
         match reply.body {
             Some(Body::ExecuteResult(r)) if reply.id == id => Ok(r),
             other => Err(protocol(format!(
@@ -336,7 +335,6 @@ impl Pipelined for PipeTransport {
 struct StreamState {
     data: OwnedMutexGuard<Data>,
     id: u64,
-    max: usize,
     done: bool,
     control_tx: Arc<AsyncMutex<pipe::Sender>>,
 }
@@ -385,12 +383,11 @@ impl WorkerTransport for PipeTransport {
     ) -> BoxFuture<'a, Result<ChunkStream, TransportError>> {
         Box::pin(async move {
             let id = self.send_call(Body::ExecuteStream(req), &meta).await?;
-            let mut data = self.data.clone().lock_owned().await;
-            data.catch_up(self.max_frame).await?;
+            // `send_call` read any abandoned stream out already.
+            let data = self.data.clone().lock_owned().await;
             let state = StreamState {
                 data,
                 id,
-                max: self.max_frame,
                 done: false,
                 control_tx: self.control_tx.clone(),
             };
@@ -398,7 +395,7 @@ impl WorkerTransport for PipeTransport {
                 if st.done {
                     return None;
                 }
-                let item = match read_frame(&mut st.data.rx, st.max).await {
+                let item = match st.data.rx.read().await {
                     Ok(Frame {
                         id,
                         body: Some(Body::Chunk(c)),

@@ -27,3 +27,25 @@ async fn a_control_call_after_the_reader_stopped_fails_at_once() {
         started.elapsed()
     );
 }
+
+/// A read dropped mid-frame (a stream its caller dropped while a chunk was arriving)
+/// must not lose the bytes read so far: the next read returns that same frame whole.
+#[tokio::test]
+async fn a_read_dropped_mid_frame_resumes_with_the_same_frame() {
+    use std::io::Write;
+    let (rx, tx) = std::io::pipe().unwrap();
+    let mut reader = super::super::frame::FrameReader::new(receiver(rx.into()).unwrap(), 1 << 20);
+    let frame = Frame {
+        id: 7,
+        body: Some(Body::Cancel(proto::Cancel {})),
+        ..Frame::default()
+    };
+    let bytes = super::super::frame::encode_frame(&frame).unwrap();
+    let mut tx = std::fs::File::from(OwnedFd::from(tx));
+    tx.write_all(&bytes[..3]).unwrap();
+    let cut = tokio::time::timeout(Duration::from_millis(50), reader.read()).await;
+    assert!(cut.is_err(), "no whole frame yet: {cut:?}");
+    tx.write_all(&bytes[3..]).unwrap();
+    let whole = reader.read().await.unwrap();
+    assert_eq!(whole.id, 7);
+}
