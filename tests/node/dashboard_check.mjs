@@ -42,9 +42,12 @@ try {
   step("loaded", { requests: before });
 
   await waitFor("go"); // the test applies load and one failing request now
+  // All of it: an update sampled while the load ran can arrive after "go" and show
+  // only part of it. LOAD matches the requests tests/dashboard.rs makes before "go".
+  const LOAD = 31;
   await page.waitForFunction(
-    (b) => Number((document.querySelector('.card[data-pool="default"] [data-k="requests"]')?.textContent || "0").replace(/[^0-9.]/g, "")) > b,
-    before, { timeout: 30000 });
+    (b) => Number((document.querySelector('.card[data-pool="default"] [data-k="requests"]')?.textContent || "0").replace(/[^0-9.]/g, "")) >= b,
+    before + LOAD, { timeout: 30000 });
   const after = number(await page.textContent('.card[data-pool="default"] [data-k="requests"]'));
   const errorItem = '#errors li[data-type="ValueError"]';
   await page.waitForSelector(errorItem + " details", { timeout: 30000 });
