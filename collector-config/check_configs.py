@@ -1,6 +1,17 @@
-"""Structural checks of the configs no real tool here can run (no otelcol, kubectl,
-docker compose or Grafana binary is available): they parse, reference each other
-consistently, and use the metric names snakepit exports."""
+"""The checks of collector-config/ that no real tool here can run. validate.sh runs the
+real validators first: promtool for the Prometheus config and rules, kubernetes-validate
+for the schema of the Kubernetes manifests (fields, types, required properties). What is
+left is checked here:
+  - OpenTelemetry Collector (no otelcol binary): pipelines name defined components, OTLP
+    in, metrics to Prometheus, traces out over OTLP.
+  - Kubernetes: the cross-references a schema cannot express: each file holds the kind it
+    is for, probes on snakepit's health paths, selectors match the pod labels, the named
+    ports used by probes and the Service exist, and the scrape annotations and the
+    --listen address agree with the container port.
+  - docker compose (no docker): mounted files exist, depends_on names defined services.
+  - Grafana (no Grafana binary): the dashboard parses, queries only metrics snakepit
+    exports, panel ids are unique; the provisioning files and tempo.yaml parse.
+"""
 import json
 import re
 import sys
@@ -30,7 +41,8 @@ check("otlp" in otel["receivers"] and {"grpc", "http"} <= set(otel["receivers"][
 check("prometheus" in otel["service"]["pipelines"]["metrics"]["exporters"], "otel: metrics go to Prometheus")
 check(any(e.startswith("otlp/") for e in otel["service"]["pipelines"]["traces"]["exporters"]), "otel: traces go out over OTLP")
 
-# Kubernetes: probes on the right paths, scrape annotations, a Service for the port.
+# Kubernetes: the manifests' structure is schema-checked by kubernetes-validate (validate.sh);
+# here, what refers to what.
 deploy = load("k8s/deployment.yaml")[0]
 check(deploy["kind"] == "Deployment", "k8s: deployment.yaml is a Deployment")
 pod = deploy["spec"]["template"]
@@ -38,12 +50,22 @@ container = pod["spec"]["containers"][0]
 check(container["livenessProbe"]["httpGet"]["path"] == "/health", "k8s: liveness on /health")
 check(container["readinessProbe"]["httpGet"]["path"] == "/health/ready", "k8s: readiness on /health/ready")
 check(container["startupProbe"]["httpGet"]["path"] == "/health/ready", "k8s: startup probe on /health/ready")
+ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+    port = container[probe]["httpGet"]["port"]
+    check(port in ports or port in ports.values(), f"k8s: {probe} port {port} is a container port")
+listen = container["args"][container["args"].index("--listen") + 1]
+check(int(listen.rsplit(":", 1)[1]) == ports.get("http"), "k8s: serve --listen port is the http container port")
 ann = pod["metadata"]["annotations"]
 check(ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/path") == "/metrics", "k8s: scrape annotations")
+check(ann.get("prometheus.io/port") == str(ports.get("http")), "k8s: prometheus.io/port is the http container port")
 check(deploy["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items(), "k8s: selector matches pod labels")
 service = load("k8s/service.yaml")[0]
+check(service["kind"] == "Service", "k8s: service.yaml is a Service")
 check(service["spec"]["selector"].items() <= pod["metadata"]["labels"].items(), "k8s: Service selects the pods")
 check(any(p["targetPort"] == "http" for p in service["spec"]["ports"]), "k8s: Service targets the http port")
+for p in service["spec"]["ports"]:
+    check(p["targetPort"] in ports or p["targetPort"] in ports.values(), f"k8s: Service targetPort {p['targetPort']} is a container port")
 
 # docker-compose: files it mounts exist; services it depends on are defined.
 import os
