@@ -200,18 +200,46 @@ fn rss_mib() -> f64 {
     pages * 4096.0 / (1024.0 * 1024.0)
 }
 
-/// rotel from the workers' venv (scripts/test installs it), on a free port.
-fn start_rotel(python: &PathBuf) -> Result<(Child, u16), BoxError> {
-    let dir = Command::new(python)
-        .args([
-            "-c",
-            "import os, rotel; print(os.path.dirname(rotel.__file__))",
-        ])
-        .output()?;
-    if !dir.status.success() {
-        return Err("rotel is not installed in the workers' venv: run scripts/test once".into());
+/// The rotel version scripts/test installs (tests/support's `ROTEL_VERSION`).
+const ROTEL_VERSION: &str = "0.0.1a15";
+
+/// The rotel agent of the workers' venv, installed there on first use: the README gives
+/// this bench as one command, so it must not depend on scripts/test having run.
+fn rotel_agent(python: &PathBuf) -> Result<PathBuf, BoxError> {
+    let locate = || -> Option<PathBuf> {
+        let out = Command::new(python)
+            .args([
+                "-c",
+                "import os, rotel; print(os.path.dirname(rotel.__file__))",
+            ])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("rotel-agent"))
+    };
+    if let Some(agent) = locate() {
+        return Ok(agent);
     }
-    let agent = PathBuf::from(String::from_utf8_lossy(&dir.stdout).trim()).join("rotel-agent");
+    eprintln!("installing rotel {ROTEL_VERSION} (the OTLP receiver) into the workers' venv");
+    let installed = Command::new(python)
+        .args(["-m", "pip", "install", "--disable-pip-version-check", "-q"])
+        .arg(format!("rotel=={ROTEL_VERSION}"))
+        .status()
+        .is_ok_and(|s| s.success());
+    match locate() {
+        Some(agent) if installed => Ok(agent),
+        _ => Err(format!(
+            "cannot install rotel {ROTEL_VERSION} into {} (pip failed); it also needs \
+             libpython3.11 (apt-get install libpython3.11)",
+            python.display()
+        )
+        .into()),
+    }
+}
+
+/// rotel from the workers' venv, on a free port.
+fn start_rotel(python: &PathBuf) -> Result<(Child, u16), BoxError> {
+    let agent = rotel_agent(python)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
