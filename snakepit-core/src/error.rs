@@ -64,7 +64,7 @@ pub struct PythonError {
     /// The full formatted traceback, most recent call last.
     pub traceback: String,
     /// The worker's timing of the failed call, when its trace context was sampled.
-    pub worker_span: Option<crate::request::WorkerSpan>,
+    pub worker_span: Option<crate::worker_span::WorkerSpan>,
 }
 
 /// Why a request failed.

@@ -1,11 +1,12 @@
 //! What callers send to a pool and what they get back.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
+pub use crate::worker_span::WorkerSpan;
 
 /// Keyword arguments for a command, held as validated UTF-8 JSON object bytes so they
 /// cross to Python without being re-encoded.
@@ -170,33 +171,6 @@ pub struct Served {
     /// Set when the request's session had lost its state with its previous worker and
     /// was re-created empty for this request (`on_worker_loss = "recreate"`): why.
     pub session_recreated: Option<String>,
-}
-
-/// Where the worker spent a request, as the worker measured it: telemetry turns it into
-/// the worker's server span (child of the request span) without Python exporting spans.
-/// The worker chose `span_id`, so spans user code opened are already its children.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerSpan {
-    pub span_id: [u8; 8],
-    pub worker_id: String,
-    pub started_at: SystemTime,
-    pub duration: Duration,
-}
-
-impl WorkerSpan {
-    /// From the contract message; `None` when the worker sent no usable span id.
-    pub(crate) fn from_proto(span: &crate::proto::WorkerSpan, worker_id: &str) -> Option<Self> {
-        let span_id: [u8; 8] = span.span_id.as_ref().try_into().ok()?;
-        if span_id == [0; 8] {
-            return None;
-        }
-        Some(WorkerSpan {
-            span_id,
-            worker_id: worker_id.to_string(),
-            started_at: SystemTime::UNIX_EPOCH + Duration::from_nanos(span.start_unix_nanos),
-            duration: Duration::from_nanos(span.duration_nanos),
-        })
-    }
 }
 
 /// A command's result.

@@ -4,9 +4,31 @@
 //! the telemetry crate uses the same type for span attributes, log fields and metric
 //! labels, so one configuration governs everything that leaves the process.
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::SanitizeConfig;
+/// How telemetry data is scrubbed before any consumer sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SanitizeConfig {
+    pub enabled: bool,
+    /// A key containing any of these (case-insensitive) has its value replaced.
+    pub sensitive_keys: Vec<String>,
+    /// Longer strings are cut to this many characters and marked as truncated.
+    pub max_string_length: usize,
+}
+
+impl Default for SanitizeConfig {
+    fn default() -> Self {
+        SanitizeConfig {
+            enabled: true,
+            sensitive_keys: ["password", "token", "secret", "key", "auth"]
+                .map(String::from)
+                .to_vec(),
+            max_string_length: 1000,
+        }
+    }
+}
 
 /// What a sensitive value is replaced with.
 pub const REDACTED: &str = "[REDACTED]";

@@ -74,9 +74,7 @@ impl OtlpConfig {
         match (own, self.protocol) {
             (Some(e), _) => e.clone(),
             (None, OtlpProtocol::Grpc) => self.endpoint_or_default(),
-            (None, OtlpProtocol::HttpProtobuf) => {
-                crate::otlp::http_url(&self.endpoint_or_default(), signal)
-            }
+            (None, OtlpProtocol::HttpProtobuf) => http_url(&self.endpoint_or_default(), signal),
         }
     }
 
@@ -87,6 +85,20 @@ impl OtlpConfig {
             (None, OtlpProtocol::Grpc) => "http://127.0.0.1:4317".into(),
             (None, OtlpProtocol::HttpProtobuf) => "http://127.0.0.1:4318".into(),
         }
+    }
+}
+
+/// The signal URL for OTLP/HTTP: `{endpoint}/v1/{signal}` unless a path is given.
+fn http_url(endpoint: &str, signal: &str) -> String {
+    let trimmed = endpoint.trim_end_matches('/');
+    let has_path = trimmed
+        .split_once("://")
+        .map(|(_, rest)| rest.contains('/'))
+        .unwrap_or(false);
+    if has_path {
+        trimmed.to_string()
+    } else {
+        format!("{trimmed}/v1/{signal}")
     }
 }
 

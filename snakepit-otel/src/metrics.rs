@@ -23,13 +23,12 @@ use snakepit_core::{Error, Pool, Request, Served};
 use tower::{Layer, Service};
 
 use crate::labels::{Evidence, RequestLabels};
+pub use crate::openmetrics::REQUEST_BUCKETS;
 use crate::openmetrics::{Exemplar, ExemplarStore};
 use crate::trace::Outcome;
 
 pub use crate::labels::{LabelCap, MAX_LABEL_LEN, OVERFLOW_LABEL, UNKNOWN_LABEL};
 
-/// The seed's request-duration buckets, in seconds.
-pub const REQUEST_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
 /// The seed's worker start-up buckets, in seconds.
 pub const STARTUP_BUCKETS: [f64; 7] = [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
 

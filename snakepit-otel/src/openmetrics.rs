@@ -16,7 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::proto::{LabelPair, MetricFamily, MetricType};
 
-use crate::metrics::REQUEST_BUCKETS;
+/// The seed's request-duration buckets, in seconds: defined here, beside the exemplar
+/// store that keeps one exemplar per bucket, and used by `metrics` for its histograms.
+pub const REQUEST_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
 
 /// The content type of this exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

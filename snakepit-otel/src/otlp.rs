@@ -17,20 +17,6 @@ pub(crate) fn export_settings(otlp: &OtlpConfig) -> ExportSettings {
     }
 }
 
-/// The signal URL for OTLP/HTTP: `{endpoint}/v1/{signal}` unless a path is given.
-pub(crate) fn http_url(endpoint: &str, signal: &str) -> String {
-    let trimmed = endpoint.trim_end_matches('/');
-    let has_path = trimmed
-        .split_once("://")
-        .map(|(_, rest)| rest.contains('/'))
-        .unwrap_or(false);
-    if has_path {
-        trimmed.to_string()
-    } else {
-        format!("{trimmed}/v1/{signal}")
-    }
-}
-
 pub(crate) fn tonic_metadata(
     headers: &std::collections::BTreeMap<String, String>,
 ) -> tonic::metadata::MetadataMap {

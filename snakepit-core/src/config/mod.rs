@@ -1,4 +1,6 @@
-//! Configuration types (serde) for pools, workers, sessions and the event stream.
+//! Configuration types (serde) for pools, workers and sessions, and the validation
+//! helpers every config type uses. The event stream's and the sanitizer's configs live
+//! with what they configure (`events::EventsConfig`, `sanitize::SanitizeConfig`).
 //!
 //! Every field has a default, so `PoolConfig::default()` is a working pool serving the
 //! bundled example adapter. Durations carry their unit in the key (`_ms`, `_secs`) so a
@@ -10,10 +12,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-
-mod events;
-
-pub use events::{EventsConfig, SanitizeConfig};
 
 /// A configuration value that is not allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

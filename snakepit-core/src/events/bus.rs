@@ -13,8 +13,7 @@ use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 
-use super::{Event, EventData, EventKind, Pattern};
-use crate::config::EventsConfig;
+use super::{Event, EventData, EventKind, EventsConfig, Pattern};
 use crate::sanitize::Sanitizer;
 
 /// Handle to the bus; cheap to clone.

@@ -8,6 +8,7 @@
 //! events (counted), never time on the request path.
 
 mod bus;
+mod config;
 mod kinds;
 mod pattern;
 
@@ -16,6 +17,7 @@ use std::time::SystemTime;
 use serde_json::{Map, Value};
 
 pub use bus::{ConsumerHandle, ConsumerStats, EventBus, Subscription};
+pub use config::EventsConfig;
 pub use kinds::{data, EventData, EventKind, Measure, MetaField};
 pub use pattern::{Pattern, PatternError};
 

@@ -1,34 +1,13 @@
-//! Configuration of the event stream and of how telemetry data is scrubbed.
+//! Configuration of the event stream ([`EventsConfig`]): a part of `events` so the
+//! dependency runs one way (events → config's validation helpers), never back.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_float, check_range, ConfigError};
-use crate::events::EventKind;
-
-/// How telemetry data is scrubbed before any consumer sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SanitizeConfig {
-    pub enabled: bool,
-    /// A key containing any of these (case-insensitive) has its value replaced.
-    pub sensitive_keys: Vec<String>,
-    /// Longer strings are cut to this many characters and marked as truncated.
-    pub max_string_length: usize,
-}
-
-impl Default for SanitizeConfig {
-    fn default() -> Self {
-        SanitizeConfig {
-            enabled: true,
-            sensitive_keys: ["password", "token", "secret", "key", "auth"]
-                .map(String::from)
-                .to_vec(),
-            max_string_length: 1000,
-        }
-    }
-}
+use super::EventKind;
+use crate::config::{check_float, check_range, ConfigError};
+use crate::sanitize::SanitizeConfig;
 
 /// The typed lifecycle event stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,5 +68,30 @@ impl EventsConfig {
             "characters",
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_names_and_rates_are_checked() {
+        EventsConfig::default().validate().unwrap();
+        let mut ev = EventsConfig::default();
+        ev.sampling.insert("snakepit.worker.nope".into(), 0.5);
+        let err = ev.validate().unwrap_err();
+        assert!(
+            err.allowed.contains("snakepit.worker.health_check"),
+            "{err}"
+        );
+        let mut ev = EventsConfig::default();
+        ev.sampling
+            .insert("snakepit.worker.health_check".into(), 1.5);
+        assert!(ev.validate().unwrap_err().allowed.contains("[0.0, 1.0]"));
+        let mut ev = EventsConfig::default();
+        ev.sampling
+            .insert("snakepit.worker.health_check".into(), f64::NAN);
+        assert!(ev.validate().is_err(), "NaN is no rate");
     }
 }
