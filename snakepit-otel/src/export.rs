@@ -7,7 +7,10 @@
 //! So at any request rate the thread wakes a few times a second, not once per span — a
 //! thread wake-up per request was the dearest thing on this path. The thread has its
 //! own single-threaded Tokio runtime and owns the exporter (so its gRPC/HTTP connection
-//! never runs on the application's runtime), and exports with a timeout. After
+//! never runs on the application's runtime), and exports with a timeout. What it takes
+//! at one wake is encoded batch by batch (each batch then leaves the queue's count) and
+//! sent concurrently, so a backend that answers slowly costs one round trip per wake
+//! and the queue keeps its room while the requests are on the wire. After
 //! `breaker_failures` failed exports in a row the breaker opens: batches are dropped
 //! (and counted) without a network attempt for `breaker_cooldown`, then one export is
 //! tried again.
@@ -22,8 +25,6 @@ use std::time::{Duration, Instant};
 use opentelemetry::InstrumentationScope;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::logs::{LogBatch, LogExporter, LogProcessor, SdkLogRecord};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
-use opentelemetry_sdk::Resource;
 
 /// What happened to the items of one signal. Read by the self-metrics.
 #[derive(Debug, Default)]
@@ -58,9 +59,17 @@ pub struct ExportSettings {
     pub breaker_cooldown: Duration,
 }
 
-/// Something that exports a batch of `T` (adapters over the OTel exporters).
+/// Something that exports a batch of `T`, in two steps: `encode` (synchronous, on the
+/// export thread) and `export` (the network).
 pub trait BatchExporter<T>: Send + 'static {
-    fn export(&self, batch: Vec<T>) -> impl Future<Output = Result<(), String>>;
+    /// What a batch becomes before it is sent: the wire form, or the items themselves.
+    type Encoded;
+    /// Turn a batch into what `export` sends. The batcher counts the items out of its
+    /// queue as soon as this returns, so an exporter that encodes here (dropping the
+    /// items) leaves the whole queue free for new items while a slow export is on the
+    /// wire; memory stays bounded by the queue plus the one batch in flight.
+    fn encode(&self, batch: Vec<T>) -> Self::Encoded;
+    fn export(&self, encoded: Self::Encoded) -> impl Future<Output = Result<(), String>>;
     fn shutdown(&self) {}
 }
 
@@ -73,8 +82,8 @@ enum Control {
 /// The items waiting for the export thread.
 struct Buffer<T> {
     items: Mutex<Vec<T>>,
-    /// Items the export thread took and has not finished exporting: they count
-    /// against `max_queue` too, so memory stays bounded while an export is slow.
+    /// Items the export thread took and has not yet encoded (`BatchExporter::encode`):
+    /// they count against `max_queue` too, so memory stays bounded.
     exporting: AtomicUsize,
     /// The export thread is gone: pushes are dropped (and counted) at once.
     closed: AtomicBool,
@@ -280,27 +289,46 @@ fn run<T, E, F>(
         failures_in_a_row: 0,
         open_until: None,
     };
-    let export_one = |batch: Vec<T>, breaker: &mut Breaker| {
-        if batch.is_empty() {
+    let max_batch = settings.max_batch.max(1);
+    let exporter = &exporter;
+    let timeout = settings.timeout;
+    // Everything taken at one wake goes out at once, its batches concurrently (on one
+    // connection): a backend that answers slowly then costs one round trip per wake,
+    // not one per batch, and the queue keeps its whole room while they are on the wire
+    // (each batch leaves the queue's count once encoded).
+    let export_all = |breaker: &mut Breaker| {
+        let mut items = buffer.take().into_iter();
+        let mut sends = Vec::new();
+        loop {
+            let batch: Vec<T> = items.by_ref().take(max_batch).collect();
+            if batch.is_empty() {
+                break;
+            }
+            let len = batch.len();
+            if breaker.open_until.is_some_and(|t| Instant::now() < t) {
+                drop(batch);
+                buffer.exported(len);
+                counters
+                    .dropped_circuit_open
+                    .fetch_add(len as u64, Ordering::Relaxed);
+                continue;
+            }
+            let encoded = exporter.encode(batch);
+            buffer.exported(len);
+            sends.push(async move {
+                let result = tokio::time::timeout(timeout, exporter.export(encoded)).await;
+                (len as u64, matches!(result, Ok(Ok(()))))
+            });
+        }
+        if sends.is_empty() {
             return;
         }
-        let n = batch.len() as u64;
-        if breaker.open_until.is_some_and(|t| Instant::now() < t) {
-            counters
-                .dropped_circuit_open
-                .fetch_add(n, Ordering::Relaxed);
-            return;
-        }
-        let result = rt.block_on(async {
-            tokio::time::timeout(settings.timeout, exporter.export(batch)).await
-        });
-        match result {
-            Ok(Ok(())) => {
+        for (n, ok) in rt.block_on(futures_util::future::join_all(sends)) {
+            if ok {
                 counters.exported.fetch_add(n, Ordering::Relaxed);
                 breaker.failures_in_a_row = 0;
                 breaker.open_until = None;
-            }
-            Ok(Err(_)) | Err(_) => {
+            } else {
                 counters.export_failures.fetch_add(1, Ordering::Relaxed);
                 counters
                     .dropped_export_failed
@@ -310,19 +338,6 @@ fn run<T, E, F>(
                     breaker.open_until = Some(Instant::now() + settings.breaker_cooldown);
                 }
             }
-        }
-    };
-    let max_batch = settings.max_batch.max(1);
-    let export_all = |breaker: &mut Breaker| {
-        let mut items = buffer.take().into_iter();
-        loop {
-            let batch: Vec<T> = items.by_ref().take(max_batch).collect();
-            if batch.is_empty() {
-                break;
-            }
-            let n = batch.len();
-            export_one(batch, breaker);
-            buffer.exported(n);
         }
     };
     let mut deadline = Instant::now() + settings.delay;
@@ -386,45 +401,6 @@ fn drain_forever<T>(
     }
 }
 
-// --- spans ------------------------------------------------------------------------
-
-pub(crate) struct OtelSpans<E>(pub E);
-
-impl<E: SpanExporter + 'static> BatchExporter<SpanData> for OtelSpans<E> {
-    async fn export(&self, batch: Vec<SpanData>) -> Result<(), String> {
-        self.0.export(batch).await.map_err(|e| e.to_string())
-    }
-    fn shutdown(&self) {
-        let _ = self.0.shutdown();
-    }
-}
-
-/// A span processor that hands finished spans to a [`Batcher`].
-#[derive(Debug)]
-pub struct QueueSpanProcessor(pub std::sync::Arc<Batcher<SpanData>>);
-
-impl SpanProcessor for QueueSpanProcessor {
-    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        if span.span_context.is_sampled() {
-            self.0.push(span);
-        }
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.0.flush(Duration::from_secs(10))
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.0.shutdown(timeout)
-    }
-
-    fn set_resource(&mut self, _resource: &Resource) {
-        // The exporter gets the resource when it is built, on the export thread.
-    }
-}
-
 // --- logs ---------------------------------------------------------------------------
 
 pub(crate) type LogItem = (SdkLogRecord, InstrumentationScope);
@@ -432,6 +408,10 @@ pub(crate) type LogItem = (SdkLogRecord, InstrumentationScope);
 pub(crate) struct OtelLogs<E>(pub E);
 
 impl<E: LogExporter + 'static> BatchExporter<LogItem> for OtelLogs<E> {
+    type Encoded = Vec<LogItem>;
+    fn encode(&self, batch: Vec<LogItem>) -> Vec<LogItem> {
+        batch
+    }
     async fn export(&self, batch: Vec<LogItem>) -> Result<(), String> {
         let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
             batch.iter().map(|(r, s)| (r, s)).collect();
@@ -464,164 +444,5 @@ impl LogProcessor for QueueLogProcessor {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::AtomicBool;
-
-    /// A stand-in backend (the real OTLP receiver is exercised in the integration tests):
-    /// it fails while `down` is set and records what it got.
-    struct Flaky {
-        down: Arc<AtomicBool>,
-        got: Arc<AtomicU64>,
-        calls: Arc<AtomicU64>,
-    }
-
-    impl BatchExporter<u32> for Flaky {
-        async fn export(&self, batch: Vec<u32>) -> Result<(), String> {
-            self.calls.fetch_add(1, Ordering::Relaxed);
-            if self.down.load(Ordering::Relaxed) {
-                return Err("backend down".into());
-            }
-            self.got.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            Ok(())
-        }
-    }
-
-    fn settings() -> ExportSettings {
-        ExportSettings {
-            max_queue: 100,
-            max_batch: 10,
-            delay: Duration::from_millis(20),
-            timeout: Duration::from_secs(1),
-            breaker_failures: 2,
-            breaker_cooldown: Duration::from_millis(1500),
-        }
-    }
-
-    #[test]
-    fn counts_exported_failed_breaker_and_queue_drops() {
-        let down = Arc::new(AtomicBool::new(true));
-        let got = Arc::new(AtomicU64::new(0));
-        let calls = Arc::new(AtomicU64::new(0));
-        let counters = Arc::new(SignalCounters::default());
-        let (d, g, c) = (down.clone(), got.clone(), calls.clone());
-        let batcher = Batcher::start("test", settings(), counters.clone(), move || {
-            Ok(Flaky {
-                down: d,
-                got: g,
-                calls: c,
-            })
-        })
-        .unwrap();
-        // Backend down: two failures open the breaker; later batches skip the network.
-        for round in 0..5u32 {
-            for i in 0..10 {
-                batcher.push(round * 10 + i);
-            }
-            std::thread::sleep(Duration::from_millis(40));
-        }
-        assert_eq!(counters.export_failures.load(Ordering::Relaxed), 2);
-        assert_eq!(counters.dropped_export_failed.load(Ordering::Relaxed), 20);
-        assert_eq!(counters.dropped_circuit_open.load(Ordering::Relaxed), 30);
-        assert_eq!(
-            calls.load(Ordering::Relaxed),
-            2,
-            "breaker spared the backend"
-        );
-        // Back up: after the cooldown exports resume.
-        down.store(false, Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(1600));
-        for i in 0..10 {
-            batcher.push(i);
-        }
-        batcher.flush(Duration::from_secs(2)).unwrap();
-        assert_eq!(got.load(Ordering::Relaxed), 10);
-        assert_eq!(counters.exported.load(Ordering::Relaxed), 10);
-        // A full queue drops without blocking.
-        let start = Instant::now();
-        for i in 0..100_000 {
-            batcher.push(i);
-        }
-        assert!(start.elapsed() < Duration::from_secs(2));
-        assert!(counters.dropped_queue_full.load(Ordering::Relaxed) > 0);
-        batcher.shutdown(Duration::from_secs(5)).unwrap();
-        // After shutdown nothing is kept: pushes are counted as lost.
-        let before = counters.dropped_export_failed.load(Ordering::Relaxed);
-        batcher.push(7);
-        assert_eq!(
-            counters.dropped_export_failed.load(Ordering::Relaxed),
-            before + 1
-        );
-    }
-
-    fn slow_settings() -> ExportSettings {
-        ExportSettings {
-            max_queue: 10_000,
-            max_batch: 1_000,
-            delay: Duration::from_secs(30),
-            timeout: Duration::from_secs(1),
-            breaker_failures: 2,
-            breaker_cooldown: Duration::from_secs(1),
-        }
-    }
-
-    fn flaky(got: &Arc<AtomicU64>) -> impl FnOnce() -> Result<Flaky, String> + Send + 'static {
-        let got = got.clone();
-        move || {
-            Ok(Flaky {
-                down: Arc::new(AtomicBool::new(false)),
-                got,
-                calls: Arc::new(AtomicU64::new(0)),
-            })
-        }
-    }
-
-    #[test]
-    fn pushes_below_a_batch_wake_nobody_and_a_full_batch_goes_at_once() {
-        let got = Arc::new(AtomicU64::new(0));
-        let batcher = Batcher::start("test", slow_settings(), Arc::default(), flaky(&got)).unwrap();
-        std::thread::sleep(Duration::from_millis(100)); // the thread is parked
-        let woke = batcher.buffer.wakes.load(Ordering::Relaxed);
-        for i in 0..999 {
-            batcher.push(i);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        assert!(
-            batcher.buffer.wakes.load(Ordering::Relaxed) <= woke + 1,
-            "the export thread woke per item"
-        );
-        assert_eq!(
-            got.load(Ordering::Relaxed),
-            0,
-            "no export before a full batch"
-        );
-        batcher.push(999);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while got.load(Ordering::Relaxed) < 1000 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(
-            got.load(Ordering::Relaxed),
-            1000,
-            "a full batch is exported at once"
-        );
-    }
-
-    #[test]
-    fn dropping_the_batcher_exports_what_is_left_at_once() {
-        let got = Arc::new(AtomicU64::new(0));
-        let batcher = Batcher::start("test", slow_settings(), Arc::default(), flaky(&got)).unwrap();
-        for i in 0..5 {
-            batcher.push(i);
-        }
-        let thread = batcher.thread.lock().unwrap().take().unwrap();
-        let started = Instant::now();
-        drop(batcher);
-        thread.join().unwrap();
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "waited for the batch delay"
-        );
-        assert_eq!(got.load(Ordering::Relaxed), 5);
-    }
-}
+#[path = "export_tests.rs"]
+mod tests;

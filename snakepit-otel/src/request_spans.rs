@@ -25,18 +25,19 @@ use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 use crate::export::Batcher;
+use crate::otlp_spans::EncodedSpan;
 
 /// Where sampled request spans go. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct SpanExport {
-    batcher: Arc<Batcher<SpanData>>,
+    batcher: Arc<Batcher<EncodedSpan>>,
     scope: InstrumentationScope,
     /// Share of new traces sampled, in [0, 1].
     ratio: f64,
 }
 
 impl SpanExport {
-    pub(crate) fn new(batcher: Arc<Batcher<SpanData>>, ratio: f64) -> Self {
+    pub(crate) fn new(batcher: Arc<Batcher<EncodedSpan>>, ratio: f64) -> Self {
         SpanExport {
             batcher,
             scope: InstrumentationScope::builder("snakepit").build(),
@@ -242,7 +243,7 @@ impl RequestSpan {
             false,
             self.context.trace_state().clone(),
         );
-        export.batcher.push(SpanData {
+        export.batcher.push(EncodedSpan::new(&SpanData {
             span_context: context,
             parent_span_id: self.context.span_id(),
             parent_span_is_remote: false,
@@ -256,7 +257,7 @@ impl RequestSpan {
             links: SpanLinks::default(),
             status: Status::Unset,
             instrumentation_scope: export.scope.clone(),
-        });
+        }));
     }
 
     /// End the span now: a sampled one is queued for export (never blocks; a full
@@ -273,7 +274,7 @@ impl RequestSpan {
         } = *recording;
         let mut span_events = SpanEvents::default();
         span_events.events = events;
-        export.batcher.push(SpanData {
+        export.batcher.push(EncodedSpan::new(&SpanData {
             span_context: self.context,
             parent_span_id: self
                 .parent
@@ -290,7 +291,7 @@ impl RequestSpan {
             links: SpanLinks::default(),
             status,
             instrumentation_scope: export.scope.clone(),
-        });
+        }));
     }
 }
 
@@ -360,18 +361,27 @@ mod tests {
         }
     }
 
-    /// Collects what would be exported.
-    struct Collect(Arc<std::sync::Mutex<Vec<SpanData>>>);
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue as ProtoKeyValue};
+    use opentelemetry_proto::tonic::trace::v1::Span as ProtoSpan;
+    use prost::Message;
 
-    impl crate::export::BatchExporter<SpanData> for Collect {
-        async fn export(&self, batch: Vec<SpanData>) -> Result<(), String> {
-            self.0.lock().unwrap().extend(batch);
+    /// Collects what would be exported, decoded back from its OTLP encoding.
+    struct Collect(Arc<std::sync::Mutex<Vec<ProtoSpan>>>);
+
+    impl crate::export::BatchExporter<EncodedSpan> for Collect {
+        type Encoded = Vec<EncodedSpan>;
+        fn encode(&self, batch: Vec<EncodedSpan>) -> Vec<EncodedSpan> {
+            batch
+        }
+        async fn export(&self, batch: Vec<EncodedSpan>) -> Result<(), String> {
+            let decoded = batch.iter().map(|s| ProtoSpan::decode(s.body()).unwrap());
+            self.0.lock().unwrap().extend(decoded);
             Ok(())
         }
     }
 
-    fn collecting(ratio: f64) -> (SpanExport, Arc<std::sync::Mutex<Vec<SpanData>>>) {
-        let got: Arc<std::sync::Mutex<Vec<SpanData>>> = Arc::default();
+    fn collecting(ratio: f64) -> (SpanExport, Arc<std::sync::Mutex<Vec<ProtoSpan>>>) {
+        let got: Arc<std::sync::Mutex<Vec<ProtoSpan>>> = Arc::default();
         let sink = got.clone();
         let settings = crate::export::ExportSettings {
             max_queue: 100,
@@ -414,13 +424,25 @@ mod tests {
         let s = &spans[0];
         assert_eq!(s.name, "p/ping");
         assert_eq!(
-            s.span_context.trace_id().to_string(),
+            TraceId::from_bytes(s.trace_id.as_slice().try_into().unwrap()).to_string(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
-        assert_eq!(s.parent_span_id.to_string(), "00f067aa0ba902b7");
-        assert!(s.parent_span_is_remote);
-        assert_eq!(s.span_context.trace_state().header(), "vendor=1");
-        assert_eq!(s.attributes, vec![KeyValue::new("k", "v")]);
+        assert_eq!(
+            SpanId::from_bytes(s.parent_span_id.as_slice().try_into().unwrap()).to_string(),
+            "00f067aa0ba902b7"
+        );
+        assert_eq!(s.flags, 0x01 | 0x100 | 0x200, "sampled, parent is remote");
+        assert_eq!(s.trace_state, "vendor=1");
+        assert_eq!(
+            s.attributes,
+            vec![ProtoKeyValue {
+                key: "k".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue("v".into()))
+                }),
+                key_strindex: 0,
+            }]
+        );
     }
 
     #[test]

@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 
 use crate::config::TelemetryConfig;
-use crate::export::{Batcher, OtelSpans, QueueSpanProcessor, SignalCounters};
-use crate::otlp::{export_settings, otlp_exporter};
+use crate::export::{Batcher, SignalCounters};
+use crate::otlp::export_settings;
+use crate::otlp_spans::{OtlpSpans, QueueSpanProcessor};
 use crate::request_spans::SpanExport;
 use crate::worker_spans::WorkerSpans;
 
@@ -43,13 +43,7 @@ pub(crate) fn build(
             "spans",
             export_settings(&otlp),
             counters.clone(),
-            move || {
-                let mut exporter =
-                    otlp_exporter!(opentelemetry_otlp::SpanExporter::builder(), &otlp, "traces")
-                        .map_err(|e| e.to_string())?;
-                opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &res);
-                Ok(OtelSpans(exporter))
-            },
+            move || OtlpSpans::new(&otlp, &res),
         )?;
         let batcher = Arc::new(batcher);
         request_spans = Some(SpanExport::new(batcher.clone(), cfg.traces.sampling_ratio));

@@ -17,14 +17,14 @@ use std::time::Duration;
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags};
 use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use opentelemetry_sdk::Resource;
 use snakepit_core::{PythonError, Sanitizer, WorkerSpan};
 
 use crate::config::TelemetryConfig;
-use crate::export::{Batcher, OtelSpans, SignalCounters};
-use crate::otlp::{export_settings, otlp_exporter};
+use crate::export::{Batcher, SignalCounters};
+use crate::otlp::export_settings;
+use crate::otlp_spans::{EncodedSpan, OtlpSpans};
 
 /// The request the worker span belongs to.
 pub(crate) struct SpanParent<'a> {
@@ -36,7 +36,7 @@ pub(crate) struct SpanParent<'a> {
 /// Emits worker spans to OTLP. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct WorkerSpans {
-    batcher: Arc<Batcher<SpanData>>,
+    batcher: Arc<Batcher<EncodedSpan>>,
     scope: InstrumentationScope,
 }
 
@@ -55,13 +55,7 @@ impl WorkerSpans {
             "worker-spans",
             export_settings(&otlp),
             counters,
-            move || {
-                let mut exporter =
-                    otlp_exporter!(opentelemetry_otlp::SpanExporter::builder(), &otlp, "traces")
-                        .map_err(|e| e.to_string())?;
-                opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &resource);
-                Ok(OtelSpans(exporter))
-            },
+            move || OtlpSpans::new(&otlp, &resource),
         )?;
         Ok(WorkerSpans {
             batcher: Arc::new(batcher),
@@ -113,7 +107,7 @@ impl WorkerSpans {
                 Status::error(format!("{}: {message}", py.python_type))
             }
         };
-        self.batcher.push(SpanData {
+        self.batcher.push(EncodedSpan::new(&SpanData {
             span_context: SpanContext::new(
                 parent.context.trace_id(),
                 SpanId::from_bytes(worker.span_id),
@@ -134,7 +128,7 @@ impl WorkerSpans {
             links: SpanLinks::default(),
             status,
             instrumentation_scope: self.scope.clone(),
-        });
+        }));
     }
 
     pub(crate) fn flush(&self, timeout: Duration) {

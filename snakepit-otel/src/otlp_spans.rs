@@ -1,0 +1,216 @@
+//! Spans to OTLP without the SDK's span exporter: batches of already-encoded spans
+//! ([`EncodedSpan`]) are framed as one `ExportTraceServiceRequest` and sent over gRPC
+//! (a raw-bytes codec on tonic's channel) or HTTP (hyper), with nothing retried: a
+//! failed export is dropped and counted by the batcher, whose breaker stops attempts
+//! while the backend is down. [`QueueSpanProcessor`] feeds spans made through the
+//! OpenTelemetry API into the same queue.
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SpanData, SpanProcessor};
+use opentelemetry_sdk::Resource;
+
+use crate::config::{OtlpConfig, OtlpProtocol};
+use crate::export::{BatchExporter, Batcher};
+pub use crate::span_encoding::EncodedSpan;
+use crate::span_encoding::{encode_request, encode_resource, EncodedResource};
+
+const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+// --- sending -------------------------------------------------------------------------
+
+/// The gRPC body is already encoded; the answer (`ExportTraceServiceResponse`) is read
+/// and not decoded.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct RawDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = ();
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<()>, tonic::Status> {
+        let n = src.remaining();
+        src.advance(n);
+        Ok(Some(()))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = ();
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+enum Sink {
+    Grpc {
+        channel: tonic::transport::Channel,
+        metadata: tonic::metadata::MetadataMap,
+    },
+    Http {
+        // Boxed: the hyper client is several times the size of the gRPC variant.
+        client: Box<opentelemetry_http::hyper::HyperClient>,
+        url: String,
+        headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    },
+}
+
+/// Exports span batches to the OTLP traces endpoint of `OtlpConfig`.
+pub(crate) struct OtlpSpans {
+    resource: EncodedResource,
+    sink: Sink,
+    timeout: Duration,
+}
+
+impl OtlpSpans {
+    /// Made on the export thread (its runtime drives the connection). The gRPC
+    /// connection is made lazily, on the first export.
+    pub(crate) fn new(otlp: &OtlpConfig, resource: &Resource) -> Result<Self, String> {
+        let timeout = Duration::from_millis(otlp.timeout_ms);
+        let endpoint = otlp.signal_endpoint("traces");
+        let sink = match otlp.protocol {
+            OtlpProtocol::Grpc => {
+                let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
+                    .map_err(|e| format!("OTLP traces endpoint {endpoint:?}: {e}"))?
+                    .timeout(timeout)
+                    .connect_lazy();
+                Sink::Grpc {
+                    channel,
+                    metadata: crate::otlp::tonic_metadata(&otlp.headers),
+                }
+            }
+            OtlpProtocol::HttpProtobuf => Sink::Http {
+                client: Box::new(
+                    opentelemetry_http::hyper::HyperClient::with_default_connector(timeout, None),
+                ),
+                url: endpoint,
+                headers: otlp
+                    .headers
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.parse().ok()?, v.parse().ok()?)))
+                    .collect(),
+            },
+        };
+        Ok(OtlpSpans {
+            resource: encode_resource(resource),
+            sink,
+            timeout,
+        })
+    }
+
+    async fn send(&self, body: Vec<u8>) -> Result<(), String> {
+        match &self.sink {
+            Sink::Grpc { channel, metadata } => {
+                let mut grpc = tonic::client::Grpc::new(channel.clone());
+                grpc.ready()
+                    .await
+                    .map_err(|e| format!("OTLP/gRPC traces endpoint not ready: {e}"))?;
+                let mut request = tonic::Request::new(Bytes::from(body));
+                *request.metadata_mut() = metadata.clone();
+                request.set_timeout(self.timeout);
+                grpc.unary(
+                    request,
+                    http::uri::PathAndQuery::from_static(GRPC_PATH),
+                    RawCodec,
+                )
+                .await
+                .map(|_| ())
+                .map_err(|s| format!("OTLP/gRPC traces export failed: {s}"))
+            }
+            Sink::Http {
+                client,
+                url,
+                headers,
+            } => {
+                use opentelemetry_http::HttpClient;
+                let mut request = http::Request::post(url)
+                    .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+                    .body(Bytes::from(body))
+                    .map_err(|e| format!("OTLP/HTTP traces request to {url}: {e}"))?;
+                for (k, v) in headers {
+                    request.headers_mut().insert(k.clone(), v.clone());
+                }
+                let response = client
+                    .send_bytes(request)
+                    .await
+                    .map_err(|e| format!("OTLP/HTTP traces export to {url} failed: {e}"))?;
+                if response.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "OTLP/HTTP traces export to {url} answered {}",
+                        response.status()
+                    ))
+                }
+            }
+        }
+    }
+}
+
+impl BatchExporter<EncodedSpan> for OtlpSpans {
+    /// The request's protobuf bytes.
+    type Encoded = Vec<u8>;
+    fn encode(&self, batch: Vec<EncodedSpan>) -> Vec<u8> {
+        let size: usize = batch.iter().map(|s| s.body().len() + 4).sum();
+        let mut body = Vec::with_capacity(self.resource.len() + 64 + size);
+        encode_request(&self.resource, &batch, &mut body);
+        body
+    }
+    async fn export(&self, body: Vec<u8>) -> Result<(), String> {
+        self.send(body).await
+    }
+}
+
+// --- spans made through the OpenTelemetry API -----------------------------------------
+
+/// A span processor that hands finished spans to a [`Batcher`].
+#[derive(Debug)]
+pub struct QueueSpanProcessor(pub std::sync::Arc<Batcher<EncodedSpan>>);
+
+impl SpanProcessor for QueueSpanProcessor {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if span.span_context.is_sampled() {
+            self.0.push(EncodedSpan::new(&span));
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.flush(Duration::from_secs(10))
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown(timeout)
+    }
+
+    fn set_resource(&mut self, _resource: &Resource) {
+        // The exporter gets the resource when it is built, on the export thread.
+    }
+}
