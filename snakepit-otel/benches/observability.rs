@@ -9,6 +9,12 @@
 //!     cargo bench -p snakepit-otel --bench observability            # ~3 min
 //!     cargo bench -p snakepit-otel --bench observability -- --quick # smoke run
 //!
+//! Knobs for taking the "on" side apart: `BENCH_NO_SPAN_EXPORT`, `BENCH_NO_LOGS`,
+//! `BENCH_NO_SUBSCRIBER`, `BENCH_WORKER_SPANS=0`, `BENCH_SAMPLING=0.01`,
+//! `BENCH_REQUEST_LOGS=1`; `BENCH_CELL=ping/1` runs one cell only (and skips the
+//! collector-down and `/metrics` sections), `BENCH_ON_ONLY=1` with it nearly skips the
+//! "off" side, for `perf record`.
+//!
 //! Runs on a current-thread runtime so the "on" phases can install the telemetry
 //! subscriber for just their duration (`tracing::dispatcher::set_default`).
 
@@ -324,6 +330,9 @@ async fn run() -> Result<(), BoxError> {
     if std::env::var_os("BENCH_NO_SPAN_EXPORT").is_some() {
         cfg.traces.otlp = Some(false);
     }
+    if std::env::var("BENCH_WORKER_SPANS").is_ok_and(|v| v == "0") {
+        cfg.traces.worker_spans = Some(false);
+    }
     if std::env::var_os("BENCH_NO_LOGS").is_some() {
         cfg.logs.format = LogFormat::Off;
     }
@@ -362,6 +371,11 @@ async fn run() -> Result<(), BoxError> {
         ("sleep 1ms", "sleep", json!({"ms": 1})),
     ] {
         for in_flight in [1usize, 8] {
+            // BENCH_CELL=ping/1 measures one cell (for profiling or taking the "on" side
+            // apart with the knobs above).
+            if std::env::var("BENCH_CELL").is_ok_and(|c| c != format!("{label}/{in_flight}")) {
+                continue;
+            }
             let mut a = Sample {
                 micros: Vec::new(),
                 elapsed: Duration::ZERO,
@@ -373,7 +387,13 @@ async fn run() -> Result<(), BoxError> {
                 cpu: Duration::ZERO,
             };
             for _ in 0..rounds {
-                let s = drive(pool.clone(), command, args.clone(), in_flight, slice).await;
+                // BENCH_ON_ONLY=1 (with BENCH_CELL) profiles just the "on" side.
+                let off_slice = if std::env::var_os("BENCH_ON_ONLY").is_some() {
+                    Duration::from_millis(1)
+                } else {
+                    slice
+                };
+                let s = drive(pool.clone(), command, args.clone(), in_flight, off_slice).await;
                 a.micros.extend(s.micros);
                 a.elapsed += s.elapsed;
                 a.cpu += s.cpu;
@@ -409,9 +429,20 @@ async fn run() -> Result<(), BoxError> {
         rss_on - rss_off
     );
 
-    collector_down(&pool, &on, &dispatch, down_cfg, quick).await?;
+    // One cell asked for: the collector and /metrics sections are skipped.
+    if std::env::var_os("BENCH_CELL").is_none() {
+        collector_down(&pool, &on, &dispatch, down_cfg, quick).await?;
+        render_metrics(quick)?;
+    }
+    pool.shutdown(Duration::from_secs(5)).await;
+    telemetry.shutdown(Duration::from_secs(5));
+    let _ = rotel.kill();
+    let _ = rotel.wait();
+    Ok(())
+}
 
-    // /metrics with 1,000 series: a provider with one counter of 1,000 label sets, plus ours.
+/// `/metrics` with 1,000 series: a provider with one counter of 1,000 label sets.
+fn render_metrics(quick: bool) -> Result<(), BoxError> {
     let registry = prometheus::Registry::new();
     let exporter = opentelemetry_prometheus::exporter()
         .with_registry(registry.clone())
@@ -443,10 +474,5 @@ async fn run() -> Result<(), BoxError> {
         times[times.len() / 2],
         times[times.len() - 1]
     );
-
-    pool.shutdown(Duration::from_secs(5)).await;
-    telemetry.shutdown(Duration::from_secs(5));
-    let _ = rotel.kill();
-    let _ = rotel.wait();
     Ok(())
 }
