@@ -43,6 +43,7 @@ pub mod request;
 pub mod sanitize;
 pub mod session;
 pub mod stats;
+pub mod sync;
 mod transport;
 mod worker;
 mod worker_span;

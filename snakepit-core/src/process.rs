@@ -19,6 +19,7 @@ use tokio::process::{ChildStdin, Command};
 use tokio::sync::watch;
 
 use crate::error::{ExitInfo, StartError};
+use crate::sync;
 
 /// The line a worker prints on stdout once it serves.
 pub(crate) const READY_MARKER: &str = "SNAKEPIT_READY ";
@@ -46,10 +47,7 @@ pub(crate) struct StderrTail(Arc<Mutex<VecDeque<String>>>);
 
 impl StderrTail {
     fn push(&self, line: &str) {
-        let mut lines = match self.0.lock() {
-            Ok(l) => l,
-            Err(p) => p.into_inner(),
-        };
+        let mut lines = sync::lock(&self.0);
         lines.push_back(line.to_string());
         let mut bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
         while lines.len() > STDERR_TAIL_LINES || (bytes > STDERR_TAIL_BYTES && lines.len() > 1) {
@@ -60,10 +58,7 @@ impl StderrTail {
     }
 
     pub fn text(&self) -> String {
-        let lines = match self.0.lock() {
-            Ok(l) => l,
-            Err(p) => p.into_inner(),
-        };
+        let lines = sync::lock(&self.0);
         lines
             .iter()
             .map(String::as_str)

@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 
 use crate::config::OnWorkerLoss;
 use crate::error::Error;
+use crate::sync;
 
 /// Longest TTL a caller may ask for.
 pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -160,10 +161,7 @@ impl SessionStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        match self.inner.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        }
+        sync::lock(&self.inner)
     }
 
     /// Resolves after the next time a session ends or moves (closed, expired, lost).

@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::sync;
 use serde::Serialize;
 
 fn as_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -193,10 +194,7 @@ impl Window {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Buckets> {
-        match self.inner.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        sync::lock(&self.inner)
     }
 
     /// The current bucket, after dropping those that left the window.

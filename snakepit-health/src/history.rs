@@ -14,6 +14,7 @@ use snakepit_core::{Event, EventKind, Pool};
 use tokio::sync::broadcast;
 
 use crate::config::DashboardConfig;
+use snakepit_core::sync;
 
 /// One chart point of one pool.
 #[derive(Debug, Clone, Serialize)]
@@ -82,10 +83,7 @@ impl History {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        match self.inner.lock() {
-            Ok(i) => i,
-            Err(p) => p.into_inner(),
-        }
+        sync::lock(&self.inner)
     }
 
     fn capacity(&self) -> usize {
@@ -226,10 +224,7 @@ pub async fn run_sampler(
     loop {
         tick.tick().await;
         let Some(h) = history.upgrade() else { return };
-        let current: Vec<Pool> = match pools.read() {
-            Ok(p) => p.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
+        let current: Vec<Pool> = sync::read(&pools).clone();
         h.tick(&current, &mut events);
     }
 }

@@ -50,6 +50,7 @@ use snakepit_core::{ConfigError, EventBus, EventKind, Pattern, Pool};
 
 pub use checks::Phase;
 pub use config::{DashboardConfig, HealthConfig, RateLimitConfig, ReadinessCriteria};
+use snakepit_core::sync;
 
 /// Which exposition a scraper asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,18 +120,12 @@ impl Health {
     }
 
     pub fn add_pool(&self, pool: Pool) {
-        match self.inner.pools.write() {
-            Ok(mut p) => p.push(pool),
-            Err(p) => p.into_inner().push(pool),
-        }
+        sync::write(&self.inner.pools).push(pool);
     }
 
     /// What `/metrics` serves.
     pub fn set_metrics(&self, render: MetricsFn) {
-        match self.inner.metrics.write() {
-            Ok(mut m) => *m = Some(render),
-            Err(p) => *p.into_inner() = Some(render),
-        }
+        *sync::write(&self.inner.metrics) = Some(render);
     }
 
     /// Pools are up: readiness now follows the criteria.
@@ -152,10 +147,7 @@ impl Health {
     }
 
     pub(crate) fn pools(&self) -> Vec<Pool> {
-        match self.inner.pools.read() {
-            Ok(p) => p.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        sync::read(&self.inner.pools).clone()
     }
 
     /// Serve the routes alone on `listen` until `shutdown` resolves.

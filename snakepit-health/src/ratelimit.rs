@@ -11,6 +11,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use snakepit_core::sync;
 
 /// Buckets kept before the least recently used are forgotten.
 const MAX_CLIENTS: usize = 10_000;
@@ -41,10 +42,7 @@ impl Limiter {
     /// Take a token for `client`; on refusal, the seconds until one is available.
     pub fn take(&self, client: Option<IpAddr>) -> Result<(), u64> {
         let now = Instant::now();
-        let mut clients = match self.clients.lock() {
-            Ok(c) => c,
-            Err(p) => p.into_inner(),
-        };
+        let mut clients = sync::lock(&self.clients);
         if clients.len() >= MAX_CLIENTS && !clients.contains_key(&client) {
             // Forget the client idle the longest: memory stays bounded under spoofing.
             if let Some(oldest) = clients.iter().min_by_key(|(_, b)| b.at).map(|(k, _)| *k) {

@@ -17,6 +17,7 @@ use crate::checks::{self, HEALTH_JSON};
 use crate::dashboard;
 use crate::ratelimit::{rate_limit, Limiter};
 use crate::{Health, MetricsFormat};
+use snakepit_core::sync;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -73,10 +74,7 @@ async fn metrics(State(h): State<Health>, headers: HeaderMap) -> Response {
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/openmetrics-text"));
-    let render = match h.inner.metrics.read() {
-        Ok(m) => m.clone(),
-        Err(p) => p.into_inner().clone(),
-    };
+    let render = sync::read(&h.inner.metrics).clone();
     let Some(render) = render else {
         return (
             StatusCode::NOT_FOUND,

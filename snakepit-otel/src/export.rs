@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use opentelemetry::InstrumentationScope;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::logs::{LogBatch, LogExporter, LogProcessor, SdkLogRecord};
+use snakepit_core::sync;
 
 /// What happened to the items of one signal. Read by the self-metrics.
 #[derive(Debug, Default)]
@@ -95,10 +96,7 @@ struct Buffer<T> {
 
 impl<T> Buffer<T> {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<T>> {
-        match self.items.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        sync::lock(&self.items)
     }
 
     /// Everything waiting, counted as being exported until `exported` says otherwise.
@@ -230,10 +228,7 @@ impl<T: Send + 'static> Batcher<T> {
 
     pub fn shutdown(&self, timeout: Duration) -> OTelSdkResult {
         let result = self.roundtrip(Control::Shutdown, timeout);
-        let handle = match self.thread.lock() {
-            Ok(mut t) => t.take(),
-            Err(p) => p.into_inner().take(),
-        };
+        let handle = sync::lock(&self.thread).take();
         if result.is_ok() {
             if let Some(h) = handle {
                 let _ = h.join();

@@ -16,6 +16,7 @@ use opentelemetry_sdk::metrics::reader::MetricReader;
 use opentelemetry_sdk::metrics::{InstrumentKind, ManualReader, Pipeline, Temporality};
 
 use crate::export::{ExportSettings, SignalCounters};
+use snakepit_core::sync;
 
 /// A reader the provider owns while the export thread collects through the same `Arc`.
 #[derive(Debug, Clone)]
@@ -118,10 +119,7 @@ impl MetricPusher {
 
     /// Push once more and stop the thread.
     pub fn stop(&self) {
-        let taken = match self.stop.lock() {
-            Ok(mut s) => s.take(),
-            Err(p) => p.into_inner().take(),
-        };
+        let taken = sync::lock(&self.stop).take();
         if let Some((tx, handle)) = taken {
             let _ = tx.send(());
             let _ = handle.join();

@@ -19,6 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use opentelemetry::StringValue;
+use snakepit_core::sync::{read, write};
 use snakepit_core::{Error, Pool};
 
 /// Longest label value kept (callers choose command names).
@@ -29,20 +30,6 @@ pub const UNKNOWN_LABEL: &str = "__unknown__";
 pub const OVERFLOW_LABEL: &str = "__other__";
 /// Pools learned from outcomes alone (no pool registered): at most this many.
 const MAX_UNREGISTERED_POOLS: usize = 64;
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    match lock.read() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    match lock.write() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
 
 /// Caps the distinct values of a label; values are cut to [`MAX_LABEL_LEN`] characters.
 #[derive(Debug)]

@@ -27,6 +27,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
 use crate::config::LogFormat;
+use snakepit_core::sync;
 
 /// Span fields that log lines inherit from the request span.
 const INHERITED: [&str; 2] = ["correlation_id", "request_id"];
@@ -90,10 +91,7 @@ impl LineWriter {
     /// Write out what is queued and stop the thread.
     pub fn close(&self) {
         let _ = self.tx.send(None);
-        let handle = match self.thread.lock() {
-            Ok(mut t) => t.take(),
-            Err(p) => p.into_inner().take(),
-        };
+        let handle = sync::lock(&self.thread).take();
         if let Some(h) = handle {
             let _ = h.join();
         }

@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::proto::{LabelPair, MetricFamily, MetricType};
+use snakepit_core::sync;
 
 /// The seed's request-duration buckets, in seconds: defined here, beside the exemplar
 /// store that keeps one exemplar per bucket, and used by `metrics` for its histograms.
@@ -53,10 +54,7 @@ fn bucket_index(value: f64) -> usize {
 impl ExemplarStore {
     /// True when the bucket `value` falls in has no fresh exemplar (worth a span lookup).
     pub fn wants(&self, pool: &str, command: &str, value: f64) -> bool {
-        let map = match self.map.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
+        let map = sync::lock(&self.map);
         let fresh = map
             .get(&(pool.to_string(), command.to_string()))
             .and_then(|b| b[bucket_index(value)].as_ref())
@@ -65,22 +63,16 @@ impl ExemplarStore {
     }
 
     pub fn record(&self, pool: &str, command: &str, exemplar: Exemplar) {
-        let mut map = match self.map.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
+        let mut map = sync::lock(&self.map);
         let buckets = map
             .entry((pool.to_string(), command.to_string()))
-            .or_insert_with(Default::default);
+            .or_default();
         let index = bucket_index(exemplar.value);
         buckets[index] = Some(exemplar);
     }
 
     fn get(&self, pool: &str, command: &str) -> Option<Buckets> {
-        let map = match self.map.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
+        let map = sync::lock(&self.map);
         map.get(&(pool.to_string(), command.to_string())).cloned()
     }
 }

@@ -18,6 +18,7 @@ use snakepit_core::{Event, EventBus, EventKind, Pattern};
 
 use crate::config::StatsdConfig;
 use crate::labels::{LabelCap, UNKNOWN_LABEL};
+use snakepit_core::sync;
 
 /// Payload budget per datagram (safe under common MTUs).
 const MAX_PACKET: usize = 1_400;
@@ -88,10 +89,7 @@ impl StatsdSink {
         let consumer = bus.attach("statsd", pattern, move |ev| {
             let pool = clean(&meta(ev, "pool_name"));
             let base = format!("{prefix}.{pool}");
-            let mut a = match agg.lock() {
-                Ok(a) => a,
-                Err(p) => p.into_inner(),
-            };
+            let mut a = sync::lock(&agg);
             let mut count = |name: String| *a.counters.entry(name).or_default() += 1;
             match ev.kind() {
                 EventKind::RequestFailed if ev.meta("worker_id").is_some_and(|w| w.is_null()) => {
@@ -146,10 +144,7 @@ impl StatsdSink {
                 if !stopping {
                     std::thread::sleep(interval);
                 }
-                let taken = match aggregate.lock() {
-                    Ok(mut a) => std::mem::take(&mut *a),
-                    Err(p) => std::mem::take(&mut *p.into_inner()),
-                };
+                let taken = std::mem::take(&mut *sync::lock(&aggregate));
                 flush(&socket, taken, &counters2);
                 if stopping {
                     return;

@@ -13,6 +13,7 @@ mod dispatch;
 
 pub use dispatch::set_test_default;
 pub use serde_json::Value;
+use snakepit_core::sync;
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -305,10 +306,7 @@ pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
 
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self.0.lock() {
-            Ok(mut v) => v.extend_from_slice(buf),
-            Err(p) => p.into_inner().extend_from_slice(buf),
-        }
+        sync::lock(&self.0).extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -318,10 +316,7 @@ impl Write for Captured {
 
 impl Captured {
     pub fn text(&self) -> String {
-        let v = match self.0.lock() {
-            Ok(v) => v.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
+        let v = sync::lock(&self.0).clone();
         String::from_utf8_lossy(&v).into_owned()
     }
     pub fn json_lines(&self) -> Vec<Value> {

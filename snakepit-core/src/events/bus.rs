@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use super::{Event, EventData, EventKind, EventsConfig, Pattern};
 use crate::sanitize::Sanitizer;
+use crate::sync;
 
 /// Handle to the bus; cheap to clone.
 #[derive(Clone)]
@@ -161,10 +162,7 @@ impl EventBus {
             data,
         });
         self.inner.emitted.fetch_add(1, Ordering::Relaxed);
-        let consumers = match self.inner.consumers.read() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let consumers = sync::read(&self.inner.consumers);
         for c in consumers.iter().filter(|c| c.pattern.matches(kind)) {
             match c.tx.try_send(event.clone()) {
                 Ok(()) => c.delivered.fetch_add(1, Ordering::Relaxed),
@@ -236,10 +234,7 @@ impl EventBus {
 
     /// Counters of every current consumer.
     pub fn consumer_stats(&self) -> Vec<ConsumerStats> {
-        let consumers = match self.inner.consumers.read() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let consumers = sync::read(&self.inner.consumers);
         consumers.iter().map(|c| stats_of(c)).collect()
     }
 
@@ -254,10 +249,7 @@ impl EventBus {
     }
 
     fn register(&self, consumer: Arc<ConsumerShared>) {
-        let mut consumers = match self.inner.consumers.write() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut consumers = sync::write(&self.inner.consumers);
         consumers.push(consumer);
         recompute_mask(&self.inner, &consumers);
     }
@@ -283,10 +275,7 @@ fn recompute_mask(inner: &Inner, consumers: &[Arc<ConsumerShared>]) {
 
 fn unregister(bus: &Weak<Inner>, id: u64) {
     let Some(inner) = bus.upgrade() else { return };
-    let mut consumers = match inner.consumers.write() {
-        Ok(c) => c,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let mut consumers = sync::write(&inner.consumers);
     consumers.retain(|c| c.id != id);
     recompute_mask(&inner, &consumers);
 }

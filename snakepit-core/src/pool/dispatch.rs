@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, Notify};
 
 use super::job::Job;
+use crate::sync;
 
 struct Idle {
     worker_id: Arc<str>,
@@ -43,10 +44,7 @@ pub(crate) struct Dispatcher {
 
 impl Dispatcher {
     fn lock(&self) -> MutexGuard<'_, State> {
-        match self.state.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        }
+        sync::lock(&self.state)
     }
 
     /// Give `job` to the warmest idle worker, or queue it.

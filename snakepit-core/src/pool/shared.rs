@@ -15,6 +15,7 @@ use crate::config::PoolConfig;
 use crate::events::{data, EventBus, EventKind};
 use crate::session::SessionStore;
 use crate::stats::Window;
+use crate::sync;
 use crate::transport::WorkerTransport;
 use crate::worker::{LaunchSpec, WorkerStatus};
 
@@ -112,17 +113,11 @@ impl PoolShared {
     }
 
     pub fn workers(&self) -> RwLockReadGuard<'_, HashMap<Arc<str>, WorkerEntry>> {
-        match self.workers.read() {
-            Ok(w) => w,
-            Err(p) => p.into_inner(),
-        }
+        sync::read(&self.workers)
     }
 
     pub fn workers_mut(&self) -> RwLockWriteGuard<'_, HashMap<Arc<str>, WorkerEntry>> {
-        match self.workers.write() {
-            Ok(w) => w,
-            Err(p) => p.into_inner(),
-        }
+        sync::write(&self.workers)
     }
 
     pub fn commands(&self) -> Option<&BTreeSet<String>> {

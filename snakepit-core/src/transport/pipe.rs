@@ -30,6 +30,7 @@ use super::frame::{
 };
 use super::{BoxFuture, CallMeta, ChunkStream, Pipelined, TransportError, WorkerTransport};
 use crate::proto::{self, frame::Body, Frame};
+use crate::sync;
 
 /// The descriptors the worker finds its pipes on (`--pipe-fds 3,4,5,6`).
 pub(crate) const CHILD_FDS: [i32; 4] = [3, 4, 5, 6];
@@ -117,10 +118,7 @@ struct PendingCalls {
 type Pending = Arc<Mutex<PendingCalls>>;
 
 fn lock_pending(pending: &Pending) -> std::sync::MutexGuard<'_, PendingCalls> {
-    match pending.lock() {
-        Ok(p) => p,
-        Err(p) => p.into_inner(),
-    }
+    sync::lock(pending)
 }
 
 pub(crate) struct PipeTransport {
