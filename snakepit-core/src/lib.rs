@@ -58,7 +58,7 @@ pub use config::{
     ConfigError, OnWorkerLoss, PoolConfig, PythonConfig, SessionConfig, TransportKind, WhenFull,
 };
 pub use error::{Error, ExitInfo, PythonError, StartError};
-pub use events::{Event, EventBus, EventData, EventKind, EventsConfig, Pattern};
+pub use events::{CrashCause, Event, EventBus, EventData, EventKind, EventsConfig, Pattern};
 pub use pool::{Pool, ResponseStream, StreamEnd, StreamOutcome, StreamingPool};
 pub use pools::Pools;
 pub use request::{Args, Chunk, Request, Response, Served, WorkerSpan};

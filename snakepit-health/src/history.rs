@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{json, Value};
 use snakepit_core::events::Subscription;
-use snakepit_core::{Event, EventKind, Pool};
+use snakepit_core::{Event, EventData, Pool};
 use tokio::sync::broadcast;
 
 use crate::config::DashboardConfig;
@@ -65,11 +65,9 @@ fn now_secs() -> f64 {
         .as_secs_f64()
 }
 
-fn text(ev: &Event, key: &str) -> Option<String> {
-    match ev.meta(key) {
-        Some(Value::String(s)) if !s.is_empty() => Some(s),
-        _ => None,
-    }
+/// `Some` for a non-empty string (the dashboard shows nothing rather than "").
+fn some(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
 }
 
 impl History {
@@ -93,30 +91,30 @@ impl History {
 
     /// The dashboard's view of a failure event.
     fn to_error(ev: &Event) -> Option<RecentError> {
-        match ev.kind() {
-            EventKind::RequestFailed => Some(RecentError {
+        match &ev.data {
+            EventData::RequestFailed(d) => Some(RecentError {
                 t: now_secs(),
                 kind: "request",
-                pool: text(ev, "pool_name").unwrap_or_default(),
-                command: text(ev, "command").unwrap_or_default(),
-                error_type: text(ev, "error_type").unwrap_or_default(),
-                message: text(ev, "error_message").unwrap_or_default(),
-                python_type: text(ev, "python_type"),
-                traceback: text(ev, "python_traceback"),
-                worker_id: text(ev, "worker_id"),
-                request_id: text(ev, "request_id"),
+                pool: d.pool_name.clone(),
+                command: d.command.clone(),
+                error_type: d.error_type.clone(),
+                message: d.error_message.clone(),
+                python_type: d.python_type.as_deref().and_then(some),
+                traceback: d.python_traceback.as_deref().and_then(some),
+                worker_id: d.worker_id.as_deref().and_then(some),
+                request_id: some(&d.request_id),
                 correlation_id: ev.correlation_id.clone(),
             }),
-            EventKind::WorkerCrashed => Some(RecentError {
+            EventData::WorkerCrashed(d) => Some(RecentError {
                 t: now_secs(),
                 kind: "crash",
-                pool: text(ev, "pool_name").unwrap_or_default(),
+                pool: d.pool_name.clone(),
                 command: String::new(),
                 error_type: "WorkerCrashed".into(),
-                message: text(ev, "error").unwrap_or_default(),
+                message: d.error.clone(),
                 python_type: None,
-                traceback: text(ev, "stderr_tail"),
-                worker_id: text(ev, "worker_id"),
+                traceback: some(&d.stderr_tail),
+                worker_id: some(&d.worker_id),
                 request_id: None,
                 correlation_id: None,
             }),

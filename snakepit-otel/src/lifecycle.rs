@@ -7,7 +7,7 @@ use std::sync::Arc;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::KeyValue;
 use snakepit_core::events::ConsumerHandle;
-use snakepit_core::{Event, EventBus, EventKind, Pattern, Pool};
+use snakepit_core::{CrashCause, Event, EventBus, EventData, EventKind, Pattern, Pool};
 
 use crate::metrics::STARTUP_BUCKETS;
 
@@ -21,34 +21,8 @@ struct Lifecycle {
     sessions_expired: Counter<u64>,
 }
 
-fn text(ev: &Event, key: &str) -> String {
-    match ev.meta(key) {
-        Some(serde_json::Value::String(s)) => s,
-        Some(other) => other.to_string(),
-        None => String::new(),
-    }
-}
-
-/// A bounded label for why a worker crashed.
-fn crash_type(ev: &Event) -> &'static str {
-    let error = text(ev, "error");
-    let status = text(ev, "exit_status");
-    if error.starts_with("worker failed to start") {
-        "startup_failed"
-    } else if status.contains("SIGKILL") {
-        "killed"
-    } else if status.contains("signal") {
-        "signal"
-    } else if status.starts_with("exit code") {
-        "exit"
-    } else {
-        "unknown"
-    }
-}
-
 /// Label values the counters can take, created at zero when a pool is first seen:
 /// `increase()` cannot see a counter's first step from "absent" to 1.
-const CRASH_TYPES: [&str; 5] = ["startup_failed", "killed", "signal", "exit", "unknown"];
 const SESSION_END_REASONS: [&str; 3] = ["ttl", "closed", "worker_lost"];
 const RECYCLE_REASONS: [&str; 6] = [
     "max_requests",
@@ -63,9 +37,11 @@ impl Lifecycle {
     fn init_pool(&self, pool: &KeyValue) {
         self.started.add(0, std::slice::from_ref(pool));
         self.saturated.add(0, std::slice::from_ref(pool));
-        for t in CRASH_TYPES {
-            self.crashed
-                .add(0, &[pool.clone(), KeyValue::new("error_type", t)]);
+        for cause in CrashCause::ALL {
+            self.crashed.add(
+                0,
+                &[pool.clone(), KeyValue::new("error_type", cause.as_str())],
+            );
         }
         for r in RECYCLE_REASONS {
             self.recycled
@@ -78,30 +54,30 @@ impl Lifecycle {
     }
 
     fn record(&self, ev: &Event) {
-        let name = text(ev, "pool_name");
-        let pool = KeyValue::new("pool_name", name.clone());
-        if let Ok(mut seen) = self.seen.lock() {
-            if seen.insert(name) {
+        let name = ev.data.pool_name();
+        let pool = KeyValue::new("pool_name", name.to_string());
+        {
+            let mut seen = snakepit_core::sync::lock(&self.seen);
+            if !seen.contains(name) {
+                seen.insert(name.to_string());
                 self.init_pool(&pool);
             }
         }
-        match ev.kind() {
-            EventKind::WorkerStarted => {
+        match &ev.data {
+            EventData::WorkerStarted(d) => {
                 self.started.add(1, std::slice::from_ref(&pool));
-                if let Some(ms) = ev.measurement("startup_time_ms") {
-                    self.startup.record(ms / 1000.0, &[pool]);
-                }
+                self.startup.record(d.startup_time_ms / 1000.0, &[pool]);
             }
-            EventKind::WorkerCrashed => self
+            EventData::WorkerCrashed(d) => self
                 .crashed
-                .add(1, &[pool, KeyValue::new("error_type", crash_type(ev))]),
-            EventKind::WorkerRecycled => self
+                .add(1, &[pool, KeyValue::new("error_type", d.cause.as_str())]),
+            EventData::WorkerRecycled(d) => self
                 .recycled
-                .add(1, &[pool, KeyValue::new("reason", text(ev, "reason"))]),
-            EventKind::PoolSaturated => self.saturated.add(1, &[pool]),
-            EventKind::SessionExpired => self
+                .add(1, &[pool, KeyValue::new("reason", d.reason.clone())]),
+            EventData::PoolSaturated(_) => self.saturated.add(1, &[pool]),
+            EventData::SessionExpired(d) => self
                 .sessions_expired
-                .add(1, &[pool, KeyValue::new("reason", text(ev, "reason"))]),
+                .add(1, &[pool, KeyValue::new("reason", d.reason.clone())]),
             _ => {}
         }
     }

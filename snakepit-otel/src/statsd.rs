@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use snakepit_core::events::ConsumerHandle;
-use snakepit_core::{Event, EventBus, EventKind, Pattern};
+use snakepit_core::{EventBus, EventData, Pattern};
 
 use crate::config::StatsdConfig;
 use crate::labels::{LabelCap, UNKNOWN_LABEL};
@@ -59,13 +59,6 @@ fn clean(part: &str) -> String {
         .collect()
 }
 
-fn meta(ev: &Event, key: &str) -> String {
-    match ev.meta(key) {
-        Some(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    }
-}
-
 impl StatsdSink {
     pub fn start(cfg: &StatsdConfig, bus: &EventBus) -> std::io::Result<StatsdSink> {
         let socket = UdpSocket::bind("127.0.0.1:0").or_else(|_| UdpSocket::bind("0.0.0.0:0"))?;
@@ -87,50 +80,46 @@ impl StatsdSink {
         ])
         .map_err(|e| std::io::Error::other(e.to_string()))?;
         let consumer = bus.attach("statsd", pattern, move |ev| {
-            let pool = clean(&meta(ev, "pool_name"));
+            let pool = clean(ev.data.pool_name());
             let base = format!("{prefix}.{pool}");
             let mut a = sync::lock(&agg);
             let mut count = |name: String| *a.counters.entry(name).or_default() += 1;
-            match ev.kind() {
-                EventKind::RequestFailed if ev.meta("worker_id").is_some_and(|w| w.is_null()) => {
+            match &ev.data {
+                EventData::RequestFailed(d) if d.worker_id.is_none() => {
                     // Refused before reaching a worker: no completed event follows.
                     count(format!("{base}.requests.error"));
                 }
-                EventKind::RequestCompleted => {
-                    let ok = ev.meta("success") == Some(serde_json::Value::Bool(true));
+                EventData::RequestCompleted(d) => {
                     count(format!(
                         "{base}.requests.{}",
-                        if ok { "success" } else { "error" }
+                        if d.success { "success" } else { "error" }
                     ));
                     // Only a command that succeeded earns a label of its own: a made-up
                     // name can reach a worker (before the pool learned its commands)
                     // but never succeeds.
-                    let name = meta(ev, "command");
-                    let label = if ok {
-                        commands.get(&name)
+                    let label = if d.success {
+                        commands.get(&d.command)
                     } else {
-                        commands.seen(&name).unwrap_or(UNKNOWN_LABEL.into())
+                        commands.seen(&d.command).unwrap_or(UNKNOWN_LABEL.into())
                     };
                     let command = clean(label.as_str());
-                    for (name, key) in [
-                        (format!("{base}.request.duration"), "duration_ms"),
-                        (format!("{base}.request.queue_time"), "queue_time_ms"),
-                        (format!("{base}.command.{command}.duration"), "duration_ms"),
+                    for (name, v) in [
+                        (format!("{base}.request.duration"), d.duration_ms),
+                        (format!("{base}.request.queue_time"), d.queue_time_ms),
+                        (format!("{base}.command.{command}.duration"), d.duration_ms),
                     ] {
-                        if let Some(v) = ev.measurement(key) {
-                            let samples = a.timers.entry(name).or_default();
-                            if samples.len() < MAX_SAMPLES {
-                                samples.push(v);
-                            } else {
-                                drop_counter.samples_dropped.fetch_add(1, Ordering::Relaxed);
-                            }
+                        let samples = a.timers.entry(name).or_default();
+                        if samples.len() < MAX_SAMPLES {
+                            samples.push(v);
+                        } else {
+                            drop_counter.samples_dropped.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
-                EventKind::WorkerStarted => count(format!("{base}.workers.started")),
-                EventKind::WorkerCrashed => count(format!("{base}.workers.crashed")),
-                EventKind::WorkerRecycled => count(format!("{base}.workers.recycled")),
-                EventKind::PoolSaturated => count(format!("{base}.pool.saturated")),
+                EventData::WorkerStarted(_) => count(format!("{base}.workers.started")),
+                EventData::WorkerCrashed(_) => count(format!("{base}.workers.crashed")),
+                EventData::WorkerRecycled(_) => count(format!("{base}.workers.recycled")),
+                EventData::PoolSaturated(_) => count(format!("{base}.pool.saturated")),
                 _ => {}
             }
         });

@@ -360,6 +360,23 @@ fn prometheus_with_the_shipped_config_fires_the_crash_alert() {
         state().unwrap_or_default(),
         start.elapsed()
     );
+    // The crash is labelled by how the worker ended (it exited with code 9), and the
+    // other causes stay at zero.
+    let crashes = |cause: &str| -> Option<f64> {
+        let q = urlencode(&format!(
+            "sum(snakepit_workers_crashed_total{{error_type=\"{cause}\"}})"
+        ));
+        get_json(port, &format!("/api/v1/query?query={q}"))["data"]["result"][0]["value"][1]
+            .as_str()?
+            .parse()
+            .ok()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || crashes("exit") == Some(1.0)),
+        "exit crashes: {:?}",
+        crashes("exit")
+    );
+    assert_eq!(crashes("killed"), Some(0.0));
     let rules = get_json(port, "/api/v1/rules");
     let names: Vec<String> = rules["data"]["groups"][0]["rules"]
         .as_array()

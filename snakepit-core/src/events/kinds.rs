@@ -83,6 +83,59 @@ impl MetaField for f64 {
     }
 }
 
+/// Why a worker crashed, as a bounded label: `error_type` of
+/// `snakepit.workers.crashed`, decided where the exit is known rather than read back
+/// from the event's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashCause {
+    /// The worker never became ready (exited, or was killed after the start-up timeout).
+    StartupFailed,
+    /// Killed by SIGKILL (the OOM killer, an operator's `kill -9`).
+    Killed,
+    /// Ended by another signal (SIGSEGV, SIGABRT, …).
+    Signal,
+    /// Exited by itself with a code.
+    Exit,
+    Unknown,
+}
+
+impl CrashCause {
+    pub const ALL: [CrashCause; 5] = [
+        CrashCause::StartupFailed,
+        CrashCause::Killed,
+        CrashCause::Signal,
+        CrashCause::Exit,
+        CrashCause::Unknown,
+    ];
+
+    /// How a worker that was running ended.
+    pub fn of_exit(exit: &crate::error::ExitInfo) -> Self {
+        match (exit.code, exit.signal) {
+            (Some(_), _) => CrashCause::Exit,
+            (None, Some(libc::SIGKILL)) => CrashCause::Killed,
+            (None, Some(_)) => CrashCause::Signal,
+            (None, None) => CrashCause::Unknown,
+        }
+    }
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CrashCause::StartupFailed => "startup_failed",
+            CrashCause::Killed => "killed",
+            CrashCause::Signal => "signal",
+            CrashCause::Exit => "exit",
+            CrashCause::Unknown => "unknown",
+        }
+    }
+}
+
+impl MetaField for CrashCause {
+    fn to_json(&self) -> Value {
+        Value::from(self.as_str())
+    }
+}
+
 macro_rules! define_events {
     ($(
         $(#[$doc:meta])*
@@ -151,6 +204,11 @@ macro_rules! define_events {
                 }
             }
 
+            /// The pool the event is about (every event names one).
+            pub fn pool_name(&self) -> &str {
+                match self { $(EventData::$variant(d) => &d.pool_name),* }
+            }
+
             pub(crate) fn sanitize(&mut self, s: &Sanitizer) {
                 match self {
                     $(EventData::$variant(d) => { $(MetaField::sanitize(&mut d.$k, stringify!($k), s);)* }),*
@@ -195,6 +253,8 @@ define_events! {
         measurements { uptime_ms: f64, requests_handled: u64 }
         metadata {
             worker_id: String, pool_name: String, error: String, exit_status: String,
+            // The same, typed: what consumers label crashes by.
+            cause: CrashCause,
             stderr_tail: String, pid: u32,
             // The slot's wait before the next start: 0 unless this was a crash-loop step.
             restart_delay_ms: f64,
@@ -264,6 +324,22 @@ define_events! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ExitInfo;
+
+    #[test]
+    fn crash_causes_come_from_the_typed_exit() {
+        let exit = |code, signal| CrashCause::of_exit(&ExitInfo { code, signal });
+        assert_eq!(exit(None, Some(libc::SIGKILL)), CrashCause::Killed);
+        assert_eq!(exit(None, Some(libc::SIGSEGV)), CrashCause::Signal);
+        assert_eq!(exit(Some(7), None), CrashCause::Exit);
+        assert_eq!(exit(None, None), CrashCause::Unknown);
+        let labels: Vec<&str> = CrashCause::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(
+            labels,
+            ["startup_failed", "killed", "signal", "exit", "unknown"]
+        );
+        assert_eq!(CrashCause::Killed.to_json(), serde_json::json!("killed"));
+    }
 
     #[test]
     fn sixteen_events_with_unique_names_and_bits() {

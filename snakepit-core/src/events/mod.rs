@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 pub use bus::{ConsumerHandle, ConsumerStats, EventBus, Subscription};
 pub use config::EventsConfig;
-pub use kinds::{data, EventData, EventKind, Measure, MetaField};
+pub use kinds::{data, CrashCause, EventData, EventKind, Measure, MetaField};
 pub use pattern::{Pattern, PatternError};
 
 /// One emitted event: its data plus when it happened and, where one exists, the

@@ -14,7 +14,7 @@ use super::exit::{Control, Exit};
 use super::job::Job;
 use super::report::ms;
 use super::shared::PoolShared;
-use crate::events::{data, EventKind};
+use crate::events::{data, CrashCause, EventKind};
 use crate::worker::Worker;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -100,6 +100,7 @@ pub(crate) async fn conclude(
                     pool_name: shared.name.to_string(),
                     error: format!("worker process exited unexpectedly ({exit})"),
                     exit_status: exit.to_string(),
+                    cause: CrashCause::of_exit(&exit),
                     stderr_tail: tail.clone(),
                     pid: worker.process.pid(),
                     restart_delay_ms: ms(restart_delay),

@@ -22,7 +22,7 @@ use super::monitor;
 use super::report::ms;
 use super::shared::{PoolShared, WorkerEntry};
 use crate::error::StartError;
-use crate::events::{data, EventKind};
+use crate::events::{data, CrashCause, EventKind};
 use crate::stats::WorkerState;
 use crate::worker::Worker;
 
@@ -176,6 +176,7 @@ fn report_start_failure(shared: &PoolShared, id: &str, err: &StartError, delay: 
             pool_name: shared.name.to_string(),
             error: format!("worker failed to start: {err}"),
             exit_status,
+            cause: CrashCause::StartupFailed,
             stderr_tail,
             pid: 0,
             restart_delay_ms: ms(delay),
