@@ -53,7 +53,9 @@ pub mod metrics;
 pub mod openmetrics;
 mod otlp;
 mod otlp_spans;
+mod render;
 mod request_spans;
+mod self_metrics;
 mod span_encoding;
 pub mod statsd;
 pub mod telemetry;
@@ -67,5 +69,6 @@ pub use config::{
 };
 pub use correlation::CorrelationLayer;
 pub use metrics::MetricsLayer;
-pub use telemetry::{MetricsRenderer, Telemetry, TelemetryError};
+pub use render::MetricsRenderer;
+pub use telemetry::{Telemetry, TelemetryError};
 pub use trace::{Outcome, TraceLayer};

@@ -5,8 +5,9 @@
 //! request ─► CorrelationLayer ─► TraceLayer ─► MetricsLayer ─► Pool
 //!                                   │ tracing span       │ OTel instruments
 //!            tracing subscriber ◄───┘                    ▼
-//!            ├─ OTel span layer ─► QueueSpanProcessor ─► export thread ─► OTLP
+//!            TraceLayer ─► request span, encoded when it ends ─► export thread ─► OTLP
 //!            TraceLayer ─► WorkerSpans (worker's timing) ─► export thread ─► OTLP
+//!            Telemetry::tracer spans ─► QueueSpanProcessor ─► (the request spans' thread)
 //!            └─ LogLayer ─► line writer thread (JSON/text)
 //!                        └─► OTel logger ─► QueueLogProcessor ─► export thread ─► OTLP
 //! meter ─► Prometheus registry (scraped by /metrics) and/or PeriodicReader ─► OTLP
@@ -25,7 +26,6 @@ use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
-use prometheus::{Encoder, TextEncoder};
 use snakepit_core::events::ConsumerHandle;
 use snakepit_core::{EventBus, Pool, Sanitizer};
 use tracing_subscriber::layer::SubscriberExt;
@@ -39,6 +39,7 @@ use crate::lifecycle;
 use crate::logs::{LineWriter, LogLayer};
 use crate::metrics::{MetricsLayer, RequestInstruments};
 use crate::otlp::{export_settings, otlp_exporter};
+pub use crate::render::MetricsRenderer;
 use crate::request_spans::SpanExport;
 use crate::statsd::StatsdSink;
 use crate::trace::TraceLayer;
@@ -57,33 +58,6 @@ pub enum TelemetryError {
 
 fn setup(what: &'static str) -> impl Fn(String) -> TelemetryError {
     move |message| TelemetryError::Setup { what, message }
-}
-
-/// Renders the registry as Prometheus text or OpenMetrics (see [`Telemetry::metrics_renderer`]).
-#[derive(Clone)]
-pub struct MetricsRenderer {
-    registry: prometheus::Registry,
-    instruments: Option<Arc<RequestInstruments>>,
-}
-
-impl MetricsRenderer {
-    pub fn prometheus_text(&self) -> Option<String> {
-        let mut out = Vec::with_capacity(16 * 1024);
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .ok()?;
-        String::from_utf8(out).ok()
-    }
-
-    pub fn openmetrics_text(&self) -> Option<String> {
-        let empty = crate::openmetrics::ExemplarStore::default();
-        let store = self
-            .instruments
-            .as_ref()
-            .and_then(|i| i.exemplars.as_ref())
-            .unwrap_or(&empty);
-        Some(crate::openmetrics::render(&self.registry.gather(), store))
-    }
 }
 
 /// Installed telemetry. Keep it alive for the program's life; call
@@ -444,49 +418,14 @@ impl Telemetry {
     }
 
     fn register_self_metrics(&self, meter: &Meter) {
-        let spans = self.span_counters.clone();
-        let logs = self.log_counters.clone();
-        let metrics = self.metric_counters.clone();
-        meter
-            .u64_observable_counter("snakepit.telemetry.dropped")
-            .with_description(
-                "Telemetry items lost on the way out (the pool never waits for exports)",
-            )
-            .with_callback(move |o| {
-                for (signal, c) in [("spans", &spans), ("logs", &logs), ("metrics", &metrics)] {
-                    for (reason, v) in [
-                        ("queue_full", &c.dropped_queue_full),
-                        ("export_failed", &c.dropped_export_failed),
-                        ("circuit_open", &c.dropped_circuit_open),
-                    ] {
-                        o.observe(
-                            v.load(Ordering::Relaxed),
-                            &[
-                                KeyValue::new("signal", signal),
-                                KeyValue::new("reason", reason),
-                            ],
-                        );
-                    }
-                }
-            })
-            .build();
-        let (spans, logs, metrics) = (
-            self.span_counters.clone(),
-            self.log_counters.clone(),
-            self.metric_counters.clone(),
+        crate::self_metrics::register(
+            meter,
+            [
+                ("spans", self.span_counters.clone()),
+                ("logs", self.log_counters.clone()),
+                ("metrics", self.metric_counters.clone()),
+            ],
         );
-        meter
-            .u64_observable_counter("snakepit.telemetry.export_failures")
-            .with_description("Export attempts that failed or timed out")
-            .with_callback(move |o| {
-                for (signal, c) in [("spans", &spans), ("logs", &logs), ("metrics", &metrics)] {
-                    o.observe(
-                        c.export_failures.load(Ordering::Relaxed),
-                        &[KeyValue::new("signal", signal)],
-                    );
-                }
-            })
-            .build();
     }
 
     /// Export what spans and log records are buffered now (blocks until done or timed out).
