@@ -198,7 +198,7 @@ impl SpanProcessor for QueueSpanProcessor {
 
     fn on_end(&self, span: SpanData) {
         if span.span_context.is_sampled() {
-            self.0.push(EncodedSpan::new(&span));
+            self.0.push(EncodedSpan::from(span));
         }
     }
 

@@ -243,7 +243,7 @@ impl RequestSpan {
             false,
             self.context.trace_state().clone(),
         );
-        export.batcher.push(EncodedSpan::new(&SpanData {
+        export.batcher.push(EncodedSpan::from(SpanData {
             span_context: context,
             parent_span_id: self.context.span_id(),
             parent_span_is_remote: false,
@@ -274,7 +274,7 @@ impl RequestSpan {
         } = *recording;
         let mut span_events = SpanEvents::default();
         span_events.events = events;
-        export.batcher.push(EncodedSpan::new(&SpanData {
+        export.batcher.push(EncodedSpan::from(SpanData {
             span_context: self.context,
             parent_span_id: self
                 .parent

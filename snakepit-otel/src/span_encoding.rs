@@ -85,10 +85,17 @@ fn message(buf: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
     if len < 0x80 {
         buf[at] = len as u8;
     } else {
-        let mut prefix = Vec::with_capacity(10);
-        varint(&mut prefix, len as u64);
+        // The varint of `len` on the stack: this runs for every message of 128 bytes
+        // or more, spans included, on the request path.
+        let (mut prefix, mut n, mut v) = ([0u8; 10], 0, len as u64);
+        while v >= 0x80 {
+            prefix[n] = (v as u8) | 0x80;
+            v >>= 7;
+            n += 1;
+        }
+        prefix[n] = v as u8;
         buf[at] = prefix[0];
-        buf.splice(at + 1..at + 1, prefix[1..].iter().copied());
+        buf.splice(at + 1..at + 1, prefix[1..=n].iter().copied());
     }
 }
 
@@ -281,15 +288,6 @@ pub struct EncodedSpan {
 }
 
 impl EncodedSpan {
-    pub fn new(s: &SpanData) -> Self {
-        let mut body = Vec::with_capacity(320);
-        span(&mut body, s);
-        EncodedSpan {
-            scope: s.instrumentation_scope.clone(),
-            body,
-        }
-    }
-
     /// The encoded `Span` message (without its field key and length).
     pub fn body(&self) -> &[u8] {
         &self.body
@@ -297,8 +295,14 @@ impl EncodedSpan {
 }
 
 impl From<SpanData> for EncodedSpan {
+    /// Encodes and keeps the span's scope without cloning it.
     fn from(s: SpanData) -> Self {
-        EncodedSpan::new(&s)
+        let mut body = Vec::with_capacity(320);
+        span(&mut body, &s);
+        EncodedSpan {
+            scope: s.instrumentation_scope,
+            body,
+        }
     }
 }
 

@@ -146,7 +146,7 @@ fn an_empty_resource_and_one_big_batch_round_trip() {
     let resource = Resource::builder_empty().build();
     let batch: Vec<SpanData> = spans().into_iter().cycle().take(600).collect();
     let mut buf = Vec::new();
-    let encoded: Vec<EncodedSpan> = batch.iter().map(EncodedSpan::new).collect();
+    let encoded: Vec<EncodedSpan> = batch.iter().cloned().map(EncodedSpan::from).collect();
     encode_request(&encode_resource(&resource), &encoded, &mut buf);
     let ours = ExportTraceServiceRequest::decode(buf.as_slice()).expect("valid protobuf");
     assert_eq!(ours, expected(&resource, batch));

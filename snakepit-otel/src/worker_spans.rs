@@ -107,7 +107,7 @@ impl WorkerSpans {
                 Status::error(format!("{}: {message}", py.python_type))
             }
         };
-        self.batcher.push(EncodedSpan::new(&SpanData {
+        self.batcher.push(EncodedSpan::from(SpanData {
             span_context: SpanContext::new(
                 parent.context.trace_id(),
                 SpanId::from_bytes(worker.span_id),
