@@ -39,9 +39,17 @@ pub struct SignalCounters {
     pub dropped_circuit_open: AtomicU64,
     /// Export attempts that failed.
     pub export_failures: AtomicU64,
+    /// Why the latest failed export failed (the exporter's or the timeout's words).
+    last_error: Mutex<Option<String>>,
 }
 
 impl SignalCounters {
+    /// Why the latest failed export failed, if one did: what an operator needs to fix
+    /// a collector that refuses or never answers.
+    pub fn last_error(&self) -> Option<String> {
+        snakepit_core::sync::lock(&self.last_error).clone()
+    }
+
     pub fn dropped(&self) -> u64 {
         self.dropped_queue_full.load(Ordering::Relaxed)
             + self.dropped_export_failed.load(Ordering::Relaxed)
@@ -311,26 +319,42 @@ fn run<T, E, F>(
             let encoded = exporter.encode(batch);
             buffer.exported(len);
             sends.push(async move {
-                let result = tokio::time::timeout(timeout, exporter.export(encoded)).await;
-                (len as u64, matches!(result, Ok(Ok(()))))
+                let result = match tokio::time::timeout(timeout, exporter.export(encoded)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(format!("no answer within {timeout:?}")),
+                };
+                (len as u64, result)
             });
         }
         if sends.is_empty() {
             return;
         }
-        for (n, ok) in rt.block_on(futures_util::future::join_all(sends)) {
-            if ok {
-                counters.exported.fetch_add(n, Ordering::Relaxed);
-                breaker.failures_in_a_row = 0;
-                breaker.open_until = None;
-            } else {
-                counters.export_failures.fetch_add(1, Ordering::Relaxed);
-                counters
-                    .dropped_export_failed
-                    .fetch_add(n, Ordering::Relaxed);
-                breaker.failures_in_a_row += 1;
-                if breaker.failures_in_a_row >= settings.breaker_failures {
-                    breaker.open_until = Some(Instant::now() + settings.breaker_cooldown);
+        for (n, result) in rt.block_on(futures_util::future::join_all(sends)) {
+            match result {
+                Ok(()) => {
+                    counters.exported.fetch_add(n, Ordering::Relaxed);
+                    breaker.failures_in_a_row = 0;
+                    breaker.open_until = None;
+                }
+                Err(error) => {
+                    counters.export_failures.fetch_add(1, Ordering::Relaxed);
+                    counters
+                        .dropped_export_failed
+                        .fetch_add(n, Ordering::Relaxed);
+                    breaker.failures_in_a_row += 1;
+                    if breaker.failures_in_a_row == settings.breaker_failures {
+                        // Said once per outage (the counters keep counting): the
+                        // drops are counted, but only this says why.
+                        eprintln!(
+                            "snakepit: {name} export failed {} times in a row ({error}); \
+                             dropping {name} for {:?}, then trying again",
+                            breaker.failures_in_a_row, settings.breaker_cooldown
+                        );
+                    }
+                    if breaker.failures_in_a_row >= settings.breaker_failures {
+                        breaker.open_until = Some(Instant::now() + settings.breaker_cooldown);
+                    }
+                    *snakepit_core::sync::lock(&counters.last_error) = Some(error);
                 }
             }
         }

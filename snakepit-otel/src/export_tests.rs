@@ -110,6 +110,7 @@ fn counts_exported_failed_breaker_and_queue_drops() {
     assert_eq!(counters.export_failures.load(Ordering::Relaxed), 2);
     assert_eq!(counters.dropped_export_failed.load(Ordering::Relaxed), 20);
     assert_eq!(counters.dropped_circuit_open.load(Ordering::Relaxed), 30);
+    assert_eq!(counters.last_error().as_deref(), Some("backend down"));
     assert_eq!(
         calls.load(Ordering::Relaxed),
         2,
