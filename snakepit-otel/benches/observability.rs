@@ -18,8 +18,6 @@
 //! Runs on a current-thread runtime so the "on" phases can install the telemetry
 //! subscriber for just their duration (`tracing::dispatcher::set_default`).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use opentelemetry::metrics::MeterProvider as _;
@@ -206,76 +204,6 @@ fn rss_mib() -> f64 {
     pages * 4096.0 / (1024.0 * 1024.0)
 }
 
-/// The rotel version scripts/test installs (tests/support's `ROTEL_VERSION`).
-const ROTEL_VERSION: &str = "0.0.1a15";
-
-/// The rotel agent of the workers' venv, installed there on first use: the README gives
-/// this bench as one command, so it must not depend on scripts/test having run.
-fn rotel_agent(python: &PathBuf) -> Result<PathBuf, BoxError> {
-    let locate = || -> Option<PathBuf> {
-        let out = Command::new(python)
-            .args([
-                "-c",
-                "import os, rotel; print(os.path.dirname(rotel.__file__))",
-            ])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())?;
-        Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("rotel-agent"))
-    };
-    if let Some(agent) = locate() {
-        return Ok(agent);
-    }
-    eprintln!("installing rotel {ROTEL_VERSION} (the OTLP receiver) into the workers' venv");
-    let installed = Command::new(python)
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "-q"])
-        .arg(format!("rotel=={ROTEL_VERSION}"))
-        .status()
-        .is_ok_and(|s| s.success());
-    match locate() {
-        Some(agent) if installed => Ok(agent),
-        _ => Err(format!(
-            "cannot install rotel {ROTEL_VERSION} into {} (pip failed); it also needs \
-             libpython3.11 (apt-get install libpython3.11)",
-            python.display()
-        )
-        .into()),
-    }
-}
-
-/// rotel from the workers' venv, on a free port.
-fn start_rotel(python: &PathBuf) -> Result<(Child, u16), BoxError> {
-    let agent = rotel_agent(python)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let http = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let tmp = std::env::temp_dir().join(format!("snakepit-bench-rotel-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp)?;
-    let child = Command::new(agent)
-        .arg("start")
-        .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{port}")])
-        .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
-        .args(["--exporter", "blackhole"])
-        .arg("--pid-file")
-        .arg(tmp.join("pid"))
-        .arg("--log-file")
-        .arg(tmp.join("log"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err("rotel did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok((child, port))
-}
-
 fn main() -> Result<(), BoxError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -290,8 +218,8 @@ async fn run() -> Result<(), BoxError> {
     } else {
         (4, Duration::from_millis(1500))
     };
-    let python = snakepit_core::python_env::resolve_interpreter(&Default::default())?;
-    let (mut rotel, port) = start_rotel(&python)?;
+    // tests/support's receiver: it installs rotel into the workers' venv on first use.
+    let rotel = snakepit_e2e::Rotel::start_blackhole();
 
     let pool = Pool::start(
         PoolConfig {
@@ -313,7 +241,7 @@ async fn run() -> Result<(), BoxError> {
     let rss_off = rss_mib();
 
     let mut cfg = TelemetryConfig::default();
-    cfg.otlp.endpoint = Some(format!("http://127.0.0.1:{port}"));
+    cfg.otlp.endpoint = Some(rotel.grpc_endpoint());
     cfg.traces.otlp = Some(true);
     // BENCH_SAMPLING=0.01 shows what a production sampling ratio costs instead.
     cfg.traces.sampling_ratio = std::env::var("BENCH_SAMPLING")
@@ -436,8 +364,7 @@ async fn run() -> Result<(), BoxError> {
     }
     pool.shutdown(Duration::from_secs(5)).await;
     telemetry.shutdown(Duration::from_secs(5));
-    let _ = rotel.kill();
-    let _ = rotel.wait();
+    drop(rotel);
     Ok(())
 }
 
