@@ -97,7 +97,13 @@ impl OtlpSpans {
         let sink = match otlp.protocol {
             OtlpProtocol::Grpc => {
                 let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
-                    .map_err(|e| format!("OTLP traces endpoint {endpoint:?}: {e}"))?
+                    .map_err(|e| {
+                        format!(
+                            "OTLP traces endpoint {endpoint:?} is not a URL ({e}); set \
+                             telemetry.otlp.endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT) to one \
+                             like http://collector:4317"
+                        )
+                    })?
                     .timeout(timeout)
                     .connect_lazy();
                 Sink::Grpc {
