@@ -60,7 +60,7 @@ pub use config::{
 pub use error::{Error, ExitInfo, PythonError, StartError};
 pub use events::{CrashCause, Event, EventBus, EventData, EventKind, EventsConfig, Pattern};
 pub use pool::{Pool, ResponseStream, StreamEnd, StreamOutcome, StreamingPool};
-pub use pools::Pools;
+pub use pools::{Pools, StreamingPools};
 pub use request::{Args, Chunk, Request, Response, Served, WorkerSpan};
 pub use sanitize::{SanitizeConfig, Sanitizer};
 pub use session::{SessionInfo, SessionOptions};

@@ -104,6 +104,11 @@ impl Pools {
         self.route(&req)?.execute_stream(req).await
     }
 
+    /// These pools as a service of streaming calls, routed like [`Pools`]' unary ones.
+    pub fn streaming(&self) -> StreamingPools {
+        StreamingPools(self.clone())
+    }
+
     /// Shut all pools down concurrently.
     pub async fn shutdown(&self, drain: Duration) {
         futures_util::future::join_all(self.pools.values().map(|p| p.shutdown(drain))).await;
@@ -123,6 +128,30 @@ impl Service<Request> for Pools {
     fn call(&mut self, req: Request) -> Self::Future {
         match self.route(&req) {
             Ok(pool) => Box::pin(pool.clone().oneshot(req)),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+}
+
+/// Streaming calls of [`Pools`] as a `Service<Request, Response = ResponseStream>`,
+/// from [`Pools::streaming`]: each request goes to the pool it names (else the
+/// default), whose admission rules apply.
+#[derive(Clone, Debug)]
+pub struct StreamingPools(Pools);
+
+impl Service<Request> for StreamingPools {
+    type Response = ResponseStream;
+    type Error = Error;
+    type Future = crate::pool::PoolFuture<ResponseStream>;
+
+    /// Always ready: admission happens in the routed pool (its `when_full` applies).
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        match self.0.route(&req) {
+            Ok(pool) => Box::pin(pool.streaming().oneshot(req)),
             Err(e) => Box::pin(std::future::ready(Err(e))),
         }
     }
