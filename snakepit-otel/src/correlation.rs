@@ -25,6 +25,21 @@ impl CorrelationLayer {
     }
 }
 
+impl CorrelationLayer {
+    /// Clean `req`'s correlation id, or give it one (when so configured).
+    pub fn apply(&self, req: &mut Request) {
+        apply(self.generate, req);
+    }
+}
+
+fn apply(generate: bool, req: &mut Request) {
+    req.correlation_id = match req.correlation_id.as_deref().and_then(clean_correlation_id) {
+        Some(id) => Some(id),
+        None if generate => Some(new_correlation_id()),
+        None => None,
+    };
+}
+
 impl Default for CorrelationLayer {
     fn default() -> Self {
         CorrelationLayer::new(&CorrelationConfig::default())
@@ -71,11 +86,7 @@ impl<S: Service<Request>> Service<Request> for Correlation<S> {
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        req.correlation_id = match req.correlation_id.as_deref().and_then(clean_correlation_id) {
-            Some(id) => Some(id),
-            None if self.generate => Some(new_correlation_id()),
-            None => None,
-        };
+        apply(self.generate, &mut req);
         self.inner.call(req)
     }
 }

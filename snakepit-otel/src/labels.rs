@@ -20,7 +20,7 @@ use std::sync::{Arc, RwLock};
 
 use opentelemetry::StringValue;
 use snakepit_core::sync::{read, write};
-use snakepit_core::{Error, Pool};
+use snakepit_core::Pool;
 
 /// Longest label value kept (callers choose command names).
 pub const MAX_LABEL_LEN: usize = 100;
@@ -30,6 +30,44 @@ pub const UNKNOWN_LABEL: &str = "__unknown__";
 pub const OVERFLOW_LABEL: &str = "__other__";
 /// Pools learned from outcomes alone (no pool registered): at most this many.
 const MAX_UNREGISTERED_POOLS: usize = 64;
+
+/// The pool name of requests that name none, shared by every layer [`Telemetry`]
+/// hands out, so it can be learned after the layers were made (from the pools
+/// [`Telemetry::watch`] is given).
+///
+/// [`Telemetry`]: crate::Telemetry
+/// [`Telemetry::watch`]: crate::Telemetry::watch
+#[derive(Debug, Clone)]
+pub struct DefaultPool(Arc<RwLock<Arc<str>>>);
+
+impl DefaultPool {
+    pub fn new(name: &str) -> Self {
+        DefaultPool(Arc::new(RwLock::new(Arc::from(name))))
+    }
+
+    /// The current name.
+    pub fn get(&self) -> Arc<str> {
+        read(&self.0).clone()
+    }
+
+    /// The name `req` is labelled with: its own pool, else the default.
+    pub(crate) fn of(&self, req: &snakepit_core::Request) -> Arc<str> {
+        match &req.pool {
+            Some(p) => Arc::from(p.as_str()),
+            None => self.get(),
+        }
+    }
+
+    pub fn set(&self, name: &str) {
+        *write(&self.0) = Arc::from(name);
+    }
+}
+
+impl Default for DefaultPool {
+    fn default() -> Self {
+        DefaultPool::new("default")
+    }
+}
 
 /// Caps the distinct values of a label; values are cut to [`MAX_LABEL_LEN`] characters.
 #[derive(Debug)]
@@ -88,16 +126,6 @@ pub enum Evidence {
     Unknown,
     /// Nothing either way (queue full, shutting down, a timeout before an answer...).
     Unclear,
-}
-
-impl Evidence {
-    pub fn of<T>(result: &Result<T, Error>) -> Evidence {
-        match result {
-            Ok(_) | Err(Error::Python(_)) => Evidence::Ran,
-            Err(Error::UnknownCommand { .. } | Error::UnknownPool { .. }) => Evidence::Unknown,
-            Err(_) => Evidence::Unclear,
-        }
-    }
 }
 
 struct PoolLabels {

@@ -17,15 +17,16 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use opentelemetry::metrics::{Counter, Histogram, Meter};
-use opentelemetry::trace::{SpanContext, TraceContextExt};
+use opentelemetry::trace::SpanContext;
 use opentelemetry::{KeyValue, StringValue};
-use snakepit_core::{Error, Pool, Request, Served};
+use snakepit_core::{Pool, Request, Served};
 use tower::{Layer, Service};
 
-use crate::labels::{Evidence, RequestLabels};
+use crate::classify::{evidence_of, ClassifyError};
+use crate::labels::{DefaultPool, Evidence, RequestLabels};
 pub use crate::openmetrics::REQUEST_BUCKETS;
 use crate::openmetrics::{Exemplar, ExemplarStore};
-use crate::trace::Outcome;
+use crate::outcome::Outcome;
 
 pub use crate::labels::{LabelCap, MAX_LABEL_LEN, OVERFLOW_LABEL, UNKNOWN_LABEL};
 
@@ -97,17 +98,6 @@ impl RequestInstruments {
         self.labels.register(pools);
     }
 
-    /// The current (request) span, when exemplars are kept and it is sampled: the trace
-    /// layer makes it the current OpenTelemetry context while the request runs.
-    fn exemplar_context(&self) -> Option<SpanContext> {
-        self.exemplars.as_ref()?;
-        opentelemetry::Context::map_current(|cx| {
-            let span = cx.span();
-            let sc = span.span_context();
-            (sc.is_valid() && sc.is_sampled()).then(|| sc.clone())
-        })
-    }
-
     /// Remember `context` as the exemplar of `elapsed`'s bucket if that bucket has no
     /// fresh exemplar.
     fn capture_exemplar(
@@ -115,13 +105,11 @@ impl RequestInstruments {
         pool: &StringValue,
         command: &StringValue,
         elapsed: f64,
-        context: impl FnOnce() -> Option<SpanContext>,
+        context: Option<SpanContext>,
     ) {
         let Some(store) = &self.exemplars else { return };
-        if !store.wants(pool.as_str(), command.as_str(), elapsed) {
-            return;
-        }
-        if let Some(sc) = context() {
+        let Some(sc) = context else { return };
+        if store.wants(pool.as_str(), command.as_str(), elapsed) {
             store.record(
                 pool.as_str(),
                 command.as_str(),
@@ -135,7 +123,7 @@ impl RequestInstruments {
         }
     }
 
-    fn record(&self, done: Finished<'_>, context: impl FnOnce() -> Option<SpanContext>) {
+    fn record(&self, done: Finished<'_>, context: Option<SpanContext>) {
         let (pool, command) = self.labels.get(done.pool, done.command, done.evidence);
         self.capture_exemplar(&pool, &command, done.elapsed, context);
         let pool_kv = KeyValue::new("pool_name", pool);
@@ -164,7 +152,7 @@ impl RequestInstruments {
 #[derive(Clone)]
 pub struct MetricsLayer {
     instruments: Option<Arc<RequestInstruments>>,
-    default_pool: Arc<str>,
+    default_pool: DefaultPool,
 }
 
 impl std::fmt::Debug for MetricsLayer {
@@ -176,18 +164,24 @@ impl std::fmt::Debug for MetricsLayer {
 }
 
 impl MetricsLayer {
-    pub fn new(instruments: Arc<RequestInstruments>, default_pool: impl Into<String>) -> Self {
+    /// Record into `instruments`; requests that name no pool count for `default_pool`.
+    pub fn new(instruments: Arc<RequestInstruments>, default_pool: DefaultPool) -> Self {
         MetricsLayer {
             instruments: Some(instruments),
-            default_pool: Arc::from(default_pool.into().as_str()),
+            default_pool,
         }
     }
 
+    /// A pass-through layer (metrics off).
     pub fn disabled() -> Self {
         MetricsLayer {
             instruments: None,
-            default_pool: Arc::from("default"),
+            default_pool: DefaultPool::default(),
         }
+    }
+
+    pub(crate) fn instruments(&self) -> Option<&Arc<RequestInstruments>> {
+        self.instruments.as_ref()
     }
 }
 
@@ -196,130 +190,143 @@ impl<S> Layer<S> for MetricsLayer {
     fn layer(&self, inner: S) -> Metrics<S> {
         Metrics {
             inner,
-            instruments: self.instruments.clone(),
-            default_pool: self.default_pool.clone(),
+            layer: self.clone(),
         }
     }
 }
 
+/// The service [`MetricsLayer`] makes.
 #[derive(Clone)]
 pub struct Metrics<S> {
     inner: S,
-    instruments: Option<Arc<RequestInstruments>>,
-    default_pool: Arc<str>,
+    layer: MetricsLayer,
 }
 
-/// A request on its way, recorded as `cancelled` if its future is dropped before the
-/// answer (the layer takes it back out when the answer comes).
+/// A request on its way, recorded as `cancelled` if dropped before
+/// [`Measured::finish`] (the answer, or for a stream, its end).
+pub(crate) struct Measured(Option<Pending>);
+
 struct Pending {
     instruments: Arc<RequestInstruments>,
     pool: Arc<str>,
     command: String,
     started: Instant,
+    /// The sampled span this request belongs to, for an exemplar.
+    exemplar: Option<SpanContext>,
 }
 
-struct CancelGuard(Option<Pending>);
+impl RequestInstruments {
+    /// Start measuring `req`, counted for `pool`. Call after the trace layer put the
+    /// request's span into its metadata: that span is the exemplar.
+    pub(crate) fn begin(self: &Arc<Self>, pool: Arc<str>, req: &Request) -> Measured {
+        let exemplar = self
+            .exemplars
+            .as_ref()
+            .and_then(|_| sampled_parent(&req.metadata));
+        Measured(Some(Pending {
+            instruments: self.clone(),
+            pool,
+            command: req.command.clone(),
+            started: Instant::now(),
+            exemplar,
+        }))
+    }
+}
 
-impl Drop for CancelGuard {
-    fn drop(&mut self) {
-        if let Some(Pending {
+/// The sampled span in `metadata`'s `traceparent`, the request span when the trace
+/// layer runs outside this one (else the caller's; the trace is the same).
+fn sampled_parent(metadata: &[(String, String)]) -> Option<SpanContext> {
+    let (_, value) = metadata.iter().find(|(k, _)| k == "traceparent")?;
+    crate::request_spans::parse_traceparent(value).filter(|sc| sc.is_valid() && sc.is_sampled())
+}
+
+impl Measured {
+    /// Record `result` (a stream's outcome when it ends).
+    pub(crate) fn finish<T: Outcome, E: ClassifyError>(mut self, result: &mut Result<T, E>) {
+        let Some(Pending {
             instruments,
             pool,
             command,
             started,
+            exemplar,
         }) = self.0.take()
-        {
+        else {
+            return;
+        };
+        let evidence = evidence_of(result);
+        if let Some(stream) = result.as_mut().ok().and_then(Outcome::as_stream) {
+            stream.on_end(move |end| {
+                let done = Finished {
+                    pool: &pool,
+                    command: &command,
+                    evidence,
+                    status: end.outcome.status(),
+                    elapsed: started.elapsed().as_secs_f64(),
+                    served: end.served,
+                    first_chunk: end
+                        .first_chunk_at
+                        .map(|at| at.saturating_duration_since(started).as_secs_f64()),
+                };
+                instruments.record(done, exemplar);
+            });
+            return;
+        }
+        let done = Finished {
+            pool: &pool,
+            command: &command,
+            evidence,
+            status: if result.is_ok() { "success" } else { "error" },
+            elapsed: started.elapsed().as_secs_f64(),
+            served: result.as_ref().ok().and_then(Outcome::served),
+            first_chunk: None,
+        };
+        instruments.record(done, exemplar);
+    }
+}
+
+impl Drop for Measured {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
             let done = Finished {
-                pool: &pool,
-                command: &command,
+                pool: &p.pool,
+                command: &p.command,
                 evidence: Evidence::Unclear,
                 status: "cancelled",
-                elapsed: started.elapsed().as_secs_f64(),
+                elapsed: p.started.elapsed().as_secs_f64(),
                 served: None,
                 first_chunk: None,
             };
-            instruments.record(done, || None);
+            p.instruments.record(done, None);
         }
     }
 }
 
 impl<S> Service<Request> for Metrics<S>
 where
-    S: Service<Request, Error = Error>,
+    S: Service<Request>,
+    S::Error: ClassifyError + Send + 'static,
     S::Response: Outcome + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, Error>> + Send>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let Some(instruments) = self.instruments.clone() else {
+        let Some(instruments) = &self.layer.instruments else {
             return Box::pin(self.inner.call(req));
         };
-        let pool: Arc<str> = match &req.pool {
-            Some(p) => Arc::from(p.as_str()),
-            None => self.default_pool.clone(),
-        };
-        let command = req.command.clone();
-        let started = Instant::now();
+        let measured = instruments.begin(self.layer.default_pool.of(&req), &req);
         let fut = self.inner.call(req);
         Box::pin(async move {
             // Dropped before an answer (the caller went away): counted as cancelled.
-            let mut guard = CancelGuard(Some(Pending {
-                instruments,
-                pool,
-                command,
-                started,
-            }));
+            let measured = measured;
             let mut result = fut.await;
-            let Some(Pending {
-                instruments,
-                pool,
-                command,
-                started,
-            }) = guard.0.take()
-            else {
-                return result;
-            };
-            let evidence = Evidence::of(&result);
-            let stream = match &mut result {
-                Ok(resp) => resp.as_stream(),
-                Err(_) => None,
-            };
-            if let Some(stream) = stream {
-                // Inside the request span now; the stream ends outside it.
-                let context = instruments.exemplar_context();
-                stream.on_end(move |end| {
-                    let done = Finished {
-                        pool: &pool,
-                        command: &command,
-                        evidence,
-                        status: end.outcome.status(),
-                        elapsed: started.elapsed().as_secs_f64(),
-                        served: end.served,
-                        first_chunk: end
-                            .first_chunk_at
-                            .map(|at| at.saturating_duration_since(started).as_secs_f64()),
-                    };
-                    instruments.record(done, || context);
-                });
-                return result;
-            }
-            let done = Finished {
-                pool: &pool,
-                command: &command,
-                evidence,
-                status: if result.is_ok() { "success" } else { "error" },
-                elapsed: started.elapsed().as_secs_f64(),
-                served: result.as_ref().ok().and_then(Outcome::served),
-                first_chunk: None,
-            };
-            instruments.record(done, || instruments.exemplar_context());
+            measured.finish(&mut result);
             result
         })
     }

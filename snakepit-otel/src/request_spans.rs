@@ -70,7 +70,7 @@ fn parent_of(metadata: &[(String, String)]) -> Option<SpanContext> {
 }
 
 /// A W3C `traceparent` (`00-<trace id>-<span id>-<flags>`), if well formed.
-fn parse_traceparent(value: &str) -> Option<SpanContext> {
+pub(crate) fn parse_traceparent(value: &str) -> Option<SpanContext> {
     let mut parts = value.trim().split('-');
     let (version, trace, span, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
