@@ -38,7 +38,7 @@ fn config(endpoint: String, protocol: OtlpProtocol) -> TelemetryConfig {
 
 async fn setup(cfg: TelemetryConfig, pool_size: usize) -> Setup {
     let logs = Captured::default();
-    let mut telemetry = match Telemetry::build_with_log_writer(cfg, Box::new(logs.clone())) {
+    let telemetry = match Telemetry::build_with_log_writer(cfg, Box::new(logs.clone())) {
         Ok(t) => t,
         Err(e) => panic!("telemetry: {e}"),
     };

@@ -14,7 +14,7 @@ use tower::{ServiceBuilder, ServiceExt};
 async fn pool_with_metrics() -> (std::sync::Arc<Telemetry>, Pool) {
     let mut cfg = TelemetryConfig::default();
     cfg.logs.format = LogFormat::Off;
-    let mut telemetry = Telemetry::build(cfg).expect("telemetry");
+    let telemetry = Telemetry::build(cfg).expect("telemetry");
     let events = EventBus::default();
     telemetry.attach(&events).expect("attach");
     let pool = Pool::start(pool_config(), events.clone())
@@ -155,7 +155,7 @@ async fn exemplars_link_latency_buckets_to_traces_in_a_real_prometheus() {
     // listens on port 9: the export thread drops and counts; no exemplar needs it).
     cfg.traces.otlp = Some(true);
     cfg.otlp.endpoint = Some("http://127.0.0.1:9".into());
-    let mut telemetry = Telemetry::build(cfg).expect("telemetry");
+    let telemetry = Telemetry::build(cfg).expect("telemetry");
     let dispatch = telemetry.subscriber().expect("subscriber");
     let _guard = set_test_default(&dispatch);
     let pool = Pool::start(pool_config(), EventBus::default())

@@ -69,7 +69,7 @@ async fn a_real_statsd_daemon_receives_counters_and_timers() {
         prefix: "snakepit".into(),
         flush_interval_ms: 200,
     });
-    let mut telemetry = Telemetry::build(cfg).expect("telemetry");
+    let telemetry = Telemetry::build(cfg).expect("telemetry");
     let events = EventBus::default();
     telemetry.attach(&events).expect("attach");
     let pool = Pool::start(pool_config(), events.clone())

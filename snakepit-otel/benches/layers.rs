@@ -69,7 +69,7 @@ fn config(name: &str) -> TelemetryConfig {
 
 /// Nanoseconds of wall and CPU time per call over `calls` calls.
 async fn measure(name: &str, calls: u64) -> (f64, f64) {
-    let mut telemetry = Telemetry::build_with_log_writer(config(name), Box::new(std::io::sink()))
+    let telemetry = Telemetry::build_with_log_writer(config(name), Box::new(std::io::sink()))
         .unwrap_or_else(|e| panic!("telemetry {name}: {e}"));
     let dispatch = telemetry.subscriber();
     let _guard = dispatch.as_ref().map(tracing::dispatcher::set_default);

@@ -145,7 +145,7 @@ where
         c.otlp.endpoint = Some(format!("http://127.0.0.1:{port}"));
         let sink: Box<dyn std::io::Write + Send> =
             Box::new(std::fs::OpenOptions::new().write(true).open("/dev/null")?);
-        let mut t = Telemetry::build_with_log_writer(c, sink)?;
+        let t = Telemetry::build_with_log_writer(c, sink)?;
         t.watch_pools(std::slice::from_ref(pool));
         let dispatch = t.subscriber().ok_or("no subscriber")?;
         let svc = ServiceBuilder::new()
@@ -267,7 +267,7 @@ async fn run() -> Result<(), BoxError> {
     let sink: Box<dyn std::io::Write + Send> =
         Box::new(std::fs::OpenOptions::new().write(true).open("/dev/null")?);
     let down_cfg = cfg.clone();
-    let mut telemetry = Telemetry::build_with_log_writer(cfg, sink)?;
+    let telemetry = Telemetry::build_with_log_writer(cfg, sink)?;
     telemetry.watch_pools(std::slice::from_ref(&pool));
     let dispatch = telemetry.subscriber().ok_or("no subscriber")?;
     let on = ServiceBuilder::new()

@@ -1,5 +1,6 @@
 //! Unit tests of `Telemetry` (the real receivers are exercised in tests/).
 use super::*;
+use crate::config::LogFormat;
 use snakepit_core::{Request, Response, Served};
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -33,7 +34,7 @@ fn capture() -> (
 
 #[tokio::test]
 async fn disabled_installs_nothing_and_layers_pass_through() {
-    let mut t = Telemetry::build(TelemetryConfig {
+    let t = Telemetry::build(TelemetryConfig {
         enabled: false,
         ..TelemetryConfig::default()
     })
@@ -56,7 +57,7 @@ async fn disabled_installs_nothing_and_layers_pass_through() {
 
 /// One request through the layers of `cfg`; what reached the inner service.
 async fn one_request(cfg: TelemetryConfig) -> (Request, Telemetry) {
-    let mut t = Telemetry::build(cfg).unwrap();
+    let t = Telemetry::build(cfg).unwrap();
     let dispatch = t.subscriber().unwrap();
     let _guard = tracing::dispatcher::set_default(&dispatch);
     let (seen, inner) = capture();

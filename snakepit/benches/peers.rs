@@ -252,7 +252,7 @@ async fn run() -> Result<(), BoxError> {
     cfg.logs.format = LogFormat::Json;
     let sink: Box<dyn std::io::Write + Send> =
         Box::new(std::fs::OpenOptions::new().write(true).open("/dev/null")?);
-    let mut telemetry = Telemetry::build_with_log_writer(cfg, sink)?.with_default_pool("pipe");
+    let telemetry = Telemetry::build_with_log_writer(cfg, sink)?.with_default_pool("pipe");
     if let Some(dispatch) = telemetry.subscriber() {
         tracing::dispatcher::set_global_default(dispatch)?;
     }
