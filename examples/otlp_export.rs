@@ -24,16 +24,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     cfg.logs.otlp = Some(true);
     cfg.logs.format = LogFormat::Off;
     cfg.service_name = "snakepit-example".into();
-    let mut telemetry = Telemetry::init(cfg)?; // OTEL_* variables apply
+    let telemetry = Telemetry::init(cfg)?; // OTEL_* variables apply
     let events = EventBus::default();
     telemetry.attach(&events)?;
     let mut pool_cfg = PoolConfig::default();
     pool_cfg.python.env.extend(telemetry.worker_env());
     let pools = Pools::start(vec![pool_cfg], events).await?;
+    telemetry.watch(&pools); // pool gauges and the default `pool_name` label
+                             // Correlation id, request span (joined by the worker's) and metrics, in one layer.
     let svc = ServiceBuilder::new()
-        .layer(telemetry.correlation_layer())
-        .layer(telemetry.trace_layer())
-        .layer(telemetry.metrics_layer())
+        .layer(telemetry.layer())
         .service(pools.clone());
 
     for i in 0..10 {

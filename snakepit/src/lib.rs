@@ -15,10 +15,12 @@
 //! traffic; on SIGTERM the reverse (see [`serve`]).
 
 pub mod api;
+pub mod app;
 pub mod commands;
 pub mod config;
 pub mod serve;
 
+pub use app::{Snakepit, SnakepitBuilder, Starting};
 pub use snakepit_core::*;
 
 /// Observability: `snakepit-otel`.
