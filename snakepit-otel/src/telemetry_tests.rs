@@ -151,3 +151,59 @@ fn worker_env_says_whether_workers_time_requests_for_worker_spans() {
         Some("0")
     );
 }
+
+/// A `Write` whose bytes the test reads back.
+#[derive(Clone, Default)]
+struct SharedBuf(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The application's own layer: counts the events it sees.
+struct Counting(Arc<std::sync::atomic::AtomicUsize>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Counting {
+    fn on_event(&self, _: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[tokio::test]
+async fn tracing_layer_joins_the_applications_own_subscriber() {
+    use tracing_subscriber::prelude::*;
+    let mut cfg = TelemetryConfig::default();
+    cfg.metrics.prometheus = false;
+    // The shipped filter, spelled out: the assertions below count what passes it
+    // (a RUST_LOG set by whoever runs the tests would win over it).
+    cfg.logs.filter = "info".into();
+    let buf = SharedBuf::default();
+    let telemetry = Telemetry::build_with_log_writer(cfg, Box::new(buf.clone())).unwrap();
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let subscriber = tracing_subscriber::registry()
+        .with(Counting(seen.clone()))
+        .with(telemetry.tracing_layer());
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::info!(model = "m1", "loaded");
+        // Below Snakepit's filter: the application's layer still sees it.
+        tracing::debug!("detail");
+    });
+    assert_eq!(seen.load(Ordering::Relaxed), 2);
+    // Two clones: shutting down from one flushes the line writer; the other is a no-op.
+    let other = telemetry.clone();
+    other.shutdown(Duration::from_secs(2));
+    telemetry.shutdown(Duration::from_secs(2));
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let line: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(line["message"], "loaded");
+    assert_eq!(line["model"], "m1");
+    assert_eq!(line["level"], "INFO");
+}
