@@ -1,5 +1,5 @@
-//! Generates the worker gRPC client from `proto/` with `protox` (pure Rust), so
-//! building needs no system `protoc`. The manifest directory is read when the script
+//! Generates the worker contract's messages from `proto/` with `protox` (pure Rust), so
+//! building needs no system `protoc`; the tonic client too with the `grpc` feature. The manifest directory is read when the script
 //! runs, not baked in when it is compiled: checkouts sharing one `CARGO_TARGET_DIR`
 //! may reuse each other's compiled build script.
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile([&proto_file], [&proto_root])?;
     tonic_prost_build::configure()
         .build_server(false)
-        .build_client(true)
+        .build_client(std::env::var_os("CARGO_FEATURE_GRPC").is_some())
         .bytes(".")
         .compile_fds(fds)?;
     Ok(())

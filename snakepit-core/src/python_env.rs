@@ -1,6 +1,7 @@
 //! Finding or creating the Python environment workers run in.
 //!
-//! Order: `python.interpreter` from config, else `SNAKEPIT_PYTHON`, else a virtual
+//! Order: `python.interpreter` from config, else `SNAKEPIT_PYTHON`, else (with the
+//! `bootstrap` feature; an error naming the two settings without it) a virtual
 //! environment bootstrapped on first use (`python3 -m venv` + `pip install` of
 //! `snakepit_bridge` with its OpenTelemetry extra), reused afterwards. The bridge comes
 //! from the source checkout this binary was built in, else from the copy compiled into
@@ -9,9 +10,13 @@
 //! (parallel tests) do not race, and records a stamp so a changed bridge package is
 //! re-installed.
 
-use std::fs::{self, File};
+use std::fs;
+#[cfg(feature = "bootstrap")]
+use std::fs::File;
+#[cfg(feature = "bootstrap")]
 use std::io::Write;
 use std::path::{Path, PathBuf};
+#[cfg(feature = "bootstrap")]
 use std::process::Command;
 
 use crate::config::PythonConfig;
@@ -154,6 +159,12 @@ pub fn resolve_interpreter(cfg: &PythonConfig) -> Result<PathBuf, StartError> {
     if let Some(p) = std::env::var_os("SNAKEPIT_PYTHON") {
         return check_interpreter(Path::new(&p), "SNAKEPIT_PYTHON");
     }
+    bootstrap_default()
+}
+
+/// No interpreter named: create (or reuse) the default venv with the bridge installed.
+#[cfg(feature = "bootstrap")]
+fn bootstrap_default() -> Result<PathBuf, StartError> {
     // SNAKEPIT_BRIDGE_SOURCE: a directory with the bridge's pyproject.toml, or
     // "embedded" for the copy compiled into this binary.
     let src = match std::env::var("SNAKEPIT_BRIDGE_SOURCE").ok().as_deref() {
@@ -167,6 +178,18 @@ pub fn resolve_interpreter(cfg: &PythonConfig) -> Result<PathBuf, StartError> {
     ensure_venv(&default_venv_dir(), &src, &["otel"])
 }
 
+/// Without the `bootstrap` feature a library never runs pip on its own.
+#[cfg(not(feature = "bootstrap"))]
+fn bootstrap_default() -> Result<PathBuf, StartError> {
+    Err(StartError::Environment(
+        "no Python for the workers: set python.interpreter (or SNAKEPIT_PYTHON) to a Python \
+         3.9+ with snakepit_bridge installed (`pip install` the directory \
+         python_env::extract_embedded_bridge writes), or enable the `bootstrap` feature to \
+         create a virtual environment on first use"
+            .into(),
+    ))
+}
+
 fn check_interpreter(path: &Path, source: &str) -> Result<PathBuf, StartError> {
     if path.is_file() || path.components().count() == 1 {
         Ok(path.to_path_buf())
@@ -178,10 +201,12 @@ fn check_interpreter(path: &Path, source: &str) -> Result<PathBuf, StartError> {
     }
 }
 
+#[cfg(feature = "bootstrap")]
 fn venv_python(venv: &Path) -> PathBuf {
     venv.join("bin").join("python")
 }
 
+#[cfg(feature = "bootstrap")]
 /// What an environment was made from: the bridge sources, their pyproject.toml, and
 /// the extras installed. A different source or pyproject means re-install; missing
 /// extras are added to the installed ones.
@@ -191,6 +216,7 @@ struct Stamp {
     extras: std::collections::BTreeSet<String>,
 }
 
+#[cfg(feature = "bootstrap")]
 impl Stamp {
     fn wanted(bridge_src: &Path, extras: &[&str]) -> Stamp {
         let pyproject = fs::read_to_string(bridge_src.join("pyproject.toml")).unwrap_or_default();
@@ -234,6 +260,7 @@ impl Stamp {
     }
 }
 
+#[cfg(feature = "bootstrap")]
 /// Create (or reuse) a venv at `venv` with `snakepit_bridge[extras]` installed from
 /// `bridge_src` in editable mode. Returns the venv's python.
 pub fn ensure_venv(venv: &Path, bridge_src: &Path, extras: &[&str]) -> Result<PathBuf, StartError> {
@@ -311,6 +338,7 @@ pub fn ensure_venv(venv: &Path, bridge_src: &Path, extras: &[&str]) -> Result<Pa
     Ok(python)
 }
 
+#[cfg(feature = "bootstrap")]
 fn run(cmd: &mut Command, what: &str) -> Result<(), StartError> {
     // pip's own output goes to our stderr (stdout stays the program's): it is the
     // visible progress.
@@ -335,7 +363,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), StartError> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "bootstrap"))]
 mod tests {
     use super::*;
 

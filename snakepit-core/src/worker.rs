@@ -15,6 +15,7 @@ use crate::config::{PoolConfig, TransportKind};
 use crate::error::StartError;
 use crate::process::{SpawnSpec, WorkerProcess};
 use crate::stats::{WorkerState, WorkerStats};
+#[cfg(feature = "grpc")]
 use crate::transport::grpc::GrpcTransport;
 use crate::transport::pipe::{self, PipeTransport};
 use crate::transport::WorkerTransport;
@@ -88,6 +89,7 @@ pub(crate) struct Worker {
 
 /// How the pool reaches a worker it is starting.
 enum Channel {
+    #[cfg(feature = "grpc")]
     Socket(PathBuf),
     Pipes(pipe::PipeEnds),
 }
@@ -101,12 +103,18 @@ impl Worker {
         let started = Instant::now();
         let mut spec = spawn_spec(&id, cfg, launch);
         let channel = match cfg.transport {
+            #[cfg(feature = "grpc")]
             TransportKind::Grpc => {
                 let socket = launch.run_dir.join(format!("{}.sock", id));
                 let _ = std::fs::remove_file(&socket);
                 spec.args.push("--socket".into());
                 spec.args.push(socket.as_os_str().to_owned());
                 Channel::Socket(socket)
+            }
+            // PoolConfig::validate refuses it first; this keeps a hand-built config honest.
+            #[cfg(not(feature = "grpc"))]
+            TransportKind::Grpc => {
+                return Err(StartError::Config(crate::config::grpc_not_built(&cfg.name)))
             }
             TransportKind::Pipe => {
                 let (ours, theirs) = pipe::pipes()
@@ -128,6 +136,7 @@ impl Worker {
             message,
         };
         let (transport, socket): (Arc<dyn WorkerTransport>, _) = match channel {
+            #[cfg(feature = "grpc")]
             Channel::Socket(socket) => {
                 let transport =
                     GrpcTransport::connect(&socket, cfg.max_response_bytes, handshake_timeout)

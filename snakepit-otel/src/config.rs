@@ -158,7 +158,8 @@ pub struct MetricsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
-            prometheus: true,
+            // On when built in (the `prometheus` feature).
+            prometheus: cfg!(feature = "prometheus"),
             otlp: None,
             export_interval_ms: 10_000,
             max_command_labels: 100,
@@ -497,6 +498,7 @@ impl TelemetryConfig {
                 "a lower-case header name (letters, digits, '-')",
             ));
         }
+        self.check_built()?;
         if let Some(statsd) = &self.statsd {
             if statsd.address.parse::<std::net::SocketAddr>().is_err() {
                 return Err(ConfigError::new(
@@ -508,6 +510,65 @@ impl TelemetryConfig {
         }
         Ok(())
     }
+}
+
+impl TelemetryConfig {
+    /// Refuses what this build cannot do (a cargo feature left out), naming the feature.
+    fn check_built(&self) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        for (signal, on) in [
+            ("traces", self.traces.exported()),
+            ("metrics", self.metrics.exported()),
+            ("logs", self.logs.exported()),
+        ] {
+            if on && !protocol_built(self.otlp.protocol) {
+                return Err(ConfigError::new(
+                    format!("telemetry.{signal}.otlp"),
+                    "true",
+                    format!("false here: {}", protocol_not_built(self.otlp.protocol)),
+                ));
+            }
+        }
+        if self.metrics.prometheus && !cfg!(feature = "prometheus") {
+            return Err(ConfigError::new(
+                "telemetry.metrics.prometheus",
+                "true",
+                "false here: this build has no Prometheus exposition; enable the `prometheus` \
+                 feature of snakepit-otel (or snakepit)",
+            ));
+        }
+        if self.statsd.is_some() && !cfg!(feature = "statsd") {
+            return Err(ConfigError::new(
+                "telemetry.statsd",
+                "a StatsD section",
+                "none here: this build has no StatsD sink; enable the `statsd` feature of \
+                 snakepit-otel (or snakepit)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether this build can send OTLP over `protocol`.
+pub(crate) fn protocol_built(protocol: OtlpProtocol) -> bool {
+    match protocol {
+        OtlpProtocol::Grpc => cfg!(feature = "otlp-grpc"),
+        OtlpProtocol::HttpProtobuf => cfg!(feature = "otlp-http"),
+    }
+}
+
+/// What to do when OTLP over `protocol` is asked for but not built in.
+pub(crate) fn protocol_not_built(protocol: OtlpProtocol) -> String {
+    let (name, feature) = match protocol {
+        OtlpProtocol::Grpc => ("grpc", "otlp-grpc"),
+        OtlpProtocol::HttpProtobuf => ("http/protobuf", "otlp-http"),
+    };
+    format!(
+        "this build has no OTLP over {name}; enable the `{feature}` feature of snakepit-otel \
+         (or snakepit), or choose the other telemetry.otlp.protocol"
+    )
 }
 
 /// The exporters `OTEL_{SIGNAL}_EXPORTER` (`key`, = `value`) names, if it is set.
@@ -550,105 +611,5 @@ fn decide(configured: Option<bool>, exporters: Option<&[String]>, endpoint: bool
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn resolved(cfg: TelemetryConfig, vars: &[(&str, &str)]) -> TelemetryConfig {
-        let mut cfg = cfg;
-        let map: std::collections::HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        cfg.apply_vars(|k| map.get(k).cloned()).unwrap();
-        cfg
-    }
-
-    fn exported(cfg: &TelemetryConfig) -> (bool, bool, bool) {
-        (
-            cfg.traces.exported(),
-            cfg.metrics.exported(),
-            cfg.logs.exported(),
-        )
-    }
-
-    #[test]
-    fn an_otlp_endpoint_alone_turns_export_on_as_the_sdks_do() {
-        let defaults = TelemetryConfig::default();
-        assert_eq!(
-            exported(&resolved(defaults.clone(), &[])),
-            (false, false, false)
-        );
-        let cfg = resolved(
-            defaults.clone(),
-            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")],
-        );
-        assert_eq!(exported(&cfg), (true, true, true));
-        assert!(
-            cfg.traces.worker_spans_on(),
-            "worker spans come with exported traces"
-        );
-        // A signal's own endpoint turns on that signal only.
-        let cfg = resolved(
-            defaults.clone(),
-            &[(
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                "http://collector:4318/v1/traces",
-            )],
-        );
-        assert_eq!(exported(&cfg), (true, false, false));
-        assert_eq!(
-            cfg.otlp.signal_endpoint("traces"),
-            "http://collector:4318/v1/traces"
-        );
-        // So does OTEL_{SIGNAL}_EXPORTER=otlp.
-        let cfg = resolved(defaults.clone(), &[("OTEL_LOGS_EXPORTER", "otlp")]);
-        assert_eq!(exported(&cfg), (false, false, true));
-    }
-
-    #[test]
-    fn the_configuration_wins_and_none_turns_a_signal_off() {
-        let mut cfg = TelemetryConfig::default();
-        cfg.metrics.otlp = Some(false);
-        cfg.logs.otlp = Some(true);
-        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317");
-        let got = resolved(cfg.clone(), &[endpoint]);
-        assert_eq!(
-            exported(&got),
-            (true, false, true),
-            "an explicit false stays off"
-        );
-        let got = resolved(cfg.clone(), &[endpoint, ("OTEL_LOGS_EXPORTER", "none")]);
-        assert_eq!(
-            exported(&got),
-            (true, false, false),
-            "none beats the configuration"
-        );
-        let got = resolved(
-            TelemetryConfig::default(),
-            &[endpoint, ("OTEL_METRICS_EXPORTER", "prometheus")],
-        );
-        assert_eq!(exported(&got), (true, false, true));
-        assert!(got.metrics.prometheus);
-        let mut spans_off = TelemetryConfig::default();
-        spans_off.traces.worker_spans = Some(false);
-        assert!(!resolved(spans_off, &[endpoint]).traces.worker_spans_on());
-        let mut bad = TelemetryConfig::default();
-        assert!(bad
-            .apply_vars(|k| (k == "OTEL_TRACES_EXPORTER").then(|| "jaeger".to_string()))
-            .is_err());
-    }
-
-    #[test]
-    fn signal_endpoints_for_each_protocol() {
-        let mut otlp = OtlpConfig {
-            endpoint: Some("http://c:4318".into()),
-            protocol: OtlpProtocol::HttpProtobuf,
-            ..OtlpConfig::default()
-        };
-        assert_eq!(otlp.signal_endpoint("metrics"), "http://c:4318/v1/metrics");
-        otlp.logs_endpoint = Some("http://l:9/custom".into());
-        assert_eq!(otlp.signal_endpoint("logs"), "http://l:9/custom");
-        otlp.protocol = OtlpProtocol::Grpc;
-        assert_eq!(otlp.signal_endpoint("traces"), "http://c:4318");
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use opentelemetry::InstrumentationScope;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::logs::{LogBatch, LogExporter, LogProcessor, SdkLogRecord};
+#[cfg(feature = "otlp")]
+use opentelemetry_sdk::logs::{LogBatch, LogExporter};
+use opentelemetry_sdk::logs::{LogProcessor, SdkLogRecord};
 use snakepit_core::sync;
 
 /// What happened to the items of one signal. Read by the self-metrics.
@@ -424,8 +426,10 @@ fn drain_forever<T>(
 
 pub(crate) type LogItem = (SdkLogRecord, InstrumentationScope);
 
+#[cfg(feature = "otlp")]
 pub(crate) struct OtelLogs<E>(pub E);
 
+#[cfg(feature = "otlp")]
 impl<E: LogExporter + 'static> BatchExporter<LogItem> for OtelLogs<E> {
     type Encoded = Vec<LogItem>;
     fn encode(&self, batch: Vec<LogItem>) -> Vec<LogItem> {

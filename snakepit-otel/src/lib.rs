@@ -50,6 +50,7 @@
 pub mod classify;
 pub mod config;
 pub mod correlation;
+pub mod exemplars;
 pub mod export;
 pub mod export_metrics;
 pub mod labels;
@@ -57,6 +58,7 @@ pub mod layer;
 pub mod lifecycle;
 pub mod logs;
 pub mod metrics;
+#[cfg(feature = "prometheus")]
 pub mod openmetrics;
 mod otlp;
 mod otlp_spans;
@@ -66,6 +68,7 @@ mod request_spans;
 mod self_metrics;
 mod setup;
 mod span_encoding;
+#[cfg(feature = "statsd")]
 pub mod statsd;
 mod subscriber;
 pub mod telemetry;
@@ -73,6 +76,18 @@ pub mod trace;
 mod trace_end;
 mod traces;
 pub mod worker_spans;
+
+/// The optional cargo features this build of `snakepit-otel` has.
+pub const FEATURES: &[&str] = &[
+    #[cfg(feature = "otlp-grpc")]
+    "otlp-grpc",
+    #[cfg(feature = "otlp-http")]
+    "otlp-http",
+    #[cfg(feature = "prometheus")]
+    "prometheus",
+    #[cfg(feature = "statsd")]
+    "statsd",
+];
 
 pub use classify::ClassifyError;
 pub use config::{

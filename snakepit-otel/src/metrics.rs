@@ -23,9 +23,9 @@ use snakepit_core::{Pool, Request, Served};
 use tower::{Layer, Service};
 
 use crate::classify::{evidence_of, ClassifyError};
+pub use crate::exemplars::REQUEST_BUCKETS;
+use crate::exemplars::{Exemplar, ExemplarStore};
 use crate::labels::{DefaultPool, Evidence, RequestLabels};
-pub use crate::openmetrics::REQUEST_BUCKETS;
-use crate::openmetrics::{Exemplar, ExemplarStore};
 use crate::outcome::Outcome;
 
 pub use crate::labels::{LabelCap, MAX_LABEL_LEN, OVERFLOW_LABEL, UNKNOWN_LABEL};

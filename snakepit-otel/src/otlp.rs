@@ -17,6 +17,7 @@ pub(crate) fn export_settings(otlp: &OtlpConfig) -> ExportSettings {
     }
 }
 
+#[cfg(feature = "otlp-grpc")]
 pub(crate) fn tonic_metadata(
     headers: &std::collections::BTreeMap<String, String>,
 ) -> tonic::metadata::MetadataMap {
@@ -33,18 +34,24 @@ pub(crate) fn tonic_metadata(
 }
 
 /// Build the OTLP exporter of one signal for the configured protocol (the builders of
-/// the three signals share no trait, hence a macro).
+/// the three signals share no trait, hence a macro). `Err` names what failed, or the
+/// missing cargo feature (validation refuses that config first).
+#[cfg(feature = "otlp")]
 macro_rules! otlp_exporter {
     ($builder:expr, $otlp:expr, $signal:literal) => {{
         let otlp: &$crate::config::OtlpConfig = $otlp;
         let timeout = ::std::time::Duration::from_millis(otlp.timeout_ms);
+        #[allow(unreachable_patterns)]
         match otlp.protocol {
+            #[cfg(feature = "otlp-grpc")]
             $crate::config::OtlpProtocol::Grpc => $builder
                 .with_tonic()
                 .with_endpoint(otlp.signal_endpoint($signal))
                 .with_timeout(timeout)
                 .with_metadata($crate::otlp::tonic_metadata(&otlp.headers))
-                .build(),
+                .build()
+                .map_err(|e| e.to_string()),
+            #[cfg(feature = "otlp-http")]
             $crate::config::OtlpProtocol::HttpProtobuf => $builder
                 .with_http()
                 .with_endpoint(otlp.signal_endpoint($signal))
@@ -55,9 +62,12 @@ macro_rules! otlp_exporter {
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect::<::std::collections::HashMap<_, _>>(),
                 )
-                .build(),
+                .build()
+                .map_err(|e| e.to_string()),
+            protocol => Err($crate::config::protocol_not_built(protocol)),
         }
     }};
 }
 
+#[cfg(feature = "otlp")]
 pub(crate) use otlp_exporter;

@@ -7,28 +7,40 @@
 
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes};
+#[cfg(feature = "otlp")]
+use bytes::Bytes;
+#[cfg(feature = "otlp-grpc")]
+use bytes::{Buf, BufMut};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanProcessor};
 use opentelemetry_sdk::Resource;
 
-use crate::config::{OtlpConfig, OtlpProtocol};
+use crate::config::OtlpConfig;
+#[cfg(feature = "otlp")]
+use crate::config::OtlpProtocol;
 use crate::export::{BatchExporter, Batcher};
+#[cfg(feature = "otlp")]
+use crate::span_encoding::encode_resource;
 pub use crate::span_encoding::EncodedSpan;
-use crate::span_encoding::{encode_request, encode_resource, EncodedResource};
+use crate::span_encoding::{encode_request, EncodedResource};
 
+#[cfg(feature = "otlp-grpc")]
 const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 // --- sending -------------------------------------------------------------------------
 
 /// The gRPC body is already encoded; the answer (`ExportTraceServiceResponse`) is read
 /// and not decoded.
+#[cfg(feature = "otlp-grpc")]
 #[derive(Clone, Copy, Default)]
 struct RawCodec;
 
+#[cfg(feature = "otlp-grpc")]
 struct RawEncoder;
+#[cfg(feature = "otlp-grpc")]
 struct RawDecoder;
 
+#[cfg(feature = "otlp-grpc")]
 impl tonic::codec::Encoder for RawEncoder {
     type Item = Bytes;
     type Error = tonic::Status;
@@ -42,6 +54,7 @@ impl tonic::codec::Encoder for RawEncoder {
     }
 }
 
+#[cfg(feature = "otlp-grpc")]
 impl tonic::codec::Decoder for RawDecoder {
     type Item = ();
     type Error = tonic::Status;
@@ -55,6 +68,7 @@ impl tonic::codec::Decoder for RawDecoder {
     }
 }
 
+#[cfg(feature = "otlp-grpc")]
 impl tonic::codec::Codec for RawCodec {
     type Encode = Bytes;
     type Decode = ();
@@ -68,11 +82,15 @@ impl tonic::codec::Codec for RawCodec {
     }
 }
 
+/// Where batches go: one variant per protocol built in (none: this type is empty, and
+/// `OtlpSpans::new` refuses, as validation did before).
 enum Sink {
+    #[cfg(feature = "otlp-grpc")]
     Grpc {
         channel: tonic::transport::Channel,
         metadata: tonic::metadata::MetadataMap,
     },
+    #[cfg(feature = "otlp-http")]
     Http {
         // Boxed: the hyper client is several times the size of the gRPC variant.
         client: Box<opentelemetry_http::hyper::HyperClient>,
@@ -82,19 +100,36 @@ enum Sink {
 }
 
 /// Exports span batches to the OTLP traces endpoint of `OtlpConfig`.
+// Without gRPC the timeout lives in the HTTP client; without OTLP nothing is read.
+#[cfg_attr(not(feature = "otlp-grpc"), allow(dead_code))]
 pub(crate) struct OtlpSpans {
     resource: EncodedResource,
     sink: Sink,
     timeout: Duration,
 }
 
+/// A build without OTLP: validation refuses exported spans before this is reached.
+#[cfg(not(feature = "otlp"))]
+impl OtlpSpans {
+    pub(crate) fn new(otlp: &OtlpConfig, _resource: &Resource) -> Result<Self, String> {
+        Err(crate::config::protocol_not_built(otlp.protocol))
+    }
+
+    async fn send(&self, _body: Vec<u8>) -> Result<(), String> {
+        match self.sink {}
+    }
+}
+
+#[cfg(feature = "otlp")]
 impl OtlpSpans {
     /// Made on the export thread (its runtime drives the connection). The gRPC
     /// connection is made lazily, on the first export.
     pub(crate) fn new(otlp: &OtlpConfig, resource: &Resource) -> Result<Self, String> {
         let timeout = Duration::from_millis(otlp.timeout_ms);
         let endpoint = otlp.signal_endpoint("traces");
+        #[allow(unreachable_patterns, unreachable_code)]
         let sink = match otlp.protocol {
+            #[cfg(feature = "otlp-grpc")]
             OtlpProtocol::Grpc => {
                 let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
                     .map_err(|e| {
@@ -111,6 +146,7 @@ impl OtlpSpans {
                     metadata: crate::otlp::tonic_metadata(&otlp.headers),
                 }
             }
+            #[cfg(feature = "otlp-http")]
             OtlpProtocol::HttpProtobuf => Sink::Http {
                 client: Box::new(
                     opentelemetry_http::hyper::HyperClient::with_default_connector(timeout, None),
@@ -122,6 +158,7 @@ impl OtlpSpans {
                     .filter_map(|(k, v)| Some((k.parse().ok()?, v.parse().ok()?)))
                     .collect(),
             },
+            protocol => return Err(crate::config::protocol_not_built(protocol)),
         };
         Ok(OtlpSpans {
             resource: encode_resource(resource),
@@ -132,6 +169,7 @@ impl OtlpSpans {
 
     async fn send(&self, body: Vec<u8>) -> Result<(), String> {
         match &self.sink {
+            #[cfg(feature = "otlp-grpc")]
             Sink::Grpc { channel, metadata } => {
                 let mut grpc = tonic::client::Grpc::new(channel.clone());
                 grpc.ready()
@@ -149,6 +187,7 @@ impl OtlpSpans {
                 .map(|_| ())
                 .map_err(|s| format!("OTLP/gRPC traces export failed: {s}"))
             }
+            #[cfg(feature = "otlp-http")]
             Sink::Http {
                 client,
                 url,

@@ -4,23 +4,34 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
+#[cfg(feature = "otlp")]
 use std::time::Duration;
 
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+#[cfg(feature = "otlp")]
+use opentelemetry_otlp::WithExportConfig;
+#[cfg(feature = "otlp-http")]
+use opentelemetry_otlp::WithHttpConfig;
+#[cfg(feature = "otlp-grpc")]
+use opentelemetry_otlp::WithTonicConfig;
+#[cfg(feature = "otlp")]
 use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::Resource;
 use snakepit_core::Sanitizer;
 
 use crate::config::{LogFormat, TelemetryConfig};
-use crate::export::{Batcher, OtelLogs, QueueLogProcessor, SignalCounters};
+use crate::export::SignalCounters;
+#[cfg(feature = "otlp")]
+use crate::export::{Batcher, OtelLogs, QueueLogProcessor};
+#[cfg(feature = "otlp")]
 use crate::export_metrics::MetricPusher;
 use crate::labels::DefaultPool;
 use crate::logs::LineWriter;
 use crate::metrics::RequestInstruments;
+#[cfg(feature = "otlp")]
 use crate::otlp::{export_settings, otlp_exporter};
 use crate::telemetry::{setup, Inner, Sinks, Telemetry, TelemetryError};
 
@@ -49,6 +60,7 @@ impl Telemetry {
             meter: None,
             logger_provider: None,
             otlp_logger: None,
+            #[cfg(feature = "prometheus")]
             registry: None,
             instruments: None,
             writer: None,
@@ -79,6 +91,8 @@ impl Telemetry {
         if t.cfg.metrics.prometheus || t.cfg.metrics.exported() {
             build_metrics(&mut t, &resource)?;
         }
+        // Validation refused OTLP logs if this build cannot send them.
+        #[cfg(feature = "otlp")]
         if t.cfg.logs.exported() {
             build_otlp_logs(&mut t, resource)?;
         }
@@ -97,7 +111,9 @@ impl Telemetry {
 /// The meter provider with its readers (the Prometheus registry, the OTLP pusher), the
 /// request instruments and telemetry's own counters.
 fn build_metrics(t: &mut Inner, resource: &Resource) -> Result<(), TelemetryError> {
+    #[allow(unused_mut)] // without the exporters built in, nothing is added
     let mut meter_builder = SdkMeterProvider::builder().with_resource(resource.clone());
+    #[cfg(feature = "prometheus")]
     if t.cfg.metrics.prometheus {
         let registry = prometheus::Registry::new();
         let exporter = opentelemetry_prometheus::exporter()
@@ -108,6 +124,7 @@ fn build_metrics(t: &mut Inner, resource: &Resource) -> Result<(), TelemetryErro
         meter_builder = meter_builder.with_reader(exporter);
         t.registry = Some(registry);
     }
+    #[cfg(feature = "otlp")]
     if t.cfg.metrics.exported() {
         let otlp = t.cfg.otlp.clone();
         let (reader, pusher) = MetricPusher::start(
@@ -120,7 +137,6 @@ fn build_metrics(t: &mut Inner, resource: &Resource) -> Result<(), TelemetryErro
                     &otlp,
                     "metrics"
                 )
-                .map_err(|e| e.to_string())
             },
         )
         .map_err(|e| setup("metric export thread")(e.to_string()))?;
@@ -149,6 +165,7 @@ fn build_metrics(t: &mut Inner, resource: &Resource) -> Result<(), TelemetryErro
 }
 
 /// The OTel logger whose records go through a bounded queue to their export thread.
+#[cfg(feature = "otlp")]
 fn build_otlp_logs(t: &mut Inner, resource: Resource) -> Result<(), TelemetryError> {
     let otlp = t.cfg.otlp.clone();
     let res = resource.clone();
@@ -158,8 +175,7 @@ fn build_otlp_logs(t: &mut Inner, resource: Resource) -> Result<(), TelemetryErr
         t.log_counters.clone(),
         move || {
             let mut exporter =
-                otlp_exporter!(opentelemetry_otlp::LogExporter::builder(), &otlp, "logs")
-                    .map_err(|e| e.to_string())?;
+                otlp_exporter!(opentelemetry_otlp::LogExporter::builder(), &otlp, "logs")?;
             opentelemetry_sdk::logs::LogExporter::set_resource(&mut exporter, &res);
             Ok(OtelLogs(exporter))
         },

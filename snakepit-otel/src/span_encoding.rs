@@ -257,6 +257,7 @@ impl EncodedResource {
     }
 }
 
+#[cfg_attr(not(feature = "otlp"), allow(dead_code))]
 pub(crate) fn encode_resource(resource: &Resource) -> EncodedResource {
     let mut field = Vec::new();
     message(&mut field, 1, |buf| {

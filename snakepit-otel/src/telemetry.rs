@@ -39,6 +39,7 @@ use crate::logs::LineWriter;
 use crate::metrics::{MetricsLayer, RequestInstruments};
 pub use crate::render::MetricsRenderer;
 use crate::request_spans::SpanExport;
+#[cfg(feature = "statsd")]
 use crate::statsd::StatsdSink;
 use crate::trace::TraceLayer;
 use crate::worker_spans::WorkerSpans;
@@ -77,6 +78,7 @@ pub(crate) struct Inner {
     pub(crate) meter: Option<Meter>,
     pub(crate) logger_provider: Option<SdkLoggerProvider>,
     pub(crate) otlp_logger: Option<SdkLogger>,
+    #[cfg(feature = "prometheus")]
     pub(crate) registry: Option<prometheus::Registry>,
     pub(crate) instruments: Option<Arc<RequestInstruments>>,
     pub(crate) writer: Option<Arc<LineWriter>>,
@@ -93,6 +95,7 @@ pub(crate) struct Inner {
 #[derive(Default)]
 pub(crate) struct Sinks {
     consumers: Vec<ConsumerHandle>,
+    #[cfg(feature = "statsd")]
     statsd: Option<StatsdSink>,
 }
 
@@ -183,6 +186,8 @@ impl Telemetry {
                 .consumers
                 .push(lifecycle::attach_lifecycle_metrics(meter, bus));
         }
+        // Validation refused a StatsD config in a build without the sink.
+        #[cfg(feature = "statsd")]
         if let Some(statsd) = &self.inner.cfg.statsd {
             let sink =
                 StatsdSink::start(statsd, bus).map_err(|e| setup("StatsD sink")(e.to_string()))?;
@@ -230,11 +235,16 @@ impl Telemetry {
 
     /// A cheap, cloneable handle that renders the metrics: hand it to an HTTP handler
     /// without sharing the whole `Telemetry`.
+    /// `None` when the Prometheus exposition is off (or not built: the `prometheus`
+    /// feature).
     pub fn metrics_renderer(&self) -> Option<MetricsRenderer> {
-        Some(MetricsRenderer {
+        #[cfg(feature = "prometheus")]
+        return Some(MetricsRenderer {
             registry: self.inner.registry.clone()?,
             instruments: self.inner.instruments.clone(),
-        })
+        });
+        #[cfg(not(feature = "prometheus"))]
+        None
     }
 
     /// Environment for Python workers (merge into `PoolConfig::python.env`): whether
@@ -327,6 +337,7 @@ impl Inner {
         for c in sinks.consumers {
             c.detach();
         }
+        #[cfg(feature = "statsd")]
         drop(sinks.statsd);
         if let Some(p) = &self.tracer_provider {
             let _ = p.shutdown_with_timeout(timeout);

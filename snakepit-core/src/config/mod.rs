@@ -233,6 +233,16 @@ const HOUR_MS: u64 = 3_600_000;
 const DAY_MS: u64 = 24 * HOUR_MS;
 const DAY_SECS: u64 = 24 * 3600;
 const YEAR_SECS: u64 = 365 * DAY_SECS;
+/// `transport = "grpc"` in a build without the gRPC transport.
+#[cfg(not(feature = "grpc"))]
+pub(crate) fn grpc_not_built(pool: &str) -> ConfigError {
+    ConfigError::new(
+        format!("pools.{pool}.transport"),
+        "\"grpc\"",
+        "\"pipe\" (this build has no gRPC transport: enable the `grpc` feature of snakepit-core, or of snakepit)",
+    )
+}
+
 /// Largest message either transport carries (gRPC's i32 length).
 const MAX_MESSAGE: u64 = i32::MAX as u64;
 
@@ -304,6 +314,10 @@ impl PoolConfig {
     /// Check every value; the error names the first bad key as `pools.<name>.<key>`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let key = |k: &str| format!("pools.{}.{k}", self.name);
+        #[cfg(not(feature = "grpc"))]
+        if self.transport == TransportKind::Grpc {
+            return Err(grpc_not_built(&self.name));
+        }
         if self.name.is_empty()
             || !self
                 .name

@@ -8,6 +8,7 @@
 //! deadline so Python code can see it.
 
 mod frame;
+#[cfg(feature = "grpc")]
 pub(crate) mod grpc;
 pub(crate) mod pipe;
 
@@ -53,6 +54,8 @@ pub(crate) enum TransportError {
     /// limit, or answers the wrong call): the channel cannot be trusted any more.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// Any other gRPC status (only the gRPC transport has such statuses).
+    #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
     #[error("{0}")]
     Other(String),
 }

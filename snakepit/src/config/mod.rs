@@ -18,6 +18,7 @@
 //! pool by index). Then every section validates itself; an error names the key, the
 //! value and what is allowed.
 
+#[cfg(feature = "config-file")]
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,7 @@ use snakepit_core::config::check_range;
 use snakepit_core::{ConfigError, EventsConfig, PoolConfig};
 use snakepit_health::HealthConfig;
 use snakepit_otel::TelemetryConfig;
+#[cfg(feature = "config-file")]
 use toml::Table;
 
 /// The HTTP server of `snakepit serve`.
@@ -74,11 +76,13 @@ pub enum LoadError {
     Invalid(#[from] ConfigError),
 }
 
+#[cfg(feature = "config-file")]
 mod env;
 
 impl AppConfig {
     /// Read `path` (if given), apply `SNAKEPIT_*` overrides from `env`, fill in the
-    /// default pool, validate everything.
+    /// default pool, validate everything (the `config-file` feature).
+    #[cfg(feature = "config-file")]
     pub fn load(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -154,6 +158,6 @@ impl AppConfig {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "config-file"))]
 #[path = "tests.rs"]
 mod tests;
