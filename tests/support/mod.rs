@@ -388,23 +388,10 @@ pub async fn serve_negotiated(
     (port, task)
 }
 
-/// `GET http://127.0.0.1:{port}{path_and_query}` with a plain TCP socket (no curl on a
-/// fresh machine); the body as JSON (`Null` when unreachable or not JSON).
+/// `GET http://127.0.0.1:{port}{path_and_query}`; the body as JSON (`Null` when
+/// unreachable or not JSON).
 pub fn get_json(port: u16, path_and_query: &str) -> Value {
-    use std::io::Read;
-    let Ok(mut sock) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return Value::Null;
-    };
-    let _ = sock.set_read_timeout(Some(Duration::from_secs(10)));
-    let request = format!("GET {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    if sock.write_all(request.as_bytes()).is_err() {
-        return Value::Null;
-    }
-    let mut raw = Vec::new();
-    let _ = sock.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or(Value::Null)
+    http_request(port, "GET", path_and_query, &[], None).map_or(Value::Null, |r| r.json())
 }
 
 /// Percent-encode a query parameter value.
@@ -503,7 +490,7 @@ impl HttpResponse {
     }
 }
 
-/// `GET` over a plain socket with extra request headers (no HTTP client on a fresh machine).
+/// `GET` with extra request headers.
 pub fn http_get(port: u16, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
     match try_http_get(port, path, headers) {
         Ok(r) => r,
@@ -520,8 +507,9 @@ pub fn try_http_get(
     http_request(port, "GET", path, headers, None)
 }
 
-/// One HTTP/1.0 request over a plain socket (no HTTP client on a fresh machine); a JSON
-/// `body` is sent with its content type and length.
+/// One HTTP/1.1 request with hyper's client (on a thread of its own with its own
+/// runtime, so sync and async tests alike can call it); a JSON `body` is sent with its
+/// content type. The whole exchange is bounded by 60 s.
 pub fn http_request(
     port: u16,
     method: &str,
@@ -529,39 +517,85 @@ pub fn http_request(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> std::io::Result<HttpResponse> {
-    use std::io::Read;
-    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    let _ = sock.set_read_timeout(Some(Duration::from_secs(60)));
-    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n");
-    if let Some(body) = body {
-        request.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
+    let method = method.to_string();
+    let path = path.to_string();
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let body = body.map(str::to_string);
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let exchange = hyper_request(port, &method, &path, &headers, body);
+            match tokio::time::timeout(Duration::from_secs(60), exchange).await {
+                Ok(result) => result,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{method} {path}: no complete answer within 60 s"),
+                )),
+            }
+        })
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the HTTP client thread panicked"))?
+}
+
+async fn hyper_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: Option<String>,
+) -> std::io::Result<HttpResponse> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+    tokio::spawn(conn);
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", format!("127.0.0.1:{port}"));
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
     }
     for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
+        request = request.header(k.as_str(), v.as_str());
     }
-    request.push_str("\r\n");
-    request.push_str(body.unwrap_or(""));
-    sock.write_all(request.as_bytes())?;
-    let mut raw = Vec::new();
-    let _ = sock.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+    let request = request
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.unwrap_or_default(),
+        )))
+        .map_err(std::io::Error::other)?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(std::io::Error::other)?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
     Ok(HttpResponse {
         status,
         headers,
-        body: body.to_string(),
+        body: String::from_utf8_lossy(&body).into_owned(),
     })
 }
