@@ -11,7 +11,7 @@ fn main() {
         .unwrap_or_else(|| "otel".to_string());
     let extras: Vec<&str> = extras_arg.split(',').filter(|e| !e.is_empty()).collect();
     let Some(src) = bundled_bridge_source() else {
-        eprintln!("error: no python/ directory next to this build; run from a source checkout");
+        eprintln!("error: no snakepit-core/python/ next to this build; run from a source checkout");
         std::process::exit(2);
     };
     match ensure_venv(&default_venv_dir(), &src, &extras) {

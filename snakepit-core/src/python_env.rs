@@ -25,58 +25,55 @@ use crate::error::StartError;
 /// The bridge package, compiled into the binary, so an installed `snakepit` (no source
 /// checkout next to it) can still bootstrap its workers' environment.
 const EMBEDDED_BRIDGE: &[(&str, &str)] = &[
-    (
-        "pyproject.toml",
-        include_str!("../../python/pyproject.toml"),
-    ),
-    ("README.md", include_str!("../../python/README.md")),
+    ("pyproject.toml", include_str!("../python/pyproject.toml")),
+    ("README.md", include_str!("../python/README.md")),
     (
         "snakepit_bridge/__init__.py",
-        include_str!("../../python/snakepit_bridge/__init__.py"),
+        include_str!("../python/snakepit_bridge/__init__.py"),
     ),
     (
         "snakepit_bridge/__main__.py",
-        include_str!("../../python/snakepit_bridge/__main__.py"),
+        include_str!("../python/snakepit_bridge/__main__.py"),
     ),
     (
         "snakepit_bridge/adapter.py",
-        include_str!("../../python/snakepit_bridge/adapter.py"),
+        include_str!("../python/snakepit_bridge/adapter.py"),
     ),
     (
         "snakepit_bridge/dispatch.py",
-        include_str!("../../python/snakepit_bridge/dispatch.py"),
+        include_str!("../python/snakepit_bridge/dispatch.py"),
     ),
     (
         "snakepit_bridge/errors.py",
-        include_str!("../../python/snakepit_bridge/errors.py"),
+        include_str!("../python/snakepit_bridge/errors.py"),
     ),
     (
         "snakepit_bridge/example.py",
-        include_str!("../../python/snakepit_bridge/example.py"),
+        include_str!("../python/snakepit_bridge/example.py"),
     ),
     (
         "snakepit_bridge/pipe_server.py",
-        include_str!("../../python/snakepit_bridge/pipe_server.py"),
+        include_str!("../python/snakepit_bridge/pipe_server.py"),
     ),
     (
         "snakepit_bridge/server.py",
-        include_str!("../../python/snakepit_bridge/server.py"),
+        include_str!("../python/snakepit_bridge/server.py"),
     ),
     (
         "snakepit_bridge/telemetry.py",
-        include_str!("../../python/snakepit_bridge/telemetry.py"),
+        include_str!("../python/snakepit_bridge/telemetry.py"),
     ),
     (
         "snakepit_bridge/worker.py",
-        include_str!("../../python/snakepit_bridge/worker.py"),
+        include_str!("../python/snakepit_bridge/worker.py"),
     ),
     (
         "snakepit_bridge/_proto/__init__.py",
-        include_str!("../../python/snakepit_bridge/_proto/__init__.py"),
+        include_str!("../python/snakepit_bridge/_proto/__init__.py"),
     ),
     (
         "snakepit_bridge/_proto/worker_descriptor.py",
-        include_str!("../../python/snakepit_bridge/_proto/worker_descriptor.py"),
+        include_str!("../python/snakepit_bridge/_proto/worker_descriptor.py"),
     ),
 ];
 
@@ -128,12 +125,23 @@ pub fn extract_embedded_bridge(root: &Path) -> Result<PathBuf, StartError> {
     }
 }
 
-/// Where the `snakepit_bridge` sources of this build live, if they exist on disk.
+/// The root of the source checkout this crate was built in (the workspace whose
+/// `snakepit-core/` it is), if it was; a crate built from its package has none.
+fn source_checkout() -> Option<PathBuf> {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest_dir.parent()?;
+    let manifest = fs::read_to_string(root.join("Cargo.toml")).ok()?;
+    (manifest.contains("[workspace]") && manifest.contains("\"snakepit-core\""))
+        .then(|| root.canonicalize().unwrap_or_else(|_| root.to_path_buf()))
+}
+
+/// Where the `snakepit_bridge` sources of this build live in a source checkout
+/// (`snakepit-core/python`), installed in editable mode so edits apply at once. A
+/// crate built from its package uses the copy compiled in instead (never installing
+/// from, or writing into, cargo's registry sources).
 pub fn bundled_bridge_source() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../python");
-    dir.join("pyproject.toml")
-        .is_file()
-        .then(|| dir.canonicalize().unwrap_or(dir))
+    let dir = source_checkout()?.join("snakepit-core").join("python");
+    dir.join("pyproject.toml").is_file().then_some(dir)
 }
 
 /// The default venv: `SNAKEPIT_VENV`, else `target/snakepit-venv` in a source checkout,
@@ -142,10 +150,8 @@ pub fn default_venv_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("SNAKEPIT_VENV") {
         return PathBuf::from(dir);
     }
-    if let Some(src) = bundled_bridge_source() {
-        if let Some(root) = src.parent() {
-            return root.join("target").join("snakepit-venv");
-        }
+    if let Some(root) = source_checkout() {
+        return root.join("target").join("snakepit-venv");
     }
     cache_dir().join(format!("venv-{}", env!("CARGO_PKG_VERSION")))
 }

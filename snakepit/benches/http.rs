@@ -170,7 +170,7 @@ fn fastapi(port: u16, python: &Path) -> Result<Server, BoxError> {
         .args(["--port", &port.to_string()])
         .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches"))
         // The app imports the bundled adapter.
-        .env("PYTHONPATH", repo().join("python"));
+        .env("PYTHONPATH", repo().join("snakepit-core/python"));
     let server = Server {
         name: "FastAPI x4",
         port,
