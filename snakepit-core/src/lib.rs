@@ -57,11 +57,11 @@ pub const FEATURES: &[&str] = &[
 ];
 
 /// The worker contract (`proto/snakepit/v1/worker.proto`): prost messages, and the
-/// tonic client with the `grpc` feature.
-pub mod proto {
-    #![allow(clippy::all, missing_docs)]
-    include!(concat!(env!("OUT_DIR"), "/snakepit.v1.rs"));
-}
+/// tonic client with the `grpc` feature. Generated, and checked in so that a build
+/// needs no protobuf compiler (`tests/proto_generated.rs` keeps it fresh).
+#[allow(clippy::all, missing_docs)]
+#[path = "generated/snakepit.v1.rs"]
+pub mod proto;
 
 pub use config::{
     ConfigError, OnWorkerLoss, PoolConfig, PythonConfig, SessionConfig, TransportKind, WhenFull,
