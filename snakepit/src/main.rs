@@ -80,7 +80,8 @@ fn main() -> ExitCode {
         listen: Some(addr), ..
     } = &cli.command
     {
-        env.push(("SNAKEPIT_SERVER__LISTEN".into(), format!("{addr:?}")));
+        // Raw: a string key takes the variable's text as it is (quotes would be kept).
+        env.push(("SNAKEPIT_SERVER__LISTEN".into(), addr.clone()));
     }
     let mut cfg = match AppConfig::load(path.as_deref(), env) {
         Ok(c) => c,

@@ -77,6 +77,19 @@ fn configuration_errors_and_usage_errors_are_clear() {
     assert!(ok.status.success());
     assert!(text(&ok.stdout).contains("configuration OK"));
 
+    // --listen (what the Dockerfile and the Kubernetes manifests pass) wins over the
+    // default and reaches the config as the address itself.
+    let listen = snakepit(&["serve", "--check-config", "--listen", "0.0.0.0:4100"], &[]);
+    assert!(listen.status.success(), "{}", text(&listen.stderr));
+    assert!(
+        text(&listen.stdout).contains("listen 0.0.0.0:4100"),
+        "{}",
+        text(&listen.stdout)
+    );
+    let bad_listen = snakepit(&["serve", "--check-config", "--listen", "nowhere"], &[]);
+    assert_eq!(bad_listen.status.code(), Some(2));
+    assert!(text(&bad_listen.stderr).contains("server.listen"));
+
     let bad = snakepit(
         &["serve", "--check-config"],
         &[("SNAKEPIT_POOLS__DEFAULT__MAX_QUEUE_SIZE", "-3")],
