@@ -484,3 +484,7 @@ impl WorkerTransport for PipeTransport {
 #[cfg(test)]
 #[path = "pipe_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "pipe_stream_tests.rs"]
+mod stream_tests;
