@@ -11,7 +11,7 @@
 //! the moment of the loss.
 //!
 //! The store is plain data behind a mutex: routing never calls a worker. It wakes
-//! waiters ([`SessionStore::changed`]) whenever a session ends, so a worker whose
+//! waiters (`SessionStore::changed`) whenever a session ends, so a worker whose
 //! planned recycle waits for its sessions learns at once when the last one is gone.
 
 use std::collections::HashMap;

@@ -17,12 +17,14 @@ pub const HEALTH_JSON: &str = "application/health+json";
 pub enum Phase {
     /// Pools are still starting: not ready.
     Starting = 0,
+    /// Pools are up: ready while the readiness criteria pass.
     Serving = 1,
     /// Shutting down: not ready (take me out of the load balancer), still live.
     Draining = 2,
 }
 
 impl Phase {
+    /// The phase stored as `v` (anything past the last is `Draining`).
     pub fn from_u8(v: u8) -> Phase {
         match v {
             0 => Phase::Starting,

@@ -15,12 +15,14 @@ pub struct ReadinessCriteria {
     /// Failed share of requests over the stats window (evaluated once the window holds
     /// at least `min_requests_for_error_rate` requests).
     pub max_error_rate: f64,
+    /// Fewer requests than this in the window: the error rate is not judged.
     pub min_requests_for_error_rate: u64,
     /// Requests waiting for a worker.
     pub max_queue_size: usize,
     /// p99 latency over the stats window (evaluated once the window holds at least
     /// `min_requests_for_response_time` requests that reached a worker).
     pub max_response_time_ms: f64,
+    /// Fewer requests than this in the window: the response time is not judged.
     pub min_requests_for_response_time: u64,
 }
 
@@ -41,12 +43,15 @@ impl Default for ReadinessCriteria {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
+    /// Off: every client may call as often as it likes.
     pub enabled: bool,
     /// `/health`, `/health/ready`, `/metrics`.
     pub probes_per_second: f64,
+    /// How many probe calls a client may make at once before the rate applies.
     pub probes_burst: f64,
     /// `/health/detailed` and the dashboard.
     pub detailed_per_second: f64,
+    /// How many detailed calls a client may make at once before the rate applies.
     pub detailed_burst: f64,
 }
 
@@ -62,13 +67,17 @@ impl Default for RateLimitConfig {
     }
 }
 
+/// The live dashboard at `/dashboard`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DashboardConfig {
+    /// Off: `/dashboard` answers 404.
     pub enabled: bool,
+    /// How often the dashboard gets a new point per pool.
     pub update_interval_ms: u64,
     /// History kept server-side, so a page opened late still shows it.
     pub history_minutes: u64,
+    /// How many recent errors (with tracebacks) the dashboard keeps.
     pub max_recent_errors: usize,
 }
 
@@ -83,6 +92,7 @@ impl Default for DashboardConfig {
     }
 }
 
+/// Probes, readiness criteria, rate limits and the dashboard (`[health]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthConfig {
@@ -95,8 +105,11 @@ pub struct HealthConfig {
     /// When set, `/health/detailed` and the dashboard need `Authorization: Bearer <token>`
     /// (or `?token=<token>`, for the browser's event stream).
     pub auth_token: Option<String>,
+    /// When `/health/ready` says ready.
     pub criteria: ReadinessCriteria,
+    /// Per-client limits on the health endpoints.
     pub rate_limit: RateLimitConfig,
+    /// The live dashboard.
     pub dashboard: DashboardConfig,
 }
 
@@ -115,6 +128,7 @@ impl Default for HealthConfig {
 }
 
 impl HealthConfig {
+    /// Check every value; the error names the key, the value and what is allowed.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(ConfigError::new(

@@ -19,26 +19,44 @@ use snakepit_core::sync;
 /// One chart point of one pool.
 #[derive(Debug, Clone, Serialize)]
 pub struct Point {
+    /// Seconds since the Unix epoch.
     pub t: f64,
+    /// Requests per second over the last interval.
     pub throughput: f64,
+    /// Median latency over the stats window, milliseconds.
     pub p50: f64,
+    /// 99th percentile latency over the stats window, milliseconds.
     pub p99: f64,
+    /// Failed requests per second.
     pub errors: f64,
+    /// Requests waiting for a worker.
     pub queue: usize,
 }
 
+/// A failed request or a crash, as the dashboard lists it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecentError {
+    /// Seconds since the Unix epoch.
     pub t: f64,
+    /// `request` or `crash`.
     pub kind: &'static str,
+    /// The pool it happened in.
     pub pool: String,
+    /// The command (empty for a crash between requests).
     pub command: String,
+    /// The error's type (`PythonError`, `Timeout`, `WorkerCrashed`...).
     pub error_type: String,
+    /// What went wrong, sanitized.
     pub message: String,
+    /// The Python exception's class, if it was one.
     pub python_type: Option<String>,
+    /// The Python traceback, if there was one.
     pub traceback: Option<String>,
+    /// The worker that served (or crashed).
     pub worker_id: Option<String>,
+    /// The request's id.
     pub request_id: Option<String>,
+    /// The request's correlation id, to find its logs and trace.
     pub correlation_id: Option<String>,
 }
 
@@ -55,6 +73,7 @@ struct Inner {
 pub struct History {
     cfg: DashboardConfig,
     inner: Mutex<Inner>,
+    /// Each new point and error as a JSON message, for the dashboard's live stream.
     pub updates: broadcast::Sender<Arc<str>>,
 }
 
@@ -71,6 +90,7 @@ fn some(s: &str) -> Option<String> {
 }
 
 impl History {
+    /// An empty history kept as `cfg` says.
     pub fn new(cfg: DashboardConfig) -> Arc<History> {
         let (updates, _) = broadcast::channel(16);
         Arc::new(History {

@@ -1,6 +1,6 @@
 //! # snakepit-health
 //!
-//! What operators and orchestrators look at, as an axum [`Router`] you serve on its own
+//! What operators and orchestrators look at, as an axum [`Router`](axum::Router) you serve on its own
 //! or merge into your app:
 //!
 //! | path | what |
@@ -32,6 +32,8 @@
 //! renders whatever [`Health::set_metrics`] was given (the telemetry crate's registry in
 //! the `snakepit` binary). Rate limits ([`ratelimit`]) and the optional token
 //! ([`auth`]) sit in front as axum middleware.
+
+#![warn(missing_docs)]
 
 pub mod auth;
 pub mod checks;
@@ -119,6 +121,7 @@ impl Health {
         })
     }
 
+    /// Judge `pool` for readiness and show it on the dashboard and `/health/detailed`.
     pub fn add_pool(&self, pool: Pool) {
         sync::write(&self.inner.pools).push(pool);
     }
@@ -142,6 +145,7 @@ impl Health {
             .store(Phase::Draining as u8, Ordering::Release);
     }
 
+    /// Where the service is: starting, serving or draining.
     pub fn phase(&self) -> Phase {
         Phase::from_u8(self.inner.phase.load(Ordering::Acquire))
     }

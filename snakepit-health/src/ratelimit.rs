@@ -31,6 +31,7 @@ pub struct Limiter {
 }
 
 impl Limiter {
+    /// A limiter refilling `per_second` tokens per client, holding at most `burst`.
     pub fn new(per_second: f64, burst: f64) -> Arc<Limiter> {
         Arc::new(Limiter {
             per_second,

@@ -5,15 +5,20 @@ use std::time::Instant;
 use serde::Serialize;
 use snakepit_core::Pool;
 
+/// Process figures for `/health/detailed` and the dashboard.
 #[derive(Debug, Clone, Serialize)]
 pub struct SystemStats {
     /// This (Rust) process.
     pub rss_bytes: u64,
     /// All workers of all pools, as last measured.
     pub workers_rss_bytes: u64,
+    /// Since the health state was made.
     pub uptime_seconds: f64,
+    /// Open file descriptors of this process.
     pub open_fds: usize,
+    /// Threads of this process.
     pub threads: usize,
+    /// This process's id.
     pub pid: u32,
 }
 
@@ -31,6 +36,7 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
+/// Measure now (`started`: when the service started; `pools`: whose workers to add up).
 pub fn sample(started: Instant, pools: &[Pool]) -> SystemStats {
     SystemStats {
         rss_bytes: status_field("VmRSS:") * 1024,

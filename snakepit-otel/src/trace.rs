@@ -1,7 +1,7 @@
 //! `TraceLayer`: one span per request, following the OpenTelemetry RPC conventions.
 //!
 //! The span (`{pool}/{command}`, kind client, `rpc.system = "snakepit"`) carries the
-//! request and correlation ids. It is made by [`crate::request_spans`] (ids always,
+//! request and correlation ids. It is made by `request_spans.rs` (ids always,
 //! data only when sampled and exported); a `tracing` span with the same ids wraps the
 //! call, so log lines inside the request carry them. When spans are exported, the W3C
 //! context goes into the request metadata, so the Python worker's span and the

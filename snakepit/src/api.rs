@@ -36,19 +36,27 @@ use tower::ServiceExt;
 
 /// The layered services the API calls.
 pub type UnaryService = BoxCloneSyncService<Request, snakepit_core::Response, Error>;
+/// Streaming calls behind the telemetry layer, as the API serves them.
 pub type StreamService = BoxCloneSyncService<Request, ResponseStream, Error>;
 
 /// The pools and the layered services calling them; set once the pools are up.
 #[derive(Clone)]
 pub struct Backend {
+    /// The pools themselves (sessions, stats).
     pub pools: Pools,
+    /// Unary calls, through the telemetry layer.
     pub unary: UnaryService,
+    /// Streaming calls, through the telemetry layer.
     pub stream: StreamService,
 }
 
+/// What the execute API's handlers share: the backend once the pools are up, the
+/// header correlation ids travel in, and whether requests are admitted.
 #[derive(Clone)]
 pub struct ApiState {
+    /// Set once the pools have started; until then the API answers 503.
     pub backend: Arc<OnceLock<Backend>>,
+    /// The request and response header carrying the correlation id.
     pub correlation_header: HeaderName,
     /// False until the pools are up, and again while draining: requests get 503.
     pub accepting: Arc<AtomicBool>,

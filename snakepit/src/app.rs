@@ -51,10 +51,13 @@ use crate::api::{self, ApiState, Backend, StreamService, UnaryService};
 /// Why Snakepit could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// Telemetry could not be set up (its configuration, or an exporter).
     #[error("{0}")]
     Telemetry(#[from] snakepit_otel::TelemetryError),
+    /// A setting is out of range; the error names the key and what is allowed.
     #[error("invalid configuration: {0}")]
     Config(#[from] snakepit_core::ConfigError),
+    /// A pool did not start (its workers, or the Python environment).
     #[error("cannot start the pools: {0}")]
     Start(#[from] StartError),
 }
@@ -223,10 +226,12 @@ impl Starting {
         self.parts.router()
     }
 
+    /// The telemetry the pools will report to (layers, `/metrics` rendering).
     pub fn telemetry(&self) -> &Telemetry {
         &self.parts.telemetry
     }
 
+    /// Probes and dashboard state (phase "starting" until [`Starting::start`]).
     pub fn health(&self) -> &Health {
         &self.parts.health
     }
@@ -320,10 +325,12 @@ impl Snakepit {
         &self.pools
     }
 
+    /// The telemetry handle (cheap to clone): layers for your own services, metrics text.
     pub fn telemetry(&self) -> &Telemetry {
         &self.parts.telemetry
     }
 
+    /// Probes and dashboard state: mark draining, add checks.
     pub fn health(&self) -> &Health {
         &self.parts.health
     }

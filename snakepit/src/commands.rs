@@ -28,11 +28,17 @@ fn pool_config(cfg: &AppConfig, name: Option<&str>) -> Result<PoolConfig, String
     }
 }
 
+/// `snakepit exec`: one call on a pool of one worker.
 pub struct ExecOptions {
+    /// The adapter command to call.
     pub command: String,
+    /// Its arguments as JSON (default `{}`).
     pub args: Option<String>,
+    /// The pool from the configuration (default: the first).
     pub pool: Option<String>,
+    /// Deadline of the call (default: the pool's `request_timeout_ms`).
     pub timeout_ms: Option<u64>,
+    /// Call it as a stream and print each chunk.
     pub stream: bool,
 }
 
@@ -79,11 +85,17 @@ pub async fn exec(cfg: AppConfig, opts: ExecOptions) -> Result<(), String> {
     })
 }
 
+/// `snakepit bench`: load at each concurrency, then a table of throughput and latency.
 pub struct BenchOptions {
+    /// The adapter command to call.
     pub command: String,
+    /// Its arguments as JSON (default `{}`).
     pub args: Option<String>,
+    /// The pool from the configuration (default: the first).
     pub pool: Option<String>,
+    /// Callers in flight, one row per value.
     pub concurrency: Vec<usize>,
+    /// How long each row runs.
     pub seconds: f64,
 }
 

@@ -14,6 +14,8 @@
 //! `snakepit serve` wires them: telemetry → listener (probes answer at once) → pools →
 //! traffic; on SIGTERM the reverse (see [`serve`]).
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod app;
 pub mod commands;

@@ -9,14 +9,24 @@ use std::time::{Duration, Instant};
 use crate::app::{BuildError, Snakepit};
 use crate::config::AppConfig;
 
+/// Why `snakepit serve` stopped before serving, or could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// Telemetry could not be set up.
     #[error("{0}")]
     Telemetry(#[from] snakepit_otel::TelemetryError),
+    /// A setting is out of range.
     #[error("invalid configuration: {0}")]
     Config(#[from] snakepit_core::ConfigError),
+    /// The listen address could not be bound (in use, or not this host's).
     #[error("cannot listen on {addr}: {message} (is another process using it? set server.listen)")]
-    Bind { addr: String, message: String },
+    Bind {
+        /// `server.listen` (or `--listen`).
+        addr: String,
+        /// What the OS said.
+        message: String,
+    },
+    /// A pool did not start.
     #[error("cannot start the pools: {0}")]
     Start(#[from] snakepit_core::StartError),
 }
@@ -50,6 +60,8 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Run `cfg` until SIGTERM or SIGINT: listen (probes answer at once), start the
+/// pools, serve; then drain and stop (see the [module docs](self)).
 pub async fn serve(cfg: AppConfig) -> Result<(), ServeError> {
     let started = Instant::now();
     let starting = Snakepit::builder_from(&cfg).build()?;

@@ -79,7 +79,10 @@ fn configuration_errors_and_usage_errors_are_clear() {
 
     // --listen (what the Dockerfile and the Kubernetes manifests pass) wins over the
     // default and reaches the config as the address itself.
-    let listen = snakepit(&["serve", "--check-config", "--listen", "0.0.0.0:4100"], &[]);
+    let listen = snakepit(
+        &["serve", "--check-config", "--listen", "0.0.0.0:4100"],
+        &[],
+    );
     assert!(listen.status.success(), "{}", text(&listen.stderr));
     assert!(
         text(&listen.stdout).contains("listen 0.0.0.0:4100"),

@@ -55,23 +55,38 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct AppConfig {
+    /// `[server]`: the listener and request limits.
     pub server: ServerConfig,
     /// `[[pools]]`; none means one pool of the bundled example adapter.
     pub pools: Vec<PoolConfig>,
+    /// `[events]`: the lifecycle event bus.
     pub events: EventsConfig,
+    /// `[telemetry]`: traces, metrics, logs, StatsD.
     pub telemetry: TelemetryConfig,
+    /// `[health]`: probes, readiness criteria, dashboard.
     pub health: HealthConfig,
 }
 
+/// Why `snakepit.toml` (with its overrides) could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The file could not be read.
     #[error("cannot read {path}: {message}")]
-    Read { path: String, message: String },
-    #[error("{source_name}: {message}")]
-    Parse {
-        source_name: String,
+    Read {
+        /// The file.
+        path: String,
+        /// What the OS said.
         message: String,
     },
+    /// Not valid TOML, or a key or value the configuration does not take.
+    #[error("{source_name}: {message}")]
+    Parse {
+        /// The file (or "configuration" for the merged overrides).
+        source_name: String,
+        /// The parser's message, naming the key and line.
+        message: String,
+    },
+    /// A value out of range.
     #[error("invalid configuration: {0}")]
     Invalid(#[from] ConfigError),
 }
@@ -118,6 +133,7 @@ impl AppConfig {
         Ok(cfg)
     }
 
+    /// Check every section; the error names the key, the value and what is allowed.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(ConfigError::new(
