@@ -60,6 +60,7 @@ fn signal_name(sig: i32) -> &'static str {
 pub struct PythonError {
     /// The exception type: `ValueError`, or `pkg.module.Error` for non-builtins.
     pub python_type: String,
+    /// The exception's message (`str(exc)`).
     pub message: String,
     /// The full formatted traceback, most recent call last.
     pub traceback: String,
@@ -71,20 +72,37 @@ pub struct PythonError {
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// Every worker busy and `max_queue_size` requests already waiting (`when_full = "reject"`).
     #[error("pool '{pool}' is full: {max_queue_size} requests already wait for a worker; retry later, add workers, or raise max_queue_size")]
-    QueueFull { pool: String, max_queue_size: usize },
+    QueueFull {
+        /// The pool.
+        pool: String,
+        /// Its `max_queue_size`.
+        max_queue_size: usize,
+    },
 
+    /// No worker became free within `queue_timeout_ms`.
     #[error("no worker of pool '{pool}' became free within the queue timeout of {} ms; the pool is overloaded or its workers are stuck", timeout.as_millis())]
-    QueueTimeout { pool: String, timeout: Duration },
+    QueueTimeout {
+        /// The pool.
+        pool: String,
+        /// Its `queue_timeout_ms`.
+        timeout: Duration,
+    },
 
     #[error("'{command}' did not finish within {} ms on worker {worker_id}; {}", timeout.as_millis(), if *caller_stalled {
         "the caller stopped reading its stream, so the stream was cancelled (the worker was kept)"
     } else {
         "the worker was replaced (raise timeout_ms if the command is legitimately slow)"
     })]
+    /// The call overran its deadline; the worker was replaced (or, for a stalled
+    /// stream reader, the stream was cancelled).
     Timeout {
+        /// The command.
         command: String,
+        /// The worker it ran on.
         worker_id: String,
+        /// The deadline it had.
         timeout: Duration,
         /// The deadline passed while the worker waited for the caller to read the next
         /// chunk of a stream, not while Python was working.
@@ -95,46 +113,87 @@ pub enum Error {
         "worker {worker_id} crashed ({exit}) while running '{command}'{}",
         tail_suffix(stderr_tail)
     )]
+    /// The worker process died during the call; a new one is started.
     WorkerCrashed {
+        /// The command that was running.
         command: String,
+        /// The worker that died.
         worker_id: String,
+        /// How it died (exit code or signal).
         exit: ExitInfo,
         /// The last lines the worker wrote to stderr.
         stderr_tail: String,
     },
 
+    /// The adapter raised: the exception with its traceback.
     #[error("Python raised {}: {}", .0.python_type, .0.message)]
     Python(Box<PythonError>),
 
+    /// The adapter has no such command.
     #[error("unknown command '{command}'; available: {}", if available.is_empty() { "(none reported)".to_string() } else { available.join(", ") })]
     UnknownCommand {
+        /// The command asked for.
         command: String,
+        /// The commands the adapter declares.
         available: Vec<String>,
     },
 
+    /// The arguments are not a JSON object the command takes.
     #[error("invalid arguments: {message}")]
-    InvalidArgs { message: String },
+    InvalidArgs {
+        /// What is wrong with them.
+        message: String,
+    },
 
+    /// The arguments exceed `max_payload_bytes`.
     #[error("payload of {size} bytes exceeds the limit of {limit} bytes (max_payload_bytes)")]
-    PayloadTooLarge { size: usize, limit: usize },
+    PayloadTooLarge {
+        /// The arguments' size, bytes.
+        size: usize,
+        /// `max_payload_bytes`.
+        limit: usize,
+    },
 
+    /// No such session.
     #[error("no session '{session_id}': it was never created, was closed, or expired")]
-    SessionNotFound { session_id: String },
+    SessionNotFound {
+        /// The session asked for.
+        session_id: String,
+    },
 
+    /// The session's worker is gone and with it its state (`on_worker_loss = "fail"`).
     #[error("session '{session_id}' lost its state: {reason}; create a new session (or create sessions with on_worker_loss = \"recreate\" to have them re-created empty)")]
-    SessionLost { session_id: String, reason: String },
+    SessionLost {
+        /// The session.
+        session_id: String,
+        /// Why its state is gone (its worker crashed, was recycled...).
+        reason: String,
+    },
 
+    /// The request names a pool that does not exist.
     #[error("no pool named '{name}'; configured pools: {}", available.join(", "))]
     UnknownPool {
+        /// The pool asked for.
         name: String,
+        /// The pools there are.
         available: Vec<String>,
     },
 
+    /// The channel to the worker failed (not a crash or a timeout).
     #[error("transport to worker {worker_id} failed: {message}")]
-    Transport { worker_id: String, message: String },
+    Transport {
+        /// The worker.
+        worker_id: String,
+        /// What failed.
+        message: String,
+    },
 
+    /// The pool is stopping and takes no new requests.
     #[error("pool '{pool}' is shutting down and takes no new requests")]
-    ShuttingDown { pool: String },
+    ShuttingDown {
+        /// The pool.
+        pool: String,
+    },
 }
 
 fn tail_suffix(tail: &str) -> String {
@@ -203,44 +262,74 @@ impl Error {
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
+    /// A configuration value is not allowed.
     #[error("invalid configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
 
+    /// The Python interpreter could not be started.
     #[error("cannot start Python '{program}': {message}; set python.interpreter to a Python 3.9+ with snakepit_bridge installed")]
-    Spawn { program: String, message: String },
+    Spawn {
+        /// The interpreter.
+        program: String,
+        /// What the OS said.
+        message: String,
+    },
 
     #[error(
         "worker {worker_id} exited during start-up ({exit}){}",
         tail_suffix(stderr_tail)
     )]
+    /// A worker exited before it was ready.
     ExitedDuringStartup {
+        /// The worker.
         worker_id: String,
+        /// How it exited.
         exit: ExitInfo,
+        /// The last lines it wrote to stderr (often the Python traceback).
         stderr_tail: String,
     },
 
+    /// A worker was not ready within `startup_timeout_ms`.
     #[error("worker {worker_id} was not ready within {} ms (startup_timeout_ms){}", timeout.as_millis(), tail_suffix(stderr_tail))]
     StartupTimeout {
+        /// The worker.
         worker_id: String,
+        /// `startup_timeout_ms`.
         timeout: Duration,
+        /// The last lines it wrote to stderr.
         stderr_tail: String,
     },
 
+    /// A worker started but its channel did not answer as it should.
     #[error("worker {worker_id} started but its handshake failed: {message}")]
-    Handshake { worker_id: String, message: String },
+    Handshake {
+        /// The worker.
+        worker_id: String,
+        /// What failed.
+        message: String,
+    },
 
+    /// The Python environment could not be found or made (venv, pip).
     #[error("Python environment: {0}")]
     Environment(String),
 
+    /// No worker of the pool could be started.
     #[error("pool '{pool}': no worker could start; first failure: {first}")]
     NoWorkers {
+        /// The pool.
         pool: String,
+        /// Why the first worker failed.
         first: Box<StartError>,
     },
 
+    /// The pool was stopped while it started.
     #[error("pool '{pool}' is shutting down")]
-    ShuttingDown { pool: String },
+    ShuttingDown {
+        /// The pool.
+        pool: String,
+    },
 
+    /// A file or pipe could not be made.
     #[error("I/O while starting: {0}")]
     Io(String),
 }

@@ -31,6 +31,8 @@
 //! recycling follows `max_requests`/`max_lifetime`/`max_memory_mb`, a request timeout
 //! replaces the worker, and no worker outlives the pool process.
 
+#![warn(missing_docs)]
+
 pub mod clock;
 pub mod config;
 pub mod error;

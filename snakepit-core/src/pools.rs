@@ -74,15 +74,18 @@ impl Pools {
         })
     }
 
+    /// The pool named `name`.
     pub fn get(&self, name: &str) -> Option<&Pool> {
         self.pools.get(name)
     }
 
+    /// The pool requests that name none go to (the first configured).
     pub fn default_pool(&self) -> &Pool {
         // `start` guarantees the default pool exists.
         &self.pools[&self.default]
     }
 
+    /// Every pool.
     pub fn iter(&self) -> impl Iterator<Item = &Pool> {
         self.pools.values()
     }
@@ -96,10 +99,12 @@ impl Pools {
         })
     }
 
+    /// [`Pool::execute`] on the pool `req` names (else the default one).
     pub async fn execute(&self, req: Request) -> Result<Response, Error> {
         self.route(&req)?.execute(req).await
     }
 
+    /// [`Pool::execute_stream`] on the pool `req` names (else the default one).
     pub async fn execute_stream(&self, req: Request) -> Result<ResponseStream, Error> {
         self.route(&req)?.execute_stream(req).await
     }

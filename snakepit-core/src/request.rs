@@ -65,6 +65,7 @@ impl Args {
         self.0.as_ref().map_or(0, Bytes::len)
     }
 
+    /// True when there are no bytes (invalid arguments included).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -96,7 +97,9 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 /// One call of a Python command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
+    /// The adapter command to call.
     pub command: String,
+    /// Its arguments: a JSON object.
     pub args: Args,
     /// Route to the worker holding this session.
     pub session_id: Option<String>,
@@ -106,6 +109,7 @@ pub struct Request {
     pub pool: Option<String>,
     /// Generated when absent.
     pub request_id: Option<String>,
+    /// Ties the request's logs, events and spans together across services.
     pub correlation_id: Option<String>,
     /// Extra per-request metadata sent to the worker (W3C `traceparent`/`tracestate`
     /// among it). Keys must be lower-case ASCII header names.
@@ -113,6 +117,7 @@ pub struct Request {
 }
 
 impl Request {
+    /// A call of `command` with `args` (a `serde_json::Value` object, or raw JSON).
     pub fn new(command: impl Into<String>, args: impl Into<Args>) -> Self {
         Request {
             command: command.into(),
@@ -126,31 +131,37 @@ impl Request {
         }
     }
 
+    /// Run on the worker holding session `session_id`.
     pub fn session(mut self, session_id: impl Into<String>) -> Self {
         self.session_id = Some(session_id.into());
         self
     }
 
+    /// This request's deadline instead of the pool's `request_timeout_ms`.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
     }
 
+    /// The pool to run in, for [`crate::Pools`].
     pub fn pool(mut self, pool: impl Into<String>) -> Self {
         self.pool = Some(pool.into());
         self
     }
 
+    /// The correlation id to carry (the telemetry layer makes one when absent).
     pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
         self.correlation_id = Some(id.into());
         self
     }
 
+    /// The request id instead of a generated one.
     pub fn request_id(mut self, id: impl Into<String>) -> Self {
         self.request_id = Some(id.into());
         self
     }
 
+    /// Add one metadata entry for the worker (the key a lower-case ASCII header name).
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.metadata.push((key.into(), value.into()));
         self
@@ -160,7 +171,9 @@ impl Request {
 /// Timing and placement of a served request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Served {
+    /// The request's id.
     pub request_id: String,
+    /// The worker that ran it.
     pub worker_id: String,
     /// From admission until a worker took the request.
     pub queue_time: Duration,
@@ -178,6 +191,7 @@ pub struct Served {
 pub struct Response {
     /// The return value, as the JSON text Python produced.
     pub result: Bytes,
+    /// Where and how long it ran.
     pub served: Served,
 }
 
@@ -199,10 +213,12 @@ impl Response {
 /// One chunk of a streaming result: one value the Python generator yielded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
+    /// The yielded value, as JSON text.
     pub data: Bytes,
 }
 
 impl Chunk {
+    /// The chunk parsed as `T`.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_slice(&self.data)
     }

@@ -11,6 +11,7 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SanitizeConfig {
+    /// Off: values pass unchanged (nothing redacted, nothing cut).
     pub enabled: bool,
     /// A key containing any of these (case-insensitive) has its value replaced.
     pub sensitive_keys: Vec<String>,
@@ -33,6 +34,7 @@ impl Default for SanitizeConfig {
 /// What a sensitive value is replaced with.
 pub const REDACTED: &str = "[REDACTED]";
 
+/// Applies a [`SanitizeConfig`]: redacts values under sensitive keys, cuts long strings.
 #[derive(Debug, Clone)]
 pub struct Sanitizer {
     enabled: bool,
@@ -48,6 +50,7 @@ impl Default for Sanitizer {
 }
 
 impl Sanitizer {
+    /// A sanitizer following `cfg`.
     pub fn new(cfg: &SanitizeConfig) -> Self {
         Sanitizer {
             enabled: cfg.enabled,
@@ -69,6 +72,7 @@ impl Sanitizer {
         }
     }
 
+    /// Whether it redacts at all.
     pub fn is_enabled(&self) -> bool {
         self.enabled
     }

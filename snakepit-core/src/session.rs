@@ -46,13 +46,18 @@ pub struct SessionOptions {
 /// A session as the pool sees it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SessionInfo {
+    /// The session's id (what requests name).
     pub id: String,
+    /// When it was created.
     #[serde(skip)]
     pub created_at: SystemTime,
+    /// Idle time after which it expires.
     pub ttl: Duration,
     /// The worker holding it, if any request ran yet.
     pub worker_id: Option<String>,
+    /// Requests it has served.
     pub requests: u64,
+    /// What happens when its worker goes away with its state.
     pub on_worker_loss: OnWorkerLoss,
     /// Set once the session's worker was lost: why (the session answers `SessionLost`,
     /// or, under `recreate`, is re-created by its next request).

@@ -53,9 +53,13 @@ fn bin_value(bin: usize) -> f64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerState {
+    /// Its process is starting and has not handshaken yet.
     Starting,
+    /// Ready, waiting for a request.
     Idle,
+    /// Running a request.
     Busy,
+    /// Being stopped (shutdown, recycle, or replacement).
     Stopping,
     /// Past a planned recycle, serving only the sessions it holds until they end (or
     /// the grace passes); a replacement serves everything else. Not counted as ready.
@@ -65,11 +69,16 @@ pub enum WorkerState {
 /// One worker in a snapshot.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WorkerStats {
+    /// The worker's id (`{pool}-{n}`).
     pub id: String,
+    /// What it is doing.
     pub state: WorkerState,
+    /// Its Python process.
     pub pid: u32,
+    /// Since its process started.
     #[serde(rename = "uptime_ms", serialize_with = "as_ms")]
     pub uptime: Duration,
+    /// Requests it has run.
     pub requests: u64,
     /// Python process RSS as last measured from /proc.
     pub rss_bytes: u64,
@@ -78,65 +87,96 @@ pub struct WorkerStats {
 /// A pool at one instant.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PoolStats {
+    /// The pool's name.
     pub name: String,
+    /// Its adapter (`module:Class`).
     pub adapter: String,
     /// Configured size.
     pub total_workers: usize,
     /// Workers that passed their handshake and are not stopping.
     pub ready_workers: usize,
+    /// Ready workers not running a request.
     pub available_workers: usize,
+    /// Workers running a request.
     pub busy_workers: usize,
     /// Requests admitted but not yet taken by a worker.
     pub queue_size: usize,
+    /// Its `max_queue_size`.
     pub max_queue_size: usize,
     /// Requests admitted and not finished (queued + running).
     pub in_flight: usize,
+    /// Requests finished since start, any outcome.
     pub requests_total: u64,
+    /// Of those, the failed ones.
     pub failures_total: u64,
+    /// Worker processes that died unexpectedly.
     pub crashes_total: u64,
+    /// Workers replaced on purpose (limits, timeouts, health checks).
     pub recycles_total: u64,
     /// Requests written to a worker behind the one it was running (`pipeline`).
     pub pipelined_total: u64,
     /// Of those, requests taken back unrun because another worker went idle, or
     /// because the worker was replaced before it started them.
     pub taken_back_total: u64,
+    /// Sessions alive now.
     pub active_sessions: usize,
+    /// Since the pool started.
     #[serde(rename = "uptime_ms", serialize_with = "as_ms")]
     pub uptime: Duration,
+    /// False once shutdown began.
     pub accepting: bool,
+    /// Rates and percentiles over the recent window.
     pub window: WindowStats,
+    /// Every worker.
     pub workers: Vec<WorkerStats>,
 }
 
 /// The instantaneous load of a pool: cheap enough to read on every metrics scrape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 pub struct PoolLoad {
+    /// Configured size.
     pub total_workers: usize,
+    /// Workers that passed their handshake and are not stopping.
     pub ready_workers: usize,
+    /// Ready workers not running a request.
     pub available_workers: usize,
+    /// Workers running a request.
     pub busy_workers: usize,
+    /// Requests admitted but not yet taken by a worker.
     pub queue_size: usize,
+    /// Requests admitted and not finished (queued + running).
     pub in_flight: usize,
+    /// Sessions alive now.
     pub active_sessions: usize,
 }
 
 /// Rates and percentiles over the recent window (`stats_window_secs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct WindowStats {
+    /// How far back the window reaches (`stats_window_secs`, less just after start).
     #[serde(rename = "window_ms", serialize_with = "as_ms")]
     pub window: Duration,
+    /// Requests finished in the window.
     pub requests: u64,
+    /// Of those, the failed ones.
     pub errors: u64,
+    /// Worker crashes in the window.
     pub crashes: u64,
     /// Requests the latency percentiles are computed from (those that reached a worker).
     pub latency_samples: u64,
+    /// Finished requests per second.
     pub requests_per_second: f64,
     /// Failed share of requests in the window (0 when there were none).
     pub error_rate: f64,
+    /// Worker crashes per minute.
     pub crashes_per_minute: f64,
+    /// Median time on a worker, milliseconds.
     pub latency_p50_ms: f64,
+    /// 95th percentile time on a worker, milliseconds.
     pub latency_p95_ms: f64,
+    /// 99th percentile time on a worker, milliseconds.
     pub latency_p99_ms: f64,
+    /// Mean wait for a worker, milliseconds.
     pub queue_time_avg_ms: f64,
 }
 

@@ -8,9 +8,13 @@ use std::time::{Duration, SystemTime};
 /// The worker chose `span_id`, so spans user code opened are already its children.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerSpan {
+    /// The span id the worker picked (user spans in Python are its children).
     pub span_id: [u8; 8],
+    /// The worker.
     pub worker_id: String,
+    /// When the worker started the call, by its clock.
     pub started_at: SystemTime,
+    /// How long the call took inside the worker.
     pub duration: Duration,
 }
 

@@ -18,6 +18,8 @@ pub enum OtlpProtocol {
     HttpProtobuf,
 }
 
+/// Where and how OTLP export goes (`[telemetry.otlp]`); the `OTEL_EXPORTER_OTLP_*`
+/// variables fill what is unset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OtlpConfig {
@@ -27,9 +29,13 @@ pub struct OtlpConfig {
     /// One signal's endpoint instead (`OTEL_EXPORTER_OTLP_{TRACES,METRICS,LOGS}_ENDPOINT`);
     /// for OTLP/HTTP the full URL, used as given.
     pub traces_endpoint: Option<String>,
+    /// The metrics endpoint instead of `endpoint` (`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`).
     pub metrics_endpoint: Option<String>,
+    /// The logs endpoint instead of `endpoint` (`OTEL_EXPORTER_OTLP_LOGS_ENDPOINT`).
     pub logs_endpoint: Option<String>,
+    /// `grpc` (port 4317) or `http/protobuf` (port 4318); `OTEL_EXPORTER_OTLP_PROTOCOL`.
     pub protocol: OtlpProtocol,
+    /// How long one export may take before it counts as failed (`OTEL_EXPORTER_OTLP_TIMEOUT`).
     pub timeout_ms: u64,
     /// Extra request headers (authentication for hosted backends).
     pub headers: BTreeMap<String, String>,
@@ -104,6 +110,7 @@ fn http_url(endpoint: &str, signal: &str) -> String {
     }
 }
 
+/// Request spans (`[telemetry.traces]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TracesConfig {
@@ -140,6 +147,7 @@ impl TracesConfig {
     }
 }
 
+/// Request and lifecycle metrics (`[telemetry.metrics]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
@@ -147,6 +155,7 @@ pub struct MetricsConfig {
     pub prometheus: bool,
     /// Push metrics over OTLP. Unset: decided by the environment.
     pub otlp: Option<bool>,
+    /// How often metrics are pushed over OTLP.
     pub export_interval_ms: u64,
     /// Distinct `command` label values kept per pool; further ones become `__other__`.
     pub max_command_labels: usize,
@@ -188,9 +197,11 @@ pub enum LogFormat {
     Off,
 }
 
+/// Log lines and OTLP log records (`[telemetry.logs]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogsConfig {
+    /// JSON lines, text, or no lines (OTLP records only).
     pub format: LogFormat,
     /// Per-component levels in `RUST_LOG` syntax; `RUST_LOG` overrides it.
     pub filter: String,
@@ -221,12 +232,15 @@ impl LogsConfig {
     }
 }
 
+/// The StatsD sink of lifecycle events (`[telemetry.statsd]`; absent: no sink).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StatsdConfig {
     /// `host:port` of the StatsD daemon (UDP).
     pub address: String,
+    /// Prepended to every metric name (`{prefix}.{pool}.requests.success`).
     pub prefix: String,
+    /// How often aggregated counters and timers are sent.
     pub flush_interval_ms: u64,
 }
 
@@ -240,11 +254,13 @@ impl Default for StatsdConfig {
     }
 }
 
+/// Correlation ids (`[telemetry.correlation]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CorrelationConfig {
     /// The header an HTTP/gRPC edge reads and echoes.
     pub header_name: String,
+    /// Give a request without one a new id (a UUID).
     pub generate_if_missing: bool,
 }
 
@@ -262,14 +278,23 @@ impl Default for CorrelationConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
+    /// Off: nothing is installed and every layer passes requests through.
     pub enabled: bool,
+    /// `service.name` of spans, metrics and logs (`OTEL_SERVICE_NAME`).
     pub service_name: String,
+    /// Correlation ids.
     pub correlation: CorrelationConfig,
+    /// Request spans.
     pub traces: TracesConfig,
+    /// Metrics.
     pub metrics: MetricsConfig,
+    /// Logs.
     pub logs: LogsConfig,
+    /// OTLP export, shared by the three signals.
     pub otlp: OtlpConfig,
+    /// The StatsD sink, if any.
     pub statsd: Option<StatsdConfig>,
+    /// Redaction of secrets in span attributes, log lines and OTLP logs.
     pub sanitize: SanitizeConfig,
 }
 
@@ -408,6 +433,8 @@ impl TelemetryConfig {
         Ok(())
     }
 
+    /// Check every value, and that this build can do what is asked (cargo features);
+    /// the error names the key, the value and what is allowed.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_float(
             "telemetry.traces.sampling_ratio",

@@ -12,12 +12,14 @@ use crate::config::CorrelationConfig;
 /// Longest correlation id kept; longer ones are cut (they travel in headers and logs).
 const MAX_LEN: usize = 128;
 
+/// Makes sure every request has a correlation id (see the [module docs](self)).
 #[derive(Debug, Clone)]
 pub struct CorrelationLayer {
     generate: bool,
 }
 
 impl CorrelationLayer {
+    /// A layer that generates missing ids when `cfg` says so.
     pub fn new(cfg: &CorrelationConfig) -> Self {
         CorrelationLayer {
             generate: cfg.generate_if_missing,
@@ -56,6 +58,7 @@ impl<S> Layer<S> for CorrelationLayer {
     }
 }
 
+/// The service [`CorrelationLayer`] makes.
 #[derive(Debug, Clone)]
 pub struct Correlation<S> {
     inner: S,
@@ -72,6 +75,7 @@ pub fn clean_correlation_id(raw: &str) -> Option<String> {
     (!cleaned.is_empty()).then_some(cleaned)
 }
 
+/// A fresh correlation id (a random UUID).
 pub fn new_correlation_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }

@@ -15,11 +15,16 @@ pub const REQUEST_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 
 /// An exemplar younger than this is not replaced (bounds the cost of capturing them).
 const REFRESH: Duration = Duration::from_secs(5);
 
+/// One sampled request, pointing from a histogram bucket to its trace.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exemplar {
+    /// The trace, as 32 hex digits.
     pub trace_id: String,
+    /// The request span, as 16 hex digits.
     pub span_id: String,
+    /// The observed duration, seconds.
     pub value: f64,
+    /// When it was observed.
     pub at: SystemTime,
 }
 
@@ -49,6 +54,7 @@ impl ExemplarStore {
         !fresh
     }
 
+    /// Keep `exemplar` for its bucket of (`pool`, `command`), replacing the one before.
     pub fn record(&self, pool: &str, command: &str, exemplar: Exemplar) {
         let mut map = sync::lock(&self.map);
         let buckets = map

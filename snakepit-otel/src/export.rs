@@ -32,6 +32,7 @@ use snakepit_core::sync;
 /// What happened to the items of one signal. Read by the self-metrics.
 #[derive(Debug, Default)]
 pub struct SignalCounters {
+    /// Items the backend accepted.
     pub exported: AtomicU64,
     /// Lost because the queue was full (exporter slower than the load).
     pub dropped_queue_full: AtomicU64,
@@ -52,6 +53,7 @@ impl SignalCounters {
         snakepit_core::sync::lock(&self.last_error).clone()
     }
 
+    /// Items lost, for any reason.
     pub fn dropped(&self) -> u64 {
         self.dropped_queue_full.load(Ordering::Relaxed)
             + self.dropped_export_failed.load(Ordering::Relaxed)
@@ -62,11 +64,17 @@ impl SignalCounters {
 /// Batching and resilience settings.
 #[derive(Debug, Clone)]
 pub struct ExportSettings {
+    /// Items buffered; beyond it new ones are dropped and counted.
     pub max_queue: usize,
+    /// Items per export request.
     pub max_batch: usize,
+    /// How long a partial batch waits for more.
     pub delay: Duration,
+    /// How long one export may take.
     pub timeout: Duration,
+    /// Failures in a row that open the breaker.
     pub breaker_failures: u32,
+    /// How long the breaker stays open (items are dropped, not sent) before a retry.
     pub breaker_cooldown: Duration,
 }
 
@@ -80,7 +88,9 @@ pub trait BatchExporter<T>: Send + 'static {
     /// items) leaves the whole queue free for new items while a slow export is on the
     /// wire; memory stays bounded by the queue plus the one batch in flight.
     fn encode(&self, batch: Vec<T>) -> Self::Encoded;
+    /// Send one encoded batch; `Err` says why it failed (counted, never retried).
     fn export(&self, encoded: Self::Encoded) -> impl Future<Output = Result<(), String>>;
+    /// Release what the exporter holds (connections) when the batcher stops.
     fn shutdown(&self) {}
 }
 
@@ -232,10 +242,12 @@ impl<T: Send + 'static> Batcher<T> {
             .map_err(|_| OTelSdkError::Timeout(timeout))
     }
 
+    /// Export what is queued now; waits at most `timeout`.
     pub fn flush(&self, timeout: Duration) -> OTelSdkResult {
         self.roundtrip(Control::Flush, timeout)
     }
 
+    /// Export what is queued, then stop the thread; waits at most `timeout`.
     pub fn shutdown(&self, timeout: Duration) -> OTelSdkResult {
         let result = self.roundtrip(Control::Shutdown, timeout);
         let handle = sync::lock(&self.thread).take();

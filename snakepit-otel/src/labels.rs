@@ -41,6 +41,7 @@ const MAX_UNREGISTERED_POOLS: usize = 64;
 pub struct DefaultPool(Arc<RwLock<Arc<str>>>);
 
 impl DefaultPool {
+    /// A shared name, `name` until [`DefaultPool::set`].
     pub fn new(name: &str) -> Self {
         DefaultPool(Arc::new(RwLock::new(Arc::from(name))))
     }
@@ -58,6 +59,7 @@ impl DefaultPool {
         }
     }
 
+    /// Change the name for every holder (layers made before included).
     pub fn set(&self, name: &str) {
         *write(&self.0) = Arc::from(name);
     }
@@ -84,6 +86,7 @@ fn cut(value: &str) -> &str {
 }
 
 impl LabelCap {
+    /// A cap of `max` distinct values.
     pub fn new(max: usize) -> Self {
         LabelCap {
             max,
@@ -149,6 +152,7 @@ pub struct RequestLabels {
 }
 
 impl RequestLabels {
+    /// Label values for requests, at most `max_commands_per_pool` commands per pool.
     pub fn new(max_commands_per_pool: usize) -> Self {
         RequestLabels {
             max_commands: max_commands_per_pool,

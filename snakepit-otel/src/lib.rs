@@ -47,6 +47,8 @@
 //! - **Logs**: [`logs::LogLayer`] turns `tracing` events into sanitized JSON (or text)
 //!   lines with trace ids, and into OTLP log records.
 
+#![warn(missing_docs)]
+
 pub mod classify;
 pub mod config;
 pub mod correlation;

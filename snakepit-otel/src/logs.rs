@@ -45,6 +45,7 @@ pub struct LineWriter {
 }
 
 impl LineWriter {
+    /// A writer thread writing to `out`, with room for `capacity` lines in flight.
     pub fn new(mut out: Box<dyn Write + Send>, capacity: usize) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel::<Option<Vec<u8>>>(capacity.max(1));
         let thread = std::thread::Builder::new()
@@ -76,6 +77,7 @@ impl LineWriter {
         })
     }
 
+    /// Queue one line; when the queue is full it is dropped and counted, never waited for.
     pub fn write_line(&self, line: Vec<u8>) {
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
             self.tx.try_send(Some(line))
@@ -84,6 +86,7 @@ impl LineWriter {
         }
     }
 
+    /// Lines dropped so far.
     pub fn dropped(&self) -> Arc<AtomicU64> {
         self.dropped.clone()
     }

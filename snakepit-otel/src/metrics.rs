@@ -56,6 +56,7 @@ struct Finished<'a> {
 }
 
 impl RequestInstruments {
+    /// The request instruments on `meter`, with at most `max_command_labels` commands per pool.
     pub fn new(meter: &Meter, max_command_labels: usize) -> Self {
         RequestInstruments {
             requests: meter

@@ -34,8 +34,11 @@ struct Aggregate {
 /// Counters of the StatsD sink itself.
 #[derive(Debug, Default)]
 pub struct StatsdCounters {
+    /// UDP packets sent.
     pub packets_sent: AtomicU64,
+    /// Packets the socket refused.
     pub send_errors: AtomicU64,
+    /// Timer samples dropped: more than `MAX_SAMPLES` (10,000) per name between flushes.
     pub samples_dropped: AtomicU64,
 }
 
@@ -44,6 +47,7 @@ pub struct StatsdSink {
     consumer: Option<ConsumerHandle>,
     stop: Arc<AtomicBool>,
     flusher: Option<std::thread::JoinHandle<()>>,
+    /// What the sink has sent and lost.
     pub counters: Arc<StatsdCounters>,
 }
 
@@ -60,6 +64,7 @@ fn clean(part: &str) -> String {
 }
 
 impl StatsdSink {
+    /// Consume `bus` and send aggregates to `cfg.address` every `flush_interval_ms`.
     pub fn start(cfg: &StatsdConfig, bus: &EventBus) -> std::io::Result<StatsdSink> {
         let socket = UdpSocket::bind("127.0.0.1:0").or_else(|_| UdpSocket::bind("0.0.0.0:0"))?;
         socket.connect(&cfg.address)?;

@@ -47,10 +47,18 @@ use crate::worker_spans::WorkerSpans;
 /// Why telemetry could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
+    /// A value out of range, or what this build lacks; names the key.
     #[error("invalid telemetry configuration: {0}")]
     Config(#[from] snakepit_core::ConfigError),
+    /// An exporter or thread could not be started.
     #[error("cannot set up {what}: {message}")]
-    Setup { what: &'static str, message: String },
+    Setup {
+        /// What could not be set up (`span export thread`, `StatsD sink`...).
+        what: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// [`Telemetry::init`] found a global `tracing` subscriber already installed.
     #[error("a global tracing subscriber is already installed; use Telemetry::subscriber() and install it yourself")]
     SubscriberExists,
 }
@@ -131,18 +139,22 @@ impl Telemetry {
         self
     }
 
+    /// The configuration in effect (after the `OTEL_*` variables).
     pub fn config(&self) -> &TelemetryConfig {
         &self.inner.cfg
     }
 
+    /// The redaction rules span attributes and log lines go through.
     pub fn sanitizer(&self) -> &Sanitizer {
         &self.inner.sanitizer
     }
 
+    /// Correlation ids alone (part of [`Telemetry::layer`]).
     pub fn correlation_layer(&self) -> CorrelationLayer {
         CorrelationLayer::new(&self.inner.cfg.correlation)
     }
 
+    /// Request spans alone (part of [`Telemetry::layer`]).
     pub fn trace_layer(&self) -> TraceLayer {
         if !self.inner.cfg.enabled {
             return TraceLayer::disabled();
@@ -156,6 +168,7 @@ impl Telemetry {
         .with_worker_spans(self.inner.worker_spans.clone())
     }
 
+    /// Request metrics alone (part of [`Telemetry::layer`]).
     pub fn metrics_layer(&self) -> MetricsLayer {
         match &self.inner.instruments {
             Some(i) => MetricsLayer::new(i.clone(), self.inner.default_pool.clone()),
@@ -298,10 +311,12 @@ impl Telemetry {
         )
     }
 
+    /// What span export has sent, dropped and failed.
     pub fn span_counters(&self) -> &SignalCounters {
         &self.inner.span_counters
     }
 
+    /// What OTLP log export has sent, dropped and failed.
     pub fn log_counters(&self) -> &SignalCounters {
         &self.inner.log_counters
     }

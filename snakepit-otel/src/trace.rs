@@ -99,6 +99,7 @@ impl<S> Layer<S> for TraceLayer {
     }
 }
 
+/// The service [`TraceLayer`] makes.
 #[derive(Clone)]
 pub struct Trace<S> {
     inner: S,

@@ -19,11 +19,14 @@ use serde::{Deserialize, Serialize};
 pub struct ConfigError {
     /// Dotted path of the key, e.g. `pools.default.size`.
     pub key: String,
+    /// The value given.
     pub value: String,
+    /// What the key takes.
     pub allowed: String,
 }
 
 impl ConfigError {
+    /// `key = value` is not allowed; `allowed` says what is.
     pub fn new(key: impl Into<String>, value: impl ToString, allowed: impl Into<String>) -> Self {
         ConfigError {
             key: key.into(),
@@ -139,18 +142,23 @@ impl Default for SessionConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PoolConfig {
+    /// Names the pool in requests, metrics and logs (letters, digits, `_`, `-`).
     pub name: String,
     /// `module:Class` of a `snakepit_bridge.Adapter` subclass.
     pub adapter: String,
+    /// Worker processes kept running.
     pub size: usize,
+    /// How the pool talks to its workers (`pipe`, or `grpc` with that feature).
     pub transport: TransportKind,
     /// Requests that may wait for a worker beyond those being served.
     pub max_queue_size: usize,
+    /// What a request meets when `max_queue_size` are already waiting.
     pub when_full: WhenFull,
     /// Longest a request may wait for a worker.
     pub queue_timeout_ms: u64,
     /// Default per-request timeout (sent to Python as the gRPC deadline); 0 = none.
     pub request_timeout_ms: u64,
+    /// How long a worker may take to become ready.
     pub startup_timeout_ms: u64,
     /// Recycle a worker after this many requests; 0 = never.
     pub max_requests: u64,
@@ -158,14 +166,19 @@ pub struct PoolConfig {
     pub max_lifetime_secs: u64,
     /// Recycle a worker whose Python process RSS exceeds this; 0 = never.
     pub max_memory_mb: u64,
+    /// How often workers' RSS is measured (for `max_memory_mb` and stats).
     pub memory_check_interval_ms: u64,
+    /// How often each worker is health-checked.
     pub health_check_interval_ms: u64,
+    /// How long a health check may take before it counts as failed.
     pub health_check_timeout_ms: u64,
     /// Consecutive failed health checks before the worker is replaced.
     pub health_check_failures: u32,
     /// After SIGTERM, how long a worker may take to exit before SIGKILL.
     pub stop_grace_ms: u64,
+    /// First delay before restarting a worker in a crash loop.
     pub restart_backoff_initial_ms: u64,
+    /// Longest delay (the backoff doubles up to it).
     pub restart_backoff_max_ms: u64,
     /// Restarts back off only in a crash loop: a worker that failed to start, or died
     /// before completing a request and within this long of becoming ready. A worker
@@ -190,7 +203,9 @@ pub struct PoolConfig {
     /// queue once the running call has lasted 10 ms, so it never waits behind a slow
     /// call while a worker could run it.
     pub pipeline: bool,
+    /// The interpreter and environment workers run in.
     pub python: PythonConfig,
+    /// Session defaults.
     pub sessions: SessionConfig,
 }
 
@@ -291,6 +306,7 @@ fn nonzero(v: u64) -> Option<Duration> {
 }
 
 impl PoolConfig {
+    /// The default configuration, with `name`.
     pub fn named(name: impl Into<String>) -> Self {
         PoolConfig {
             name: name.into(),
@@ -298,15 +314,19 @@ impl PoolConfig {
         }
     }
 
+    /// `queue_timeout_ms` as a duration.
     pub fn queue_timeout(&self) -> Duration {
         ms(self.queue_timeout_ms)
     }
+    /// `request_timeout_ms` as a duration (`None`: no deadline).
     pub fn request_timeout(&self) -> Option<Duration> {
         nonzero(self.request_timeout_ms)
     }
+    /// `startup_timeout_ms` as a duration.
     pub fn startup_timeout(&self) -> Duration {
         ms(self.startup_timeout_ms)
     }
+    /// `max_lifetime_secs` as a duration (`None`: workers live on).
     pub fn max_lifetime(&self) -> Option<Duration> {
         nonzero(self.max_lifetime_secs.saturating_mul(1000))
     }

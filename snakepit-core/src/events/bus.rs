@@ -59,7 +59,9 @@ struct ConsumerShared {
 /// Counters of one consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerStats {
+    /// The name the consumer was attached or subscribed with.
     pub name: String,
+    /// Events handed to it.
     pub delivered: u64,
     /// Events lost because the consumer's buffer was full.
     pub dropped: u64,
@@ -178,6 +180,8 @@ impl EventBus {
         self.subscribe_with_buffer(name, pattern, self.inner.default_buffer)
     }
 
+    /// [`EventBus::subscribe`] with room for `buffer` undelivered events (beyond it
+    /// new ones are dropped and counted) instead of `consumer_buffer`.
     pub fn subscribe_with_buffer(
         &self,
         name: impl Into<String>,
@@ -288,14 +292,17 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// The next matching event; `None` once the bus is gone.
     pub async fn recv(&mut self) -> Option<Arc<Event>> {
         self.rx.recv().await
     }
 
+    /// The next matching event if one is waiting, without waiting.
     pub fn try_recv(&mut self) -> Option<Arc<Event>> {
         self.rx.try_recv().ok()
     }
 
+    /// What this subscription received and lost.
     pub fn stats(&self) -> ConsumerStats {
         stats_of(&self.shared)
     }
@@ -315,6 +322,7 @@ pub struct ConsumerHandle {
 }
 
 impl ConsumerHandle {
+    /// What this consumer received, lost, and how often its handler panicked.
     pub fn stats(&self) -> ConsumerStats {
         stats_of(&self.shared)
     }

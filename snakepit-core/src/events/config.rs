@@ -18,6 +18,7 @@ pub struct EventsConfig {
     /// Per-event sampling rate in [0, 1], keyed by full event name
     /// (`snakepit.worker.health_check = 0.1`). Unlisted events are kept.
     pub sampling: BTreeMap<String, f64>,
+    /// Redaction of secrets in event metadata before any consumer sees it.
     pub sanitize: SanitizeConfig,
     /// Events buffered per consumer before new ones are dropped (and counted).
     pub consumer_buffer: usize,
@@ -35,6 +36,7 @@ impl Default for EventsConfig {
 }
 
 impl EventsConfig {
+    /// Check every value; the error names the key (`events.sampling.<name>`...).
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (name, rate) in &self.sampling {
             if EventKind::from_name(name).is_none() {

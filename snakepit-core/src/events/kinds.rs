@@ -8,6 +8,7 @@ use crate::sanitize::Sanitizer;
 
 /// A number an event measures.
 pub trait Measure {
+    /// The number, as metrics take it.
     fn value(&self) -> f64;
 }
 impl Measure for u64 {
@@ -23,7 +24,9 @@ impl Measure for f64 {
 
 /// A metadata field: rendered to JSON for generic consumers, scrubbed before delivery.
 pub trait MetaField {
+    /// The field as JSON.
     fn to_json(&self) -> Value;
+    /// Redact or cut the field (stored under `key`) as the sanitizer's rules say.
     fn sanitize(&mut self, _key: &str, _s: &Sanitizer) {}
 }
 /// Fields whose end matters most when they are too long.
@@ -96,10 +99,12 @@ pub enum CrashCause {
     Signal,
     /// Exited by itself with a code.
     Exit,
+    /// How it ended is not known (its exit status could not be read).
     Unknown,
 }
 
 impl CrashCause {
+    /// Every cause, for metrics that pre-register their label values.
     pub const ALL: [CrashCause; 5] = [
         CrashCause::StartupFailed,
         CrashCause::Killed,
@@ -147,9 +152,10 @@ macro_rules! define_events {
         /// Which event, without its data: for patterns, sampling and metrics.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         #[repr(u8)]
-        pub enum EventKind { $($variant),* }
+        pub enum EventKind { $($(#[$doc])* $variant),* }
 
         impl EventKind {
+            /// Every event kind, in declaration order.
             pub const ALL: &'static [EventKind] = &[$(EventKind::$variant),*];
 
             /// The full name, e.g. `snakepit.worker.crashed`.
@@ -157,6 +163,7 @@ macro_rules! define_events {
                 match self { $(EventKind::$variant => $name),* }
             }
 
+            /// The kind named `name` (`snakepit.worker.crashed`), if there is one.
             pub fn from_name(name: &str) -> Option<EventKind> {
                 match name { $($name => Some(EventKind::$variant),)* _ => None }
             }
@@ -173,6 +180,9 @@ macro_rules! define_events {
             $(
                 $(#[$doc])*
                 #[derive(Debug, Clone, PartialEq)]
+                // The fields are the event's measurements and metadata, named and
+                // described in the event table of the README ("Events").
+                #[allow(missing_docs)]
                 pub struct $variant { $(pub $m: $mt,)* $(pub $k: $kt,)* }
 
                 impl From<$variant> for EventData {
@@ -183,9 +193,10 @@ macro_rules! define_events {
 
         /// The data of one event.
         #[derive(Debug, Clone, PartialEq)]
-        pub enum EventData { $($variant(data::$variant)),* }
+        pub enum EventData { $($(#[$doc])* $variant(data::$variant)),* }
 
         impl EventData {
+            /// Which event this is.
             pub fn kind(&self) -> EventKind {
                 match self { $(EventData::$variant(_) => EventKind::$variant),* }
             }
@@ -239,6 +250,7 @@ define_events! {
         measurements { utilization_percent: f64, queue_depth: u64 }
         metadata { pool_name: String, threshold_percent: f64 }
     }
+    /// A worker is ready: started, handshaken, its commands known.
     WorkerStarted = "snakepit.worker.started" {
         measurements { startup_time_ms: f64 }
         metadata { worker_id: String, pool_name: String, adapter: String, pid: u32 }
@@ -266,6 +278,7 @@ define_events! {
         measurements { uptime_ms: f64, requests_handled: u64 }
         metadata { worker_id: String, pool_name: String, reason: String, memory_mb: f64, pid: u32 }
     }
+    /// A health check of a worker answered, or failed.
     WorkerHealthCheck = "snakepit.worker.health_check" {
         measurements { response_time_ms: f64 }
         metadata { worker_id: String, pool_name: String, status: String, details: Value }
@@ -300,6 +313,7 @@ define_events! {
             caller_stalled: bool,
          }
     }
+    /// A session was created (bound to the worker that holds its state).
     SessionCreated = "snakepit.session.created" {
         measurements { creation_time_ms: f64 }
         metadata {

@@ -25,16 +25,21 @@ pub use pattern::{Pattern, PatternError};
 /// correlation id of the request behind it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
+    /// When it was emitted.
     pub timestamp: SystemTime,
+    /// The correlation id of the request behind it, if a request was.
     pub correlation_id: Option<String>,
+    /// What happened, typed.
     pub data: EventData,
 }
 
 impl Event {
+    /// Which event this is.
     pub fn kind(&self) -> EventKind {
         self.data.kind()
     }
 
+    /// Its full name, e.g. `snakepit.worker.crashed`.
     pub fn name(&self) -> &'static str {
         self.data.kind().name()
     }

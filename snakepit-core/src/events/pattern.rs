@@ -6,9 +6,11 @@ use std::fmt;
 
 use super::EventKind;
 
+/// An event pattern that matches no event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("event pattern {pattern:?} matches no event; use a full name like 'snakepit.pool.saturated' or a prefix like 'snakepit.worker.*'")]
 pub struct PatternError {
+    /// The pattern as given.
     pub pattern: String,
 }
 
@@ -68,10 +70,12 @@ impl Pattern {
         }
     }
 
+    /// Whether events of `kind` match.
     pub fn matches(&self, kind: EventKind) -> bool {
         self.mask & kind.bit() != 0
     }
 
+    /// Every kind that matches.
     pub fn kinds(&self) -> impl Iterator<Item = EventKind> + '_ {
         EventKind::ALL.iter().copied().filter(|k| self.matches(*k))
     }

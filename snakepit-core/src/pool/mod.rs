@@ -164,6 +164,7 @@ impl Pool {
         Ok(pool)
     }
 
+    /// The pool's name (`PoolConfig::name`).
     pub fn name(&self) -> &str {
         &self.shared.name
     }
@@ -173,10 +174,12 @@ impl Pool {
         &self.shared.launch.run_id
     }
 
+    /// The configuration it was started with.
     pub fn config(&self) -> &PoolConfig {
         &self.shared.config
     }
 
+    /// The bus its lifecycle events go to.
     pub fn events(&self) -> &EventBus {
         &self.shared.events
     }
@@ -238,6 +241,7 @@ impl Pool {
         Ok(info)
     }
 
+    /// The session `id`, if it exists.
     pub fn session(&self, id: &str) -> Option<SessionInfo> {
         self.shared.sessions.get(id)
     }

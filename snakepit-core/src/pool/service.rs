@@ -18,6 +18,7 @@ use crate::config::WhenFull;
 use crate::error::Error;
 use crate::request::{Request, Response};
 
+/// The future of a call through the pool's `tower::Service` impls.
 pub type PoolFuture<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'static>>;
 
 impl Pool {

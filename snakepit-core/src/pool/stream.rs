@@ -46,6 +46,7 @@ impl StreamOutcome<'_> {
 /// What an observer learns when a stream ends.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamEnd<'a> {
+    /// How it ended: its last chunk, a failure, or the caller going away.
     pub outcome: StreamOutcome<'a>,
     /// The worker, the queue wait and the time on the worker (None only if no worker
     /// ever took the request).
@@ -109,6 +110,7 @@ impl ResponseStream {
         }
     }
 
+    /// The request's id (generated when the request had none).
     pub fn request_id(&self) -> &str {
         &self.request_id
     }
