@@ -15,7 +15,25 @@ use crate::events::EventBus;
 use crate::pool::{Pool, ResponseStream};
 use crate::request::{Request, Response};
 
-/// Named pools sharing one event bus. Cheap to clone.
+/// Named pools sharing one event bus, routed by [`Request::pool`]. Cheap to clone;
+/// a `tower::Service` like [`Pool`] (and [`Pools::streaming`] for streams).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use serde_json::json;
+/// use snakepit_core::{EventBus, PoolConfig, Pools, Request};
+///
+/// let text = PoolConfig { adapter: "my_pkg.text:TextAdapter".into(), ..PoolConfig::named("text") };
+/// let vision = PoolConfig { size: 1, adapter: "my_pkg.vision:VisionAdapter".into(), ..PoolConfig::named("vision") };
+/// let pools = Pools::start(vec![text, vision], EventBus::default()).await?;
+/// let label = pools
+///     .execute(Request::new("classify", json!({"url": "https://example.com/cat.png"})).pool("vision"))
+///     .await?;
+/// // Without `.pool(..)` a request goes to the first pool, "text".
+/// let tokens = pools.execute(Request::new("tokens", json!({"text": "hi"}))).await?;
+/// pools.shutdown(std::time::Duration::from_secs(10)).await;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Pools {
     pools: Arc<BTreeMap<String, Pool>>,

@@ -94,7 +94,22 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-/// One call of a Python command.
+/// One call of a Python command: the command, its JSON arguments, and where and how
+/// it should run.
+///
+/// ```
+/// use std::time::Duration;
+/// use serde_json::json;
+/// use snakepit_core::Request;
+///
+/// let req = Request::new("predict", json!({"text": "great library"}))
+///     .pool("models") // for `Pools`; a single pool ignores it
+///     .session("user-42") // the worker holding this session's state
+///     .timeout(Duration::from_secs(2)) // instead of the pool's request_timeout_ms
+///     .correlation_id("order-1234"); // ties logs, events and spans together
+/// assert_eq!(req.pool.as_deref(), Some("models"));
+/// assert_eq!(req.args.len(), r#"{"text":"great library"}"#.len());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     /// The adapter command to call.

@@ -11,8 +11,26 @@
 //! - [`api`]: the HTTP execute API of `snakepit serve`, mountable in your own axum app;
 //! - [`config`]: `snakepit.toml` with `SNAKEPIT_*` overrides.
 //!
-//! `snakepit serve` wires them: telemetry → listener (probes answer at once) → pools →
-//! traffic; on SIGTERM the reverse (see [`serve`]).
+//! [`Snakepit::builder`] wires them in the order they need — telemetry, events, health,
+//! pools, readiness — for an application of your own:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use serde_json::json;
+//! use snakepit::{PoolConfig, Request, Snakepit};
+//! use tower::ServiceExt;
+//!
+//! let pit = Snakepit::builder().pool(PoolConfig::default()).start().await?;
+//! let resp = pit.service().oneshot(Request::new("echo", json!({"x": 1}))).await?;
+//! assert_eq!(resp.value()?, json!({"x": 1}));
+//! let app = axum::Router::new().merge(pit.router()); // /v1/execute, /health/*, /metrics, /dashboard
+//! # let _ = app;
+//! pit.shutdown(std::time::Duration::from_secs(30)).await;
+//! # Ok(()) }
+//! ```
+//!
+//! `snakepit serve` is the same builder: telemetry → listener (probes answer at once) →
+//! pools → traffic; on SIGTERM the reverse (see [`serve`]).
 
 #![warn(missing_docs)]
 
