@@ -10,6 +10,10 @@
 //!   service reports no worker timing, so no worker span is built, and no log line is
 //!   written per call (request logging is off, as shipped).
 //!
+//! Each of `defaults` and `full` runs twice: the three layers stacked by hand
+//! (`correlation_layer`, `trace_layer`, `metrics_layer`), and `Telemetry::layer()`, the
+//! one layer that does all three in one service with one boxed future (`…/one`).
+//!
 //! CPU is the whole process's (`getrusage`): the export threads' work on what the
 //! calls queued is included, so it is an upper bound on the request path's share.
 //!
@@ -67,19 +71,38 @@ fn config(name: &str) -> TelemetryConfig {
     cfg
 }
 
-/// Nanoseconds of wall and CPU time per call over `calls` calls.
-async fn measure(name: &str, calls: u64) -> (f64, f64) {
+/// Nanoseconds of wall and CPU time per call over `calls` calls; `one`: through
+/// `Telemetry::layer()` instead of the three layers stacked.
+async fn measure(name: &str, one: bool, calls: u64) -> (f64, f64) {
     let telemetry = Telemetry::build_with_log_writer(config(name), Box::new(std::io::sink()))
         .unwrap_or_else(|e| panic!("telemetry {name}: {e}"));
     let dispatch = telemetry.subscriber();
     let _guard = dispatch.as_ref().map(tracing::dispatcher::set_default);
     let inner =
         tower::service_fn(|_req: Request| async { Ok::<_, snakepit_core::Error>(answer()) });
-    let mut svc = ServiceBuilder::new()
-        .layer(telemetry.correlation_layer())
-        .layer(telemetry.trace_layer())
-        .layer(telemetry.metrics_layer())
-        .service(inner);
+    let result = if one {
+        let svc = ServiceBuilder::new()
+            .layer(telemetry.layer())
+            .service(inner);
+        drive(svc, calls).await
+    } else {
+        let svc = ServiceBuilder::new()
+            .layer(telemetry.correlation_layer())
+            .layer(telemetry.trace_layer())
+            .layer(telemetry.metrics_layer())
+            .service(inner);
+        drive(svc, calls).await
+    };
+    drop(_guard);
+    telemetry.shutdown(Duration::from_secs(2));
+    result
+}
+
+async fn drive<S>(mut svc: S, calls: u64) -> (f64, f64)
+where
+    S: Service<Request, Response = Response>,
+    S::Error: std::fmt::Debug,
+{
     let req = Request::new("ping", serde_json::json!({}));
     // Warm up (first-use allocations, label maps, exemplar slots).
     for _ in 0..1_000 {
@@ -90,11 +113,7 @@ async fn measure(name: &str, calls: u64) -> (f64, f64) {
         let _ = svc.ready().await.unwrap().call(req.clone()).await;
     }
     let per = |d: Duration| d.as_nanos() as f64 / calls as f64;
-    let result = (per(wall.elapsed()), per(process_cpu() - cpu));
-    drop(svc);
-    drop(_guard);
-    telemetry.shutdown(Duration::from_secs(2));
-    result
+    (per(wall.elapsed()), per(process_cpu() - cpu))
 }
 
 fn main() {
@@ -114,28 +133,39 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let names: Vec<&str> = ["off", "defaults", "full"]
-        .into_iter()
-        .filter(|n| only.as_deref().is_none_or(|o| o == *n))
-        .collect();
+    let cells: Vec<(&str, bool)> = [
+        ("off", false),
+        ("defaults", false),
+        ("defaults", true),
+        ("full", false),
+        ("full", true),
+    ]
+    .into_iter()
+    .filter(|(n, _)| only.as_deref().is_none_or(|o| o == *n))
+    .collect();
     let rounds = if quick || only.is_some() { 1 } else { 3 };
     println!("telemetry layers around an instant service, {calls} calls per cell, {rounds} rounds");
     println!(
-        "{:<10} {:>14} {:>14} {:>16}",
+        "{:<13} {:>11} {:>14} {:>16}",
         "config", "wall ns/call", "CPU ns/call", "CPU vs off (ns)"
     );
     let mut off_cpu = None;
     for round in 0..rounds {
-        for name in &names {
-            let (wall, cpu) = rt.block_on(measure(name, calls));
-            if *name == "off" {
+        for &(name, one) in &cells {
+            let (wall, cpu) = rt.block_on(measure(name, one, calls));
+            if name == "off" {
                 off_cpu = Some(cpu);
             }
             let extra = off_cpu
                 .map(|o| format!("{:+.0}", cpu - o))
                 .unwrap_or_default();
+            let label = if one {
+                format!("{name}/one")
+            } else {
+                name.to_string()
+            };
             println!(
-                "{name:<10} {wall:>14.0} {cpu:>14.0} {extra:>16}   (round {})",
+                "{label:<13} {wall:>11.0} {cpu:>14.0} {extra:>16}   (round {})",
                 round + 1
             );
         }
