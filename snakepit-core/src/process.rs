@@ -265,6 +265,24 @@ impl WorkerProcess {
     }
 }
 
+#[cfg(test)]
+impl WorkerProcess {
+    /// No process at all (pid 0, so it is never signalled) that never exits: for
+    /// tests that play the worker through a fake transport.
+    pub(crate) fn stand_in() -> WorkerProcess {
+        let (_, exit) = watch::channel(None);
+        let (_, stderr_done) = watch::channel(true);
+        WorkerProcess {
+            pid: 0,
+            _stdin: None,
+            exit,
+            stderr_done,
+            tail: StderrTail::default(),
+            started_at: Instant::now(),
+        }
+    }
+}
+
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
         // Whatever path dropped us, no worker outlives its handle.

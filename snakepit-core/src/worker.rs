@@ -193,6 +193,33 @@ impl Worker {
     }
 }
 
+#[cfg(test)]
+impl Worker {
+    /// A worker whose calls go to `transport` and whose process is a stand-in: the
+    /// pool's paths a real worker cannot be made to hit on demand, tested with it.
+    pub(crate) fn fake(id: &str, transport: Arc<dyn WorkerTransport>) -> Worker {
+        let process = WorkerProcess::stand_in();
+        let id: Arc<str> = Arc::from(id);
+        let status = Arc::new(WorkerStatus {
+            id: id.clone(),
+            pid: 0,
+            started_at: process.started_at,
+            state: AtomicU8::new(WorkerState::Idle as u8),
+            requests: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            rss_bytes: AtomicU64::new(0),
+        });
+        Worker {
+            id,
+            ready_at: Instant::now(),
+            process,
+            transport,
+            status,
+            socket: None,
+        }
+    }
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
         if let Some(socket) = &self.socket {

@@ -375,3 +375,7 @@ async fn transport_failure(
         TransportError::Other(message) => (Error::Transport { worker_id, message }, None),
     }
 }
+
+#[cfg(test)]
+#[path = "execute_tests.rs"]
+mod tests;
