@@ -31,6 +31,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use snakepit_core::Request;
@@ -44,12 +45,28 @@ use crate::outcome::Outcome;
 use crate::trace::TraceLayer;
 
 /// See the [module docs](self). Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TelemetryLayer {
     correlation: CorrelationLayer,
     trace: TraceLayer,
     metrics: MetricsLayer,
     default_pool: DefaultPool,
+    /// The telemetry this layer reports to, held so that exporters keep running as long
+    /// as a service built with it exists (dropping the last `Telemetry` handle while
+    /// the services still serve would otherwise stop export silently). Type-erased:
+    /// `telemetry.rs` hands it in, so this module need not know `Telemetry`.
+    _keep_alive: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for TelemetryLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryLayer")
+            .field("correlation", &self.correlation)
+            .field("trace", &self.trace)
+            .field("metrics", &self.metrics)
+            .field("default_pool", &self.default_pool)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TelemetryLayer {
@@ -58,12 +75,14 @@ impl TelemetryLayer {
         trace: TraceLayer,
         metrics: MetricsLayer,
         default_pool: DefaultPool,
+        keep_alive: Arc<dyn std::any::Any + Send + Sync>,
     ) -> Self {
         TelemetryLayer {
             correlation,
             trace,
             metrics,
             default_pool,
+            _keep_alive: keep_alive,
         }
     }
 }

@@ -184,6 +184,7 @@ impl Telemetry {
             self.trace_layer(),
             self.metrics_layer(),
             self.inner.default_pool.clone(),
+            self.inner.clone(),
         )
     }
 
