@@ -49,9 +49,14 @@ impl ClassifyError for Error {
         Failure {
             error_type: self.error_type(),
             python: self.python(),
+            // A stream cut off because its caller stopped reading is the caller's doing.
             server_side: matches!(
                 self,
-                Error::Timeout { .. } | Error::WorkerCrashed { .. } | Error::Transport { .. }
+                Error::Timeout {
+                    caller_stalled: false,
+                    ..
+                } | Error::WorkerCrashed { .. }
+                    | Error::Transport { .. }
             ),
             evidence: match self {
                 Error::Python(_) => Evidence::Ran,
@@ -106,6 +111,20 @@ pub(crate) fn evidence_of<T, E: ClassifyError>(result: &Result<T, E>) -> Evidenc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_cut_off_for_a_stalled_caller_is_not_a_server_fault() {
+        let timeout = |caller_stalled| Error::Timeout {
+            command: "stream".into(),
+            worker_id: "w".into(),
+            timeout: std::time::Duration::from_secs(30),
+            caller_stalled,
+        };
+        assert!(timeout(false).classify().server_side);
+        let stalled = timeout(true);
+        assert!(!stalled.classify().server_side);
+        assert_eq!(stalled.classify().error_type, "Timeout");
+    }
 
     #[test]
     fn a_boxed_pool_error_is_found_again_through_wrapping() {
