@@ -553,8 +553,12 @@ impl TelemetryConfig {
             if on && !protocol_built(self.otlp.protocol) {
                 return Err(ConfigError::new(
                     format!("telemetry.{signal}.otlp"),
-                    "true",
-                    format!("false here: {}", protocol_not_built(self.otlp.protocol)),
+                    "true (set, or turned on by an OTEL_EXPORTER_OTLP_* endpoint variable)",
+                    format!(
+                        "false here (or OTEL_{}_EXPORTER=none): {}",
+                        signal.to_uppercase(),
+                        protocol_not_built(self.otlp.protocol)
+                    ),
                 ));
             }
         }

@@ -94,8 +94,9 @@ impl SnakepitBuilder {
         self
     }
 
-    /// Telemetry settings (default: JSON logs on stdout, Prometheus `/metrics`; OTLP
-    /// export when an endpoint is set, also through `OTEL_*` variables).
+    /// Telemetry settings (default: JSON logs on stdout, Prometheus `/metrics` with the
+    /// `prometheus` feature; OTLP export when an endpoint is set, also through `OTEL_*`
+    /// variables).
     pub fn telemetry(mut self, cfg: TelemetryConfig) -> Self {
         self.telemetry = cfg;
         self
@@ -147,9 +148,12 @@ impl SnakepitBuilder {
         if pools.is_empty() {
             pools.push(PoolConfig::default());
         }
+        // Everything is checked before anything global happens (the subscriber).
         for p in &pools {
             p.validate()?;
         }
+        self.events.validate()?;
+        self.health.validate()?;
         snakepit_core::config::check_range(
             "server.max_payload_bytes",
             self.max_payload_bytes as u64,

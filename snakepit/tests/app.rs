@@ -156,4 +156,23 @@ async fn a_bad_configuration_is_refused_before_anything_starts() {
         .err()
         .expect("a 0-byte payload limit is refused");
     assert!(err.to_string().contains("max_payload_bytes"), "{err}");
+    // The events and health sections too, before telemetry is set up.
+    let mut events = snakepit::EventsConfig::default();
+    events.sampling.insert("snakepit.no.such_event".into(), 0.5);
+    let err = Snakepit::builder()
+        .events(events)
+        .install_subscriber(false)
+        .build()
+        .err()
+        .expect("an unknown event name is refused");
+    assert!(err.to_string().contains("snakepit.no.such_event"), "{err}");
+    let mut health = snakepit::health::HealthConfig::default();
+    health.criteria.max_error_rate = 7.0;
+    let err = Snakepit::builder()
+        .health(health)
+        .install_subscriber(false)
+        .build()
+        .err()
+        .expect("an error rate above 1 is refused");
+    assert!(err.to_string().contains("max_error_rate"), "{err}");
 }

@@ -89,6 +89,18 @@ fn configuration_errors_and_usage_errors_are_clear() {
         "{}",
         text(&listen.stdout)
     );
+    // The OTEL_* variables are part of the configuration serve will run with: a bad
+    // one fails the check, not the start.
+    let bad_env = snakepit(
+        &["serve", "--check-config"],
+        &[("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")],
+    );
+    assert_eq!(bad_env.status.code(), Some(2));
+    assert!(
+        text(&bad_env.stderr).contains("OTEL_EXPORTER_OTLP_PROTOCOL"),
+        "{}",
+        text(&bad_env.stderr)
+    );
     let bad_listen = snakepit(&["serve", "--check-config", "--listen", "nowhere"], &[]);
     assert_eq!(bad_listen.status.code(), Some(2));
     assert!(text(&bad_listen.stderr).contains("server.listen"));

@@ -168,7 +168,11 @@ impl AppConfig {
             }
         }
         self.events.validate()?;
-        self.telemetry.validate()?;
+        // As it will run: the OTEL_* variables can turn export on (and a build without
+        // OTLP must say so now, not when serve starts).
+        let mut telemetry = self.telemetry.clone();
+        telemetry.apply_env()?;
+        telemetry.validate()?;
         self.health.validate()?;
         Ok(())
     }
