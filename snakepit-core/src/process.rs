@@ -270,7 +270,10 @@ impl WorkerProcess {
     /// No process at all (pid 0, so it is never signalled) that never exits: for
     /// tests that play the worker through a fake transport.
     pub(crate) fn stand_in() -> WorkerProcess {
-        let (_, exit) = watch::channel(None);
+        let (exit_tx, exit) = watch::channel(None);
+        // Never sent, never dropped: waiting for this process's exit waits (bounded by
+        // the caller's timeout), as it would for a live process.
+        std::mem::forget(exit_tx);
         let (_, stderr_done) = watch::channel(true);
         WorkerProcess {
             pid: 0,

@@ -130,6 +130,11 @@ pub fn extract_embedded_bridge(root: &Path) -> Result<PathBuf, StartError> {
 fn source_checkout() -> Option<PathBuf> {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let root = manifest_dir.parent()?;
+    // Cargo marks what it unpacks or checks out itself (registry sources, `git`
+    // dependencies, `cargo install --git`) with `.cargo-ok`: not the user's checkout.
+    if root.join(".cargo-ok").exists() || manifest_dir.join(".cargo-ok").exists() {
+        return None;
+    }
     let manifest = fs::read_to_string(root.join("Cargo.toml")).ok()?;
     (manifest.contains("[workspace]") && manifest.contains("\"snakepit-core\""))
         .then(|| root.canonicalize().unwrap_or_else(|_| root.to_path_buf()))

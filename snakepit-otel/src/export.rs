@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use opentelemetry::InstrumentationScope;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-#[cfg(feature = "otlp")]
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use opentelemetry_sdk::logs::{LogBatch, LogExporter};
 use opentelemetry_sdk::logs::{LogProcessor, SdkLogRecord};
 use snakepit_core::sync;
@@ -438,10 +438,10 @@ fn drain_forever<T>(
 
 pub(crate) type LogItem = (SdkLogRecord, InstrumentationScope);
 
-#[cfg(feature = "otlp")]
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 pub(crate) struct OtelLogs<E>(pub E);
 
-#[cfg(feature = "otlp")]
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 impl<E: LogExporter + 'static> BatchExporter<LogItem> for OtelLogs<E> {
     type Encoded = Vec<LogItem>;
     fn encode(&self, batch: Vec<LogItem>) -> Vec<LogItem> {

@@ -36,7 +36,7 @@ pub(crate) fn tonic_metadata(
 /// Build the OTLP exporter of one signal for the configured protocol (the builders of
 /// the three signals share no trait, hence a macro). `Err` names what failed, or the
 /// missing cargo feature (validation refuses that config first).
-#[cfg(feature = "otlp")]
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 macro_rules! otlp_exporter {
     ($builder:expr, $otlp:expr, $signal:literal) => {{
         let otlp: &$crate::config::OtlpConfig = $otlp;
@@ -69,5 +69,5 @@ macro_rules! otlp_exporter {
     }};
 }
 
-#[cfg(feature = "otlp")]
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 pub(crate) use otlp_exporter;

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-#[cfg(feature = "otlp")]
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use bytes::Bytes;
 #[cfg(feature = "otlp-grpc")]
 use bytes::{Buf, BufMut};
@@ -16,10 +16,10 @@ use opentelemetry_sdk::trace::{SpanData, SpanProcessor};
 use opentelemetry_sdk::Resource;
 
 use crate::config::OtlpConfig;
-#[cfg(feature = "otlp")]
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use crate::config::OtlpProtocol;
 use crate::export::{BatchExporter, Batcher};
-#[cfg(feature = "otlp")]
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use crate::span_encoding::encode_resource;
 pub use crate::span_encoding::EncodedSpan;
 use crate::span_encoding::{encode_request, EncodedResource};
@@ -109,7 +109,7 @@ pub(crate) struct OtlpSpans {
 }
 
 /// A build without OTLP: validation refuses exported spans before this is reached.
-#[cfg(not(feature = "otlp"))]
+#[cfg(not(any(feature = "otlp-grpc", feature = "otlp-http")))]
 impl OtlpSpans {
     pub(crate) fn new(otlp: &OtlpConfig, _resource: &Resource) -> Result<Self, String> {
         Err(crate::config::protocol_not_built(otlp.protocol))
@@ -120,7 +120,7 @@ impl OtlpSpans {
     }
 }
 
-#[cfg(feature = "otlp")]
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 impl OtlpSpans {
     /// Made on the export thread (its runtime drives the connection). The gRPC
     /// connection is made lazily, on the first export.

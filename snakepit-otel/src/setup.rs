@@ -4,19 +4,19 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-#[cfg(feature = "otlp")]
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use std::time::Duration;
 
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
-#[cfg(feature = "otlp")]
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use opentelemetry_otlp::WithExportConfig;
 #[cfg(feature = "otlp-http")]
 use opentelemetry_otlp::WithHttpConfig;
 #[cfg(feature = "otlp-grpc")]
 use opentelemetry_otlp::WithTonicConfig;
-#[cfg(feature = "otlp")]
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::Resource;
@@ -24,14 +24,14 @@ use snakepit_core::Sanitizer;
 
 use crate::config::{LogFormat, TelemetryConfig};
 use crate::export::SignalCounters;
-#[cfg(feature = "otlp")]
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use crate::export::{Batcher, OtelLogs, QueueLogProcessor};
-#[cfg(feature = "otlp")]
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use crate::export_metrics::MetricPusher;
 use crate::labels::DefaultPool;
 use crate::logs::LineWriter;
 use crate::metrics::RequestInstruments;
-#[cfg(feature = "otlp")]
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 use crate::otlp::{export_settings, otlp_exporter};
 use crate::telemetry::{setup, Inner, Sinks, Telemetry, TelemetryError};
 
@@ -92,7 +92,7 @@ impl Telemetry {
             build_metrics(&mut t, &resource)?;
         }
         // Validation refused OTLP logs if this build cannot send them.
-        #[cfg(feature = "otlp")]
+        #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
         if t.cfg.logs.exported() {
             build_otlp_logs(&mut t, resource)?;
         }
@@ -124,7 +124,7 @@ fn build_metrics(t: &mut Inner, resource: &Resource) -> Result<(), TelemetryErro
         meter_builder = meter_builder.with_reader(exporter);
         t.registry = Some(registry);
     }
-    #[cfg(feature = "otlp")]
+    #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
     if t.cfg.metrics.exported() {
         let otlp = t.cfg.otlp.clone();
         let (reader, pusher) = MetricPusher::start(
@@ -165,7 +165,7 @@ fn build_metrics(t: &mut Inner, resource: &Resource) -> Result<(), TelemetryErro
 }
 
 /// The OTel logger whose records go through a bounded queue to their export thread.
-#[cfg(feature = "otlp")]
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
 fn build_otlp_logs(t: &mut Inner, resource: Resource) -> Result<(), TelemetryError> {
     let otlp = t.cfg.otlp.clone();
     let res = resource.clone();

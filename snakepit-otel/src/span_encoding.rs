@@ -257,7 +257,10 @@ impl EncodedResource {
     }
 }
 
-#[cfg_attr(not(feature = "otlp"), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "otlp-grpc", feature = "otlp-http")),
+    allow(dead_code)
+)]
 pub(crate) fn encode_resource(resource: &Resource) -> EncodedResource {
     let mut field = Vec::new();
     message(&mut field, 1, |buf| {

@@ -223,14 +223,18 @@ async fn a_consumer_that_stops_reading_holds_the_worker_back_through_the_pipe() 
     // Nobody reads: the producer runs until the pipe is full, then waits. Poll for the
     // count to stop moving rather than sleeping a guessed time.
     let mut last = u64::MAX;
-    loop {
+    let mut unchanged = 0;
+    while unchanged < 5 {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let now = written.load(Ordering::SeqCst);
-        if now == last {
-            break;
-        }
+        unchanged = if now == last { unchanged + 1 } else { 0 };
         last = now;
     }
+    assert!(
+        !producer.is_finished(),
+        "the producer must be blocked, not done"
+    );
+    assert!(last > 0, "the producer never ran");
     assert!(
         last < 200,
         "{last} chunks of ~1 KB went out with no reader: something buffers them"
