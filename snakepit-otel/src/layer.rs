@@ -40,7 +40,7 @@ use tower::{Layer, Service};
 use crate::classify::ClassifyError;
 use crate::correlation::CorrelationLayer;
 use crate::labels::DefaultPool;
-use crate::metrics::{Measured, MetricsLayer};
+use crate::metrics::{measure, MetricsLayer};
 use crate::outcome::Outcome;
 use crate::trace::TraceLayer;
 
@@ -129,27 +129,13 @@ where
         // Span first: it puts its ids into the request, which the metrics read for the
         // exemplar.
         let traced = trace.as_ref().map(|t| t.begin(&pool, &mut req));
-        let measured = instruments.map(|i| i.begin(pool, &req));
+        // The exemplar is the span just opened, handed over rather than parsed back out
+        // of the traceparent it wrote.
+        let measured = instruments.map(|i| i.begin(pool, &req, || traced.as_ref()?.exemplar()));
         let fut = self.inner.call(req);
         match traced {
             Some(traced) => Box::pin(measure(measured, traced.run(fut))),
             None => Box::pin(measure(measured, fut)),
         }
     }
-}
-
-/// Await `fut`, then record it. Dropped before an answer (the caller went away), the
-/// guard records a cancellation.
-async fn measure<F, T, E>(measured: Option<Measured>, fut: F) -> Result<T, E>
-where
-    F: Future<Output = Result<T, E>>,
-    T: Outcome,
-    E: ClassifyError,
-{
-    let measured = measured;
-    let mut result = fut.await;
-    if let Some(m) = measured {
-        m.finish(&mut result);
-    }
-    result
 }

@@ -217,13 +217,15 @@ struct Pending {
 }
 
 impl RequestInstruments {
-    /// Start measuring `req`, counted for `pool`. Call after the trace layer put the
-    /// request's span into its metadata: that span is the exemplar.
-    pub(crate) fn begin(self: &Arc<Self>, pool: Arc<str>, req: &Request) -> Measured {
-        let exemplar = self
-            .exemplars
-            .as_ref()
-            .and_then(|_| sampled_parent(&req.metadata));
+    /// Start measuring `req`, counted for `pool`; `exemplar` names the sampled span to
+    /// point at (asked only when exemplars are kept).
+    pub(crate) fn begin(
+        self: &Arc<Self>,
+        pool: Arc<str>,
+        req: &Request,
+        exemplar: impl FnOnce() -> Option<SpanContext>,
+    ) -> Measured {
+        let exemplar = self.exemplars.as_ref().and_then(|_| exemplar());
         Measured(Some(Pending {
             instruments: self.clone(),
             pool,
@@ -236,7 +238,7 @@ impl RequestInstruments {
 
 /// The sampled span in `metadata`'s `traceparent`, the request span when the trace
 /// layer runs outside this one (else the caller's; the trace is the same).
-fn sampled_parent(metadata: &[(String, String)]) -> Option<SpanContext> {
+pub(crate) fn sampled_parent(metadata: &[(String, String)]) -> Option<SpanContext> {
     let (_, value) = metadata.iter().find(|(k, _)| k == "traceparent")?;
     crate::request_spans::parse_traceparent(value).filter(|sc| sc.is_valid() && sc.is_sampled())
 }
@@ -321,14 +323,24 @@ where
         let Some(instruments) = &self.layer.instruments else {
             return Box::pin(self.inner.call(req));
         };
-        let measured = instruments.begin(self.layer.default_pool.of(&req), &req);
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            // Dropped before an answer (the caller went away): counted as cancelled.
-            let measured = measured;
-            let mut result = fut.await;
-            measured.finish(&mut result);
-            result
-        })
+        let measured = instruments.begin(self.layer.default_pool.of(&req), &req, || {
+            sampled_parent(&req.metadata)
+        });
+        Box::pin(measure(Some(measured), self.inner.call(req)))
     }
+}
+
+/// Await `fut`, then record it. Dropped before an answer (the caller went away), the
+/// guard records a cancellation.
+pub(crate) async fn measure<F, T, E>(measured: Option<Measured>, fut: F) -> Result<T, E>
+where
+    F: Future<Output = Result<T, E>>,
+    T: Outcome,
+    E: ClassifyError,
+{
+    let mut result = fut.await;
+    if let Some(m) = measured {
+        m.finish(&mut result);
+    }
+    result
 }

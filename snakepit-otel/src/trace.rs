@@ -217,6 +217,17 @@ impl TraceShared {
 }
 
 impl Traced {
+    /// The request span, when it is exported and sampled: what a metric exemplar points
+    /// at (the same span its `traceparent` names).
+    pub(crate) fn exemplar(&self) -> Option<opentelemetry::trace::SpanContext> {
+        self.context.as_ref()?;
+        let open = self.guard.0.as_ref()?;
+        open.otel
+            .context
+            .is_sampled()
+            .then(|| open.otel.context.clone())
+    }
+
     /// Await `inner` inside the request's spans, then end them with its answer (a
     /// stream's span when the stream ends).
     pub(crate) fn run<F, T, E>(self, inner: F) -> impl Future<Output = Result<T, E>> + Send
