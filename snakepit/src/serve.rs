@@ -12,12 +12,10 @@ use crate::config::AppConfig;
 /// Why `snakepit serve` stopped before serving, or could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// Telemetry could not be set up.
-    #[error("{0}")]
-    Telemetry(#[from] snakepit_otel::TelemetryError),
-    /// A setting is out of range.
-    #[error("invalid configuration: {0}")]
-    Config(#[from] snakepit_core::ConfigError),
+    /// Setting up telemetry, the configuration, or the pools failed (see
+    /// [`BuildError`]).
+    #[error(transparent)]
+    Build(#[from] BuildError),
     /// The listen address could not be bound (in use, or not this host's).
     #[error("cannot listen on {addr}: {message} (is another process using it? set server.listen)")]
     Bind {
@@ -26,18 +24,11 @@ pub enum ServeError {
         /// What the OS said.
         message: String,
     },
-    /// A pool did not start.
-    #[error("cannot start the pools: {0}")]
-    Start(#[from] snakepit_core::StartError),
 }
 
-impl From<BuildError> for ServeError {
-    fn from(e: BuildError) -> Self {
-        match e {
-            BuildError::Telemetry(e) => ServeError::Telemetry(e),
-            BuildError::Config(e) => ServeError::Config(e),
-            BuildError::Start(e) => ServeError::Start(e),
-        }
+impl From<snakepit_core::StartError> for ServeError {
+    fn from(e: snakepit_core::StartError) -> Self {
+        ServeError::Build(BuildError::Start(e))
     }
 }
 
