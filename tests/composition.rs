@@ -160,22 +160,8 @@ async fn tower_middleware_inside_the_layer_is_seen_through() {
         .load_shed()
         .concurrency_limit(1)
         .service(s.pools.clone());
-    let busy = s.pools.default_pool().clone();
-    // The timed-out sleep above still runs on its worker; wait for it to finish, so a
-    // busy worker means the first call holds the permit.
-    assert!(wait_until_async(Duration::from_secs(10), || busy.load().busy_workers == 0).await);
-    let first = tokio::spawn(
-        shedding
-            .clone()
-            .oneshot(Request::new("sleep", json!({"ms": 300}))),
-    );
-    assert!(wait_until_async(Duration::from_secs(10), || busy.load().busy_workers == 1).await);
-    let err = shedding
-        .oneshot(Request::new("ping", json!({})))
-        .await
-        .expect_err("shed");
+    let err = shed_while_busy(&s.pools, shedding, "ping").await;
     assert_eq!(err.classify().error_type, "Overloaded");
-    first.await.expect("join").expect("the first call ran");
     assert_eq!(s.requests_total("ping", "error"), 1);
     assert_eq!(s.requests_total("sleep", "success"), 1);
     let shed = s.span("models/ping", |_| true);
@@ -245,9 +231,26 @@ async fn tower_middleware_outside_the_layer_is_accounted_for() {
         .concurrency_limit(1)
         .layer(s.telemetry.layer())
         .service(s.pools.clone());
-    let busy = s.pools.default_pool().clone();
-    // The timed-out sleep above still runs on its worker; wait for it to finish, so a
-    // busy worker means the first call holds the permit.
+    let err = shed_while_busy(&s.pools, shedding, "echo").await;
+    assert!(err.is::<tower::load_shed::error::Overloaded>(), "{err}");
+    assert_eq!(s.requests_total("echo", "error"), 0);
+    assert_eq!(s.requests_total("sleep", "success"), 1);
+    s.stop().await;
+}
+
+/// Through `shedding` (a load shedder over a limit of one): a 300 ms sleep takes the
+/// only permit, then a `command` call is shed; returns its error once the sleep is done.
+async fn shed_while_busy<S>(pools: &Pools, shedding: S, command: &str) -> BoxError
+where
+    S: tower::Service<Request, Response = snakepit_core::Response, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    let busy = pools.default_pool().clone();
+    // A timed-out sleep of an earlier step may still run on its worker; wait for it to
+    // finish, so a busy worker means the first call holds the permit.
     assert!(wait_until_async(Duration::from_secs(10), || busy.load().busy_workers == 0).await);
     let first = tokio::spawn(
         shedding
@@ -256,12 +259,9 @@ async fn tower_middleware_outside_the_layer_is_accounted_for() {
     );
     assert!(wait_until_async(Duration::from_secs(10), || busy.load().busy_workers == 1).await);
     let err = shedding
-        .oneshot(Request::new("echo", json!({})))
+        .oneshot(Request::new(command, json!({})))
         .await
         .expect_err("shed");
-    assert!(err.is::<tower::load_shed::error::Overloaded>(), "{err}");
     first.await.expect("join").expect("the first call ran");
-    assert_eq!(s.requests_total("echo", "error"), 0);
-    assert_eq!(s.requests_total("sleep", "success"), 1);
-    s.stop().await;
+    err
 }

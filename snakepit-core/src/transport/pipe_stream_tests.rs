@@ -100,6 +100,26 @@ fn request(command: &str) -> proto::ExecuteRequest {
     }
 }
 
+/// A unary call after the stream: the worker sees it (not a leftover of the stream)
+/// and its answer reaches the caller. Returns the call's frame id.
+async fn next_call_is_served(
+    transport: &PipeTransport,
+    worker: &mut FakeWorker,
+    json: &'static [u8],
+) -> u64 {
+    let (seen, answer) = tokio::join!(
+        async {
+            let (next, is_stream) = worker.request().await;
+            assert!(!is_stream, "the worker was handed a stream, not the call");
+            worker.reply(next, json).await;
+            next
+        },
+        transport.execute(request("ping"), meta())
+    );
+    assert_eq!(result_json(&answer.unwrap()), json);
+    seen
+}
+
 fn result_json(resp: &proto::ExecuteResponse) -> &[u8] {
     match &resp.outcome {
         Some(proto::execute_response::Outcome::ResultJson(b)) => b,
@@ -128,17 +148,8 @@ async fn a_stream_dropped_part_way_is_cancelled_and_read_out_before_the_next_cal
     worker.chunk(id, 2, false).await;
     worker.chunk(id, 3, true).await;
     // The next call gets its own answer, not the abandoned stream's leftovers.
-    let (worker_side, answer) = tokio::join!(
-        async {
-            let (next, is_stream) = worker.request().await;
-            assert!(!is_stream);
-            assert_ne!(next, id);
-            worker.reply(next, b"\"pong\"").await;
-        },
-        transport.execute(request("ping"), meta())
-    );
-    let () = worker_side;
-    assert_eq!(result_json(&answer.unwrap()), b"\"pong\"");
+    let next = next_call_is_served(&transport, &mut worker, b"\"pong\"").await;
+    assert_ne!(next, id);
 }
 
 #[tokio::test]
@@ -162,14 +173,7 @@ async fn a_failure_part_way_ends_the_stream_and_leaves_the_pipe_in_step() {
     assert!(last.r#final);
     assert_eq!(last.error.as_ref().unwrap().message, "bad row 3");
     // Nothing was cancelled (the stream ended by itself) and the next call is served.
-    let (_, answer) = tokio::join!(
-        async {
-            let (next, _) = worker.request().await;
-            worker.reply(next, b"1").await;
-        },
-        transport.execute(request("ping"), meta())
-    );
-    assert_eq!(result_json(&answer.unwrap()), b"1");
+    next_call_is_served(&transport, &mut worker, b"1").await;
 }
 
 #[tokio::test]
@@ -248,12 +252,5 @@ async fn a_consumer_that_stops_reading_holds_the_worker_back_through_the_pipe() 
     }
     assert_eq!(n, TOTAL);
     let mut worker = producer.await.unwrap();
-    let (_, answer) = tokio::join!(
-        async {
-            let (next, _) = worker.request().await;
-            worker.reply(next, b"2").await;
-        },
-        transport.execute(request("ping"), meta())
-    );
-    assert_eq!(result_json(&answer.unwrap()), b"2");
+    next_call_is_served(&transport, &mut worker, b"2").await;
 }
