@@ -107,6 +107,11 @@ pub enum Error {
         /// The deadline passed while the worker waited for the caller to read the next
         /// chunk of a stream, not while Python was working.
         caller_stalled: bool,
+        /// Where the worker's Python threads were when the deadline passed, as
+        /// `faulthandler` dumps them (most recent call first), taken just before the
+        /// worker was killed. `None` for a stalled caller, or when the worker did not
+        /// answer within the bounded wait.
+        python_stack: Option<String>,
     },
 
     #[error(
@@ -196,6 +201,29 @@ pub enum Error {
     },
 }
 
+/// Why [`crate::Pool::python_stacks`] has no stacks to show.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StackDumpError {
+    /// No ready worker of that id in the pool.
+    #[error("pool '{pool}' has no worker '{worker_id}' (see /health/detailed for its workers)")]
+    UnknownWorker {
+        /// The id asked for.
+        worker_id: String,
+        /// The pool asked.
+        pool: String,
+    },
+    /// The worker wrote no stacks within the wait (it is exiting, or its process is
+    /// stopped).
+    #[error("worker {worker_id} did not dump its stacks within {} ms; it may be exiting", wait.as_millis())]
+    NoAnswer {
+        /// The worker.
+        worker_id: String,
+        /// How long the pool waited.
+        wait: Duration,
+    },
+}
+
 fn tail_suffix(tail: &str) -> String {
     if tail.is_empty() {
         String::new()
@@ -241,6 +269,14 @@ impl Error {
                     ..
                 }
         )
+    }
+
+    /// The Python stacks taken from a worker that timed out, before it was replaced.
+    pub fn python_stack(&self) -> Option<&str> {
+        match self {
+            Error::Timeout { python_stack, .. } => python_stack.as_deref(),
+            _ => None,
+        }
     }
 
     /// The Python exception behind this error, if there is one.

@@ -37,6 +37,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod events;
+mod observe;
 pub mod pool;
 pub mod pools;
 mod process;
@@ -68,11 +69,12 @@ pub mod proto;
 pub use config::{
     ConfigError, OnWorkerLoss, PoolConfig, PythonConfig, SessionConfig, TransportKind, WhenFull,
 };
-pub use error::{Error, ExitInfo, PythonError, StartError};
+pub use error::{Error, ExitInfo, PythonError, StackDumpError, StartError};
 pub use events::{CrashCause, Event, EventBus, EventData, EventKind, EventsConfig, Pattern};
+pub use observe::user_metrics;
 pub use pool::{Pool, ResponseStream, StreamEnd, StreamOutcome, StreamingPool};
 pub use pools::{Pools, StreamingPools};
-pub use request::{Args, Chunk, Request, Response, Served, WorkerSpan};
+pub use request::{Args, Breakdown, Chunk, Request, Response, Served, WorkerSpan};
 pub use sanitize::{SanitizeConfig, Sanitizer};
 pub use session::{SessionInfo, SessionOptions};
-pub use stats::{PoolLoad, PoolStats, WindowStats, WorkerState, WorkerStats};
+pub use stats::{PoolLoad, PoolStats, PythonLogCounts, WindowStats, WorkerState, WorkerStats};

@@ -333,7 +333,7 @@ pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
 
 /// Read one line (without the newline), lossily decoded, at most MAX_LINE_BYTES; the
 /// rest of an over-long line is discarded. None at EOF.
-async fn read_line_capped<R: AsyncBufRead + Unpin>(reader: &mut R) -> Option<String> {
+pub(crate) async fn read_line_capped<R: AsyncBufRead + Unpin>(reader: &mut R) -> Option<String> {
     let mut line = Vec::new();
     let mut saw_any = false;
     loop {

@@ -40,6 +40,18 @@ const EMBEDDED_BRIDGE: &[(&str, &str)] = &[
         include_str!("../python/snakepit_bridge/adapter.py"),
     ),
     (
+        "snakepit_bridge/channel.py",
+        include_str!("../python/snakepit_bridge/channel.py"),
+    ),
+    (
+        "snakepit_bridge/logs.py",
+        include_str!("../python/snakepit_bridge/logs.py"),
+    ),
+    (
+        "snakepit_bridge/metrics.py",
+        include_str!("../python/snakepit_bridge/metrics.py"),
+    ),
+    (
         "snakepit_bridge/dispatch.py",
         include_str!("../python/snakepit_bridge/dispatch.py"),
     ),

@@ -194,11 +194,44 @@ pub struct Served {
     pub queue_time: Duration,
     /// From the worker taking the request until its result.
     pub duration: Duration,
+    /// Of `duration`, the command's own run in Python (the adapter's function; for a
+    /// stream, producing its items), by the worker's monotonic clock. `None` when the
+    /// worker did not report it (a stream its caller left before the end).
+    pub python_time: Option<Duration>,
     /// The worker's own timing, when the request's trace context was sampled.
     pub worker_span: Option<WorkerSpan>,
     /// Set when the request's session had lost its state with its previous worker and
     /// was re-created empty for this request (`on_worker_loss = "recreate"`): why.
     pub session_recreated: Option<String>,
+}
+
+impl Served {
+    /// Where the request's time went: queue wait, transport, Python. `None` when the
+    /// worker did not report its Python time.
+    pub fn breakdown(&self) -> Option<Breakdown> {
+        let python = self.python_time?;
+        Some(Breakdown {
+            queue: self.queue_time,
+            // The rest of the worker call: pipes or gRPC both ways, serialization on
+            // both sides, session set-up. A worker clock that ran ahead of ours (it
+            // cannot, both are monotonic, but rounding can) counts as zero transport.
+            transport: self.duration.saturating_sub(python),
+            python: python.min(self.duration),
+        })
+    }
+}
+
+/// Where a served request's time went; the three add up to the caller's wait for the
+/// pool (the queue time plus [`Served::duration`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Breakdown {
+    /// Waiting for a free worker.
+    pub queue: Duration,
+    /// The worker call minus Python's part: the transport both ways, serialization on
+    /// both sides included.
+    pub transport: Duration,
+    /// The command's own run in Python, by the worker's clock.
+    pub python: Duration,
 }
 
 /// A command's result.

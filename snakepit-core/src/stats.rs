@@ -118,6 +118,11 @@ pub struct PoolStats {
     /// Of those, requests taken back unrun because another worker went idle, or
     /// because the worker was replaced before it started them.
     pub taken_back_total: u64,
+    /// Records of Python's `logging` from this pool's workers that reached the log.
+    pub python_log_records_total: u64,
+    /// Of their records, those the workers dropped because the log was read too slowly
+    /// (each worker buffers a bounded number; see the README's logging section).
+    pub python_log_records_dropped_total: u64,
     /// Sessions alive now.
     pub active_sessions: usize,
     /// Since the pool started.
@@ -148,6 +153,16 @@ pub struct PoolLoad {
     pub in_flight: usize,
     /// Sessions alive now.
     pub active_sessions: usize,
+}
+
+/// Counts of a pool's Python `logging` records, over all its workers past and present:
+/// cheap to read on every scrape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct PythonLogCounts {
+    /// Records that reached the pool's log.
+    pub records: u64,
+    /// Records its workers dropped because the log was read too slowly.
+    pub dropped: u64,
 }
 
 /// Rates and percentiles over the recent window (`stats_window_secs`).

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{PoolConfig, TransportKind};
 use crate::error::StartError;
+use crate::observe::{self, PoolObserved, StackDumps};
 use crate::process::{SpawnSpec, WorkerProcess};
 use crate::stats::{WorkerState, WorkerStats};
 #[cfg(feature = "grpc")]
@@ -74,6 +75,8 @@ pub(crate) struct LaunchSpec {
     pub python: PathBuf,
     pub run_id: String,
     pub run_dir: PathBuf,
+    /// What the pool keeps of its workers' log records and user metrics.
+    pub observed: Arc<PoolObserved>,
 }
 
 pub(crate) struct Worker {
@@ -83,6 +86,8 @@ pub(crate) struct Worker {
     pub process: WorkerProcess,
     pub transport: Arc<dyn WorkerTransport>,
     pub status: Arc<WorkerStatus>,
+    /// Its Python stacks, on demand.
+    pub stacks: Arc<StackDumps>,
     /// The gRPC socket file, removed with the worker.
     socket: Option<PathBuf>,
 }
@@ -128,7 +133,28 @@ impl Worker {
                 Channel::Pipes(ours)
             }
         };
+        // Its log records and stack dumps come on two pipes of their own, whatever
+        // the transport.
+        let (observed, theirs) =
+            observe::pipes().map_err(|e| StartError::Io(format!("cannot create pipes: {e}")))?;
+        for (flag, fd) in [
+            ("--telemetry-fd", observe::CHILD_FDS[0]),
+            ("--stacks-fd", observe::CHILD_FDS[1]),
+        ] {
+            spec.args.push(flag.into());
+            spec.args.push(fd.to_string().into());
+        }
+        spec.pass_fds
+            .extend(theirs.into_iter().zip(observe::CHILD_FDS));
         let process = WorkerProcess::spawn(spec).await?;
+        let stacks = observe::start(
+            observed,
+            process.pid(),
+            id.clone(),
+            Arc::from(cfg.name.as_str()),
+            launch.observed.clone(),
+        )
+        .map_err(|e| StartError::Io(format!("cannot read the worker's telemetry pipes: {e}")))?;
         let remaining = cfg.startup_timeout().saturating_sub(started.elapsed());
         let handshake_timeout = remaining.max(Duration::from_secs(1));
         let handshake_err = |message: String| StartError::Handshake {
@@ -176,6 +202,7 @@ impl Worker {
             process,
             transport,
             status,
+            stacks,
             socket,
         })
     }
@@ -215,6 +242,7 @@ impl Worker {
             process,
             transport,
             status,
+            stacks: StackDumps::none(),
             socket: None,
         }
     }

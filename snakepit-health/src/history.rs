@@ -52,6 +52,8 @@ pub struct RecentError {
     pub python_type: Option<String>,
     /// The Python traceback, if there was one.
     pub traceback: Option<String>,
+    /// For a request that timed out: where the worker's Python threads were stuck.
+    pub python_stack: Option<String>,
     /// The worker that served (or crashed).
     pub worker_id: Option<String>,
     /// The request's id.
@@ -121,6 +123,7 @@ impl History {
                 message: d.error_message.clone(),
                 python_type: d.python_type.as_deref().and_then(some),
                 traceback: d.python_traceback.as_deref().and_then(some),
+                python_stack: d.python_stack.as_deref().and_then(some),
                 worker_id: d.worker_id.as_deref().and_then(some),
                 request_id: some(&d.request_id),
                 correlation_id: ev.correlation_id.clone(),
@@ -134,6 +137,7 @@ impl History {
                 message: d.error.clone(),
                 python_type: None,
                 traceback: some(&d.stderr_tail),
+                python_stack: None,
                 worker_id: some(&d.worker_id),
                 request_id: None,
                 correlation_id: None,

@@ -8,6 +8,7 @@
 //! | `GET /health` | liveness: 200 while the pools are supervised (also while draining) |
 //! | `GET /health/ready` | readiness: 200, or 503 naming each failing criterion; 503 while starting or draining |
 //! | `GET /health/detailed` | pools, workers, system figures, key rates (token-protected if configured) |
+//! | `GET /health/workers/{id}/stacks` | a live dump of that worker's Python stacks, every thread (token-protected if configured) |
 //! | `GET /metrics` | Prometheus text, or OpenMetrics with exemplars when asked for |
 //! | `GET /dashboard` | a self-contained live page (SSE, ~1 s), 15 min of history |
 //!
@@ -41,7 +42,9 @@ pub mod config;
 mod dashboard;
 pub mod history;
 pub mod ratelimit;
+mod respond;
 mod routes;
+mod stacks;
 pub mod system;
 
 use std::sync::atomic::{AtomicU8, Ordering};

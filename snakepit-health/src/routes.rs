@@ -16,27 +16,12 @@ use crate::auth::require_token;
 use crate::checks::{self, HEALTH_JSON};
 use crate::dashboard;
 use crate::ratelimit::{rate_limit, Limiter};
+use crate::respond::json_response;
 use crate::{Health, MetricsFormat};
 use snakepit_core::sync;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-pub(crate) fn json_response(
-    status: StatusCode,
-    content_type: &'static str,
-    body: &serde_json::Value,
-) -> Response {
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        body.to_string(),
-    )
-        .into_response()
-}
 
 fn now() -> String {
     rfc3339(SystemTime::now())
@@ -110,7 +95,12 @@ pub(crate) fn router(health: Health) -> Router {
         .route(&prefix, get(live))
         .route(&format!("{prefix}/ready"), get(ready))
         .route(&cfg.metrics_path, get(metrics));
-    let mut protected = Router::new().route(&format!("{prefix}/detailed"), get(detailed));
+    let mut protected = Router::new()
+        .route(&format!("{prefix}/detailed"), get(detailed))
+        .route(
+            &format!("{prefix}/workers/{{worker_id}}/stacks"),
+            get(crate::stacks::worker_stacks),
+        );
     if cfg.dashboard.enabled {
         protected = protected
             .route("/dashboard", get(dashboard::page))

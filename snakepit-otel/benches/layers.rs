@@ -47,6 +47,7 @@ fn answer() -> Response {
             worker_id: "default-1".into(),
             queue_time: Duration::from_micros(3),
             duration: Duration::from_micros(20),
+            python_time: None,
             worker_span: None,
             session_recreated: None,
         },

@@ -29,6 +29,8 @@ pub struct Failure<'a> {
     pub error_type: &'static str,
     /// The Python exception, when the worker raised one.
     pub python: Option<&'a PythonError>,
+    /// Where the worker's Python threads were stuck, for a request that timed out.
+    pub python_stack: Option<&'a str>,
     /// A fault of the pool or the worker (logged as an error), as opposed to a request
     /// the caller got wrong or that load shedding refused (logged as a warning).
     pub server_side: bool,
@@ -49,6 +51,7 @@ impl ClassifyError for Error {
         Failure {
             error_type: self.error_type(),
             python: self.python(),
+            python_stack: self.python_stack(),
             // A stream cut off because its caller stopped reading is the caller's doing.
             server_side: matches!(
                 self,
@@ -95,6 +98,7 @@ fn other(error_type: &'static str, server_side: bool) -> Failure<'static> {
     Failure {
         error_type,
         python: None,
+        python_stack: None,
         server_side,
         evidence: Evidence::Unclear,
     }
@@ -119,6 +123,7 @@ mod tests {
             worker_id: "w".into(),
             timeout: std::time::Duration::from_secs(30),
             caller_stalled,
+            python_stack: None,
         };
         assert!(timeout(false).classify().server_side);
         let stalled = timeout(true);

@@ -77,6 +77,7 @@ pub mod telemetry;
 pub mod trace;
 mod trace_end;
 mod traces;
+pub mod user_metrics;
 pub mod worker_spans;
 
 /// The optional cargo features this build of `snakepit-otel` has.

@@ -158,6 +158,34 @@ pub fn observe_pools(meter: &Meter, pools: Vec<Pool>) {
             l.active_sessions
         }),
     ];
+    type Count = fn(&snakepit_core::PythonLogCounts) -> u64;
+    let counters: [(&'static str, &'static str, Count); 2] = [
+        (
+            "snakepit.python.log_records",
+            "Records of Python's logging from the pool's workers that reached the log",
+            |c| c.records,
+        ),
+        (
+            "snakepit.python.log_records_dropped",
+            "Python logging records the workers dropped because the log was read too slowly",
+            |c| c.dropped,
+        ),
+    ];
+    for (name, description, read) in counters {
+        let pools = pools.clone();
+        meter
+            .u64_observable_counter(name)
+            .with_description(description)
+            .with_callback(move |observer| {
+                for pool in pools.iter() {
+                    observer.observe(
+                        read(&pool.python_log_counts()),
+                        &[KeyValue::new("pool_name", pool.name().to_string())],
+                    );
+                }
+            })
+            .build();
+    }
     for (name, description, read) in gauges {
         let pools = pools.clone();
         meter

@@ -36,6 +36,9 @@ const INHERITED: [&str; 2] = ["correlation_id", "request_id"];
 const REQUEST_TARGET: &str = "snakepit::request";
 /// Fields whose end matters most when they are too long.
 const KEEP_END: [&str; 2] = ["python_traceback", "stderr_tail"];
+/// The field a Python record's `extra` arrives in, as JSON (see snakepit-core's
+/// `observe::python_logs`); logged as the object `extra`.
+const PYTHON_EXTRA: &str = "python_extra";
 
 /// A bounded, non-blocking line writer with its own thread.
 pub struct LineWriter {
@@ -157,6 +160,17 @@ impl Fields<'_> {
             };
             self.sanitizer.truncate(&mut self.message);
             return;
+        }
+        if name == PYTHON_EXTRA {
+            // A Python record's `extra={...}`: a JSON object, kept as one under
+            // `extra`, its sensitive keys redacted and long strings cut like any field.
+            if let Value::String(text) = &value {
+                if let Ok(mut object @ Value::Object(_)) = serde_json::from_str::<Value>(text) {
+                    self.sanitizer.value(&mut object);
+                    self.map.insert("extra".to_string(), object);
+                    return;
+                }
+            }
         }
         if self.sanitizer.is_sensitive(name) {
             value = Value::String(snakepit_core::sanitize::REDACTED.into());
@@ -323,9 +337,10 @@ where
                 }
             }
         }
-        // The request span's ids, else the OpenTelemetry span that is current (the
+        // The ids the event names itself (a Python record made inside a request), else
+        // the request span's, else the OpenTelemetry span that is current (the
         // application's own, e.g. through tracing-opentelemetry).
-        let span_context = match request_ids {
+        let span_context = match explicit_ids(&mut fields.map).or(request_ids) {
             Some((trace, span, flags)) => Some(SpanContext::new(
                 trace,
                 span,
@@ -423,6 +438,29 @@ where
             logger.emit(record);
         }
     }
+}
+
+/// An event's own `trace_id`/`span_id` (and `trace_flags`) fields, taken out of its
+/// fields when both are valid ids (they are written once, as the record's context).
+fn explicit_ids(map: &mut Map<String, Value>) -> Option<(TraceId, SpanId, TraceFlags)> {
+    let trace = map
+        .get("trace_id")?
+        .as_str()
+        .and_then(|t| TraceId::from_hex(t).ok())?;
+    let span = map
+        .get("span_id")?
+        .as_str()
+        .and_then(|s| SpanId::from_hex(s).ok())?;
+    if trace == TraceId::INVALID || span == SpanId::INVALID {
+        return None;
+    }
+    let flags = map
+        .remove("trace_flags")
+        .and_then(|f| f.as_u64())
+        .map_or(TraceFlags::default(), |f| TraceFlags::new(f as u8));
+    map.remove("trace_id");
+    map.remove("span_id");
+    Some((trace, span, flags))
 }
 
 fn severity(level: &Level) -> (Severity, &'static str) {

@@ -3,7 +3,11 @@
 //! `snakepit_request_duration_seconds{pool_name,command}`,
 //! `snakepit_request_queue_time_seconds{pool_name}` and, for streams,
 //! `snakepit_request_time_to_first_chunk_seconds{pool_name,command}`, with the seed's
-//! buckets.
+//! buckets; and where a served request's time went beyond the queue:
+//! `snakepit_request_transport_duration_seconds{pool_name,command}` (pipes or gRPC
+//! both ways, serialization included; finer buckets, it is usually well under a
+//! millisecond) and `snakepit_request_python_duration_seconds{pool_name,command}` (the
+//! command's own run, by the worker's clock).
 //!
 //! A stream is recorded when it ends, not when its first chunk arrives: duration to
 //! the end, `status` `success`, `error` (the generator raised part way) or `cancelled`
@@ -30,6 +34,12 @@ use crate::outcome::Outcome;
 
 pub use crate::labels::{LabelCap, MAX_LABEL_LEN, OVERFLOW_LABEL, UNKNOWN_LABEL};
 
+/// Buckets of the transport histogram, in seconds: a pipe round trip is tens of
+/// microseconds, a large payload over gRPC milliseconds.
+pub const TRANSPORT_BUCKETS: [f64; 12] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+];
+
 /// The seed's worker start-up buckets, in seconds.
 pub const STARTUP_BUCKETS: [f64; 7] = [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
 
@@ -39,6 +49,8 @@ pub struct RequestInstruments {
     duration: Histogram<f64>,
     queue_time: Histogram<f64>,
     first_chunk: Histogram<f64>,
+    transport_time: Histogram<f64>,
+    python_time: Histogram<f64>,
     labels: RequestLabels,
     /// Trace ids of recent requests per duration bucket, for OpenMetrics exemplars.
     pub(crate) exemplars: Option<ExemplarStore>,
@@ -81,6 +93,20 @@ impl RequestInstruments {
                 .f64_histogram("snakepit.request.time_to_first_chunk")
                 .with_unit("s")
                 .with_description("Streaming requests: time until the first chunk reached the caller")
+                .with_boundaries(REQUEST_BUCKETS.to_vec())
+                .build(),
+            transport_time: meter
+                .f64_histogram("snakepit.request.transport_duration")
+                .with_unit("s")
+                .with_description(
+                    "Served requests: the worker call minus Python's part (transport both ways, serialization included)",
+                )
+                .with_boundaries(TRANSPORT_BUCKETS.to_vec())
+                .build(),
+            python_time: meter
+                .f64_histogram("snakepit.request.python_duration")
+                .with_unit("s")
+                .with_description("Served requests: the command's own run in Python, by the worker's clock")
                 .with_boundaries(REQUEST_BUCKETS.to_vec())
                 .build(),
             labels: RequestLabels::new(max_command_labels),
@@ -145,6 +171,10 @@ impl RequestInstruments {
         if let Some(served) = done.served {
             self.queue_time
                 .record(served.queue_time.as_secs_f64(), &[pool_kv]);
+            if let Some(b) = served.breakdown() {
+                self.transport_time.record(b.transport.as_secs_f64(), &both);
+                self.python_time.record(b.python.as_secs_f64(), &both);
+            }
         }
     }
 }

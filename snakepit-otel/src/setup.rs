@@ -71,6 +71,7 @@ impl Telemetry {
             sinks: Mutex::new(Sinks::default()),
             stopped: AtomicBool::new(false),
             default_pool: DefaultPool::default(),
+            user_instruments: std::sync::OnceLock::new(),
             cfg,
         };
         if !t.cfg.enabled {

@@ -98,6 +98,8 @@ pub(crate) struct Inner {
     pub(crate) sinks: Mutex<Sinks>,
     pub(crate) stopped: AtomicBool,
     pub(crate) default_pool: DefaultPool,
+    /// The pools' user metrics, made into instruments on first watch.
+    pub(crate) user_instruments: std::sync::OnceLock<Arc<crate::user_metrics::UserInstruments>>,
 }
 
 #[derive(Default)]
@@ -230,6 +232,10 @@ impl Telemetry {
         }
         if let Some(meter) = &self.inner.meter {
             lifecycle::observe_pools(meter, pools.to_vec());
+            self.inner
+                .user_instruments
+                .get_or_init(|| crate::user_metrics::UserInstruments::new(meter.clone()))
+                .watch(pools);
         }
         if let Some(instruments) = &self.inner.instruments {
             instruments.register_pools(pools);

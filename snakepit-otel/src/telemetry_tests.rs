@@ -23,6 +23,7 @@ fn capture() -> (
                     worker_id: "w".into(),
                     queue_time: Duration::ZERO,
                     duration: Duration::ZERO,
+                    python_time: None,
                     worker_span: None,
                     session_recreated: None,
                 },

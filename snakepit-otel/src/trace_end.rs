@@ -115,9 +115,19 @@ impl Open {
         self.otel.end();
     }
 
-    /// The worker and queue wait, on a sampled span.
+    /// The worker and where the time went (queue, transport, Python), on a sampled span.
     fn record_placement(&mut self, served: Option<&Served>) {
         if let (true, Some(served)) = (self.otel.is_recording(), served) {
+            if let Some(b) = served.breakdown() {
+                self.otel.set_attribute(KeyValue::new(
+                    "snakepit.transport_time_ms",
+                    b.transport.as_secs_f64() * 1000.0,
+                ));
+                self.otel.set_attribute(KeyValue::new(
+                    "snakepit.python_time_ms",
+                    b.python.as_secs_f64() * 1000.0,
+                ));
+            }
             self.otel.set_attribute(KeyValue::new(
                 "snakepit.worker_id",
                 served.worker_id.clone(),
@@ -171,6 +181,18 @@ impl Open {
                     error_type = failure.error_type,
                     python_type = %py.python_type,
                     python_traceback = %traceback,
+                    "request failed: {message}");
+            }
+            None if failure.python_stack.is_some() => {
+                let mut stack = failure.python_stack.unwrap_or_default().to_string();
+                sanitizer.truncate(&mut stack);
+                self.otel.add_event(
+                    "python.stack",
+                    vec![KeyValue::new("python.stack", stack.clone())],
+                );
+                tracing::error!(target: "snakepit::request", parent: span,
+                    error_type = failure.error_type,
+                    python_stack = %stack,
                     "request failed: {message}");
             }
             None if failure.server_side => {

@@ -9,7 +9,8 @@
 //! | `DELETE /v1/sessions/{id}?pool=` | 204 | 404 |
 //!
 //! Errors are `{"error": {"type", "message", "python_type"?, "python_traceback"?,
-//! "request_id"}}`: 400 malformed JSON, a field of the wrong type or missing, arguments
+//! "python_stack"?, "request_id"}}` (`python_stack`: on a timeout, where the worker's
+//! Python threads were when it was replaced): 400 malformed JSON, a field of the wrong type or missing, arguments
 //! that do not fit; 404 unknown command, pool or session; 413 body over
 //! `max_payload_bytes`; 422 the Python code raised; 429 queue full (`Retry-After`); 502
 //! worker crashed; 503 shutting down or not ready; 504 timeout or queue timeout.
@@ -149,6 +150,10 @@ fn pool_error(err: &Error, request_id: &str) -> Response {
         Error::SessionLost { session_id, reason } => {
             json!({"session_id": session_id, "reason": reason})
         }
+        Error::Timeout {
+            python_stack: Some(stack),
+            ..
+        } => json!({"python_stack": stack}),
         _ => json!({}),
     };
     error_response(
@@ -340,7 +345,8 @@ fn ndjson(
                     let py = e.python();
                     json!({"error": {"type": e.error_type(), "message": e.to_string(),
                         "python_type": py.map(|p| &p.python_type),
-                        "python_traceback": py.map(|p| &p.traceback), "request_id": request_id}})
+                        "python_traceback": py.map(|p| &p.traceback),
+                        "python_stack": e.python_stack(), "request_id": request_id}})
                 }
                 None => json!({"done": true, "request_id": request_id}),
             };

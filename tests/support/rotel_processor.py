@@ -88,10 +88,60 @@ def process_logs(resource_logs):
     _write("logs.jsonl", rows)
 
 
+def _number(v):
+    """A data point's number, however the binding wraps the oneof."""
+    for _ in range(3):
+        if isinstance(v, bool) or v is None:
+            return None
+        if isinstance(v, (int, float)):
+            return v
+        # pyo3 complex enums (NumberDataPointValue.AsDouble) hold theirs in `_0`.
+        v = getattr(v, "value", getattr(v, "_0", None))
+    return None
+
+
+def _points(data):
+    """Data points of a sum, gauge or histogram: attributes and value, or count, sum,
+    min, max and bucket counts."""
+    holders = [data, getattr(data, "value", None), getattr(data, "_0", None)]
+    try:
+        holders.append(data[0])
+    except Exception:  # noqa: BLE001 - not a tuple-like variant
+        pass
+    for holder in holders:
+        dps = getattr(holder, "data_points", None)
+        if dps is None:
+            continue
+        out = []
+        for dp in dps:
+            row = {"attributes": _attrs(getattr(dp, "attributes", []))}
+            if hasattr(dp, "bucket_counts"):
+                row.update(
+                    count=getattr(dp, "count", None),
+                    sum=_number(getattr(dp, "sum", None)),
+                    min=_number(getattr(dp, "min", None)),
+                    max=_number(getattr(dp, "max", None)),
+                    bucket_counts=list(getattr(dp, "bucket_counts", [])),
+                    explicit_bounds=list(getattr(dp, "explicit_bounds", [])),
+                )
+            else:
+                row["value"] = _number(getattr(dp, "value", None))
+            out.append(row)
+        return out
+    return []
+
+
 def process_metrics(resource_metrics):
     resource = _attrs(resource_metrics.resource.attributes) if resource_metrics.resource else {}
     rows = []
     for scope_metrics in resource_metrics.scope_metrics:
         for m in scope_metrics.metrics:
-            rows.append({"resource": resource, "name": m.name, "data": str(getattr(m, "data", ""))[:2000]})
+            rows.append(
+                {
+                    "resource": resource,
+                    "name": m.name,
+                    "data": str(getattr(m, "data", ""))[:2000],
+                    "points": _points(getattr(m, "data", None)),
+                }
+            )
     _write("metrics.jsonl", rows)

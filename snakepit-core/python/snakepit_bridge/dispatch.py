@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
 
-from . import errors, telemetry
+from . import errors, logs, telemetry
 from ._proto import (
     CommandInfo,
     DescribeResponse,
@@ -35,6 +35,7 @@ Prepared = Tuple[Command, tuple, dict]
 # encoder for all calls: json.dumps with options builds a new one each time.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _NO_ARGS = (b"", b"{}")
+_now_ns = time.perf_counter_ns
 
 
 def encode_json(value: object) -> bytes:
@@ -126,29 +127,29 @@ class Dispatcher:
     def execute(self, req, metadata: Mapping[str, str], deadline: Optional[float]):
         self.requests_handled += 1
         parsed = telemetry.parse_traceparent(metadata)
-        if parsed is None:
-            return self._execute(req, metadata, deadline)
-        traceparent, sampled = parsed
-        if not sampled:
-            if not telemetry.active():
-                return self._execute(req, metadata, deadline)
-            # Spans the adapter makes follow the pool's decision not to sample.
-            caller = bytes.fromhex(traceparent[36:52])
-            with telemetry.user_span_parent(traceparent, caller, metadata, sampled=False):
-                return self._execute(req, metadata, deadline)
-        if not self._report_spans:
-            if not telemetry.active():
-                return self._execute(req, metadata, deadline)
-            caller = bytes.fromhex(traceparent[36:52])
-            with telemetry.user_span_parent(traceparent, caller, metadata):
-                return self._execute(req, metadata, deadline)
-        timer = telemetry.WorkerTimer()
-        if telemetry.active():
-            with telemetry.user_span_parent(traceparent, timer.span_id, metadata):
-                resp = self._execute(req, metadata, deadline)
+        traceparent, sampled = parsed if parsed is not None else (None, False)
+        # Timed for the worker span the pool emits, when the pool wants one.
+        timer = telemetry.WorkerTimer() if sampled and self._report_spans else None
+        # The span user code runs under (its spans' parent, its log records' span):
+        # the worker span, else the caller's.
+        if timer is not None:
+            span_id: Optional[bytes] = timer.span_id
+        elif traceparent is not None:
+            span_id = bytes.fromhex(traceparent[36:52])
         else:
-            resp = self._execute(req, metadata, deadline)
-        timer.fill(resp.span)
+            span_id = None
+        token = logs.enter(metadata, traceparent, span_id, sampled)
+        try:
+            if traceparent is not None and telemetry.active():
+                # Spans the adapter makes follow the pool's sampling decision.
+                with telemetry.user_span_parent(traceparent, span_id, metadata, sampled=sampled):
+                    resp = self._execute(req, metadata, deadline)
+            else:
+                resp = self._execute(req, metadata, deadline)
+        finally:
+            logs.leave(token)
+        if timer is not None:
+            timer.fill(resp.span)
         return resp
 
     def _execute(self, req, metadata, deadline):
@@ -156,18 +157,25 @@ class Dispatcher:
         if isinstance(prepared, WorkerError):
             return ExecuteResponse(error=prepared)
         cmd, pos, kw = prepared
+        # Python's part of the call, by this process's monotonic clock: the pool reports
+        # the rest of the call's time as transport.
+        t0 = _now_ns()
         try:
             result = cmd.fn(*pos, **kw)
             if cmd.streaming:
                 result = list(result)  # a unary call of a generator gets all chunks
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything
             # skip_frames=1 drops this frame: the traceback starts at the user's code.
-            return ExecuteResponse(error=errors.from_exception(exc, skip_frames=1))
+            return ExecuteResponse(
+                error=errors.from_exception(exc, skip_frames=1), python_nanos=_now_ns() - t0
+            )
+        python_nanos = _now_ns() - t0
         try:
-            return ExecuteResponse(result_json=encode_json(result))
+            return ExecuteResponse(result_json=encode_json(result), python_nanos=python_nanos)
         except (TypeError, ValueError) as exc:
             return ExecuteResponse(
-                error=errors.from_exception(exc, kind=WorkerError.INVALID_RESULT)
+                error=errors.from_exception(exc, kind=WorkerError.INVALID_RESULT),
+                python_nanos=python_nanos,
             )
 
     def execute_stream(
@@ -180,7 +188,16 @@ class Dispatcher:
         """Yield StreamChunks; the last one has final=True, with an error if one occurred."""
         self.requests_handled += 1
         with self._span(req, metadata) as span:
-            yield from self._execute_stream(req, metadata, deadline, is_active, span)
+            parsed = telemetry.parse_traceparent(metadata)
+            traceparent, sampled = parsed if parsed is not None else (None, False)
+            span_id = None
+            if span is not None and traceparent is not None:
+                span_id = span.get_span_context().span_id.to_bytes(8, "big")
+            token = logs.enter(metadata, traceparent, span_id, sampled)
+            try:
+                yield from self._execute_stream(req, metadata, deadline, is_active, span)
+            finally:
+                logs.leave(token)
 
     def _execute_stream(self, req, metadata, deadline, is_active, span):
         prepared = self._prepare(req, metadata, deadline)
@@ -188,10 +205,22 @@ class Dispatcher:
             yield StreamChunk(final=True, error=prepared)
             return
         cmd, pos, kw = prepared
+        # The generator's own time: each step is timed, the waits between steps (for
+        # the pool to take a chunk) are not.
+        t0 = _now_ns()
+        python_nanos = 0
         try:
             produced = cmd.fn(*pos, **kw)
-            items = produced if cmd.streaming else iter([produced])
-            for item in items:
+            items = iter(produced) if cmd.streaming else iter([produced])
+            python_nanos = _now_ns() - t0
+            while True:
+                t0 = _now_ns()
+                try:
+                    item = next(items)
+                except StopIteration:
+                    python_nanos += _now_ns() - t0
+                    break
+                python_nanos += _now_ns() - t0
                 try:
                     data = encode_json(item)
                 except (TypeError, ValueError) as exc:
@@ -206,13 +235,18 @@ class Dispatcher:
                     if close is not None:
                         close()
                     # Every stream ends with exactly one final chunk, cancelled or not.
-                    yield StreamChunk(final=True)
+                    yield StreamChunk(final=True, python_nanos=python_nanos)
                     return
         except BaseException as exc:  # noqa: BLE001
+            python_nanos += _now_ns() - t0
             telemetry.record_failure(span, exc, errors.qualified_type(exc))
-            yield StreamChunk(final=True, error=errors.from_exception(exc, skip_frames=1))
+            yield StreamChunk(
+                final=True,
+                error=errors.from_exception(exc, skip_frames=1),
+                python_nanos=python_nanos,
+            )
             return
-        yield StreamChunk(final=True)
+        yield StreamChunk(final=True, python_nanos=python_nanos)
 
     # -- sessions ---------------------------------------------------------------
 

@@ -6,13 +6,19 @@ Serve it with `--adapter snakepit_bridge.example:ExampleAdapter`.
 from __future__ import annotations
 
 import builtins
+import logging
 import os
 import time
 from typing import Any, Dict, List
 
+from . import metrics
 from .adapter import Adapter, command
 
 MIB = 1024 * 1024
+log = logging.getLogger(__name__)
+
+
+_EXAMPLE_RECORDS = metrics.counter("example_records", "Additions made by the example's observe command")
 
 
 class ExampleAdapter(Adapter):
@@ -57,6 +63,34 @@ class ExampleAdapter(Adapter):
     def crash(self, code: int = 1) -> None:
         """Exit the worker process at once with `code` (no cleanup, no reply)."""
         os._exit(code)
+
+    @command
+    def log(self, message: str = "hello from Python", level: str = "info", exc: bool = False) -> str:
+        """Log `message` through Python's `logging` at `level` (with a traceback if `exc`):
+        it reaches the pool's log with this request's ids."""
+        levelno = logging.getLevelName(level.upper())
+        if not isinstance(levelno, int):
+            raise ValueError(f"unknown log level {level!r}")
+        if exc:
+            try:
+                raise RuntimeError("an example failure")
+            except RuntimeError:
+                log.log(levelno, message, exc_info=True)
+        else:
+            log.log(levelno, message)
+        return message
+
+    @command
+    def observe(self, logs: int = 0, records: int = 0) -> Dict[str, int]:
+        """Make `logs` records through Python's `logging` (INFO, logger
+        `snakepit_bridge.example`) and `records` additions to the user metric
+        `example_records` (`snakepit_user_example_records_total` at the pool): what
+        the observability bench measures per record."""
+        for i in range(logs):
+            log.info("observe record %d", i)
+        for _ in range(records):
+            _EXAMPLE_RECORDS.add(1, source="observe")
+        return {"logs": logs, "records": records}
 
     @command
     def hang(self) -> None:

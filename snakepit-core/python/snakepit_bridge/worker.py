@@ -3,7 +3,8 @@
 
 Start-up protocol with the pool: load the adapter, bind the gRPC server, then print
 one line `SNAKEPIT_READY {json}` on stdout. Anything printed before or after is
-treated as log output by the pool.
+treated as log output by the pool. Records from `logging` go to the pool structured, on
+the `--telemetry-fd` pipe (logs.py, channel.py).
 
 Exit rules, so a worker never outlives its pool:
   * stdin reaches EOF (the pool holds its write end; the kernel closes it when the pool
@@ -14,9 +15,9 @@ Exit rules, so a worker never outlives its pool:
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import json
-import logging
 import os
 import signal
 import sys
@@ -24,7 +25,7 @@ import threading
 import time
 import traceback
 
-from . import telemetry
+from . import channel, logs, metrics, telemetry
 from .adapter import Adapter
 from .dispatch import Dispatcher
 
@@ -34,7 +35,6 @@ EXIT_BAD_ADAPTER = 3
 EXIT_BIND_FAILED = 4
 PARENT_POLL_SECONDS = 0.5
 
-log = logging.getLogger("snakepit_bridge")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,6 +58,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="pipe transport: microseconds to poll for the next request before sleeping",
     )
     p.add_argument("--watch-stdin", action="store_true", help="exit when stdin closes")
+    p.add_argument(
+        "--telemetry-fd",
+        type=int,
+        default=-1,
+        help="pipe to the pool for structured log records (JSON lines); stderr without it",
+    )
+    p.add_argument(
+        "--stacks-fd",
+        type=int,
+        default=-1,
+        help="pipe faulthandler dumps every thread's stack to on SIGUSR1 (the pool asks)",
+    )
     p.add_argument("--stop-grace", type=float, default=2.0, help="seconds to finish on SIGTERM")
     return p.parse_args(argv)
 
@@ -91,18 +103,17 @@ def _watch_parent(original_ppid: int) -> None:
             os._exit(0)
 
 
-def _configure_logging(worker_id: str) -> None:
-    # One line per record, level first: the pool maps the level onto its own log.
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"%(levelname)s %(name)s [{worker_id}]: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(os.environ.get("SNAKEPIT_PYTHON_LOG_LEVEL", "INFO").upper())
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    _configure_logging(args.worker_id)
+    if args.stacks_fd >= 0:
+        # First, so even a stuck import can be asked where it is. faulthandler dumps
+        # from the C signal handler: it answers while C code holds the GIL.
+        faulthandler.register(signal.SIGUSR1, file=args.stacks_fd, all_threads=True, chain=False)
+    chan = channel.open_channel(args.telemetry_fd) if args.telemetry_fd >= 0 else None
+    logs.install(chan, args.worker_id)
+    if chan is not None:
+        # The user metrics travel on the same pipe, taken by the channel's writer.
+        chan.collectors.append(metrics.take_batch)
     if args.watch_stdin:
         threading.Thread(target=_watch_stdin, name="snakepit-stdin-watch", daemon=True).start()
     ppid = os.getppid()
@@ -169,6 +180,8 @@ def main(argv=None) -> int:
     else:
         server.stop(grace=args.stop_grace).wait()
     telemetry.shutdown()
+    if chan is not None:
+        chan.close()
     return 0
 
 

@@ -303,6 +303,8 @@ define_events! {
             request_id: String, command: String, pool_name: String, worker_id: Option<String>,
             error_type: String, error_message: String, python_type: Option<String>,
             python_traceback: Option<String>,
+            // A timed-out request: where the worker's Python threads were stuck.
+            python_stack: Option<String>,
         }
     }
     /// A request overran its timeout (its worker is replaced).

@@ -19,6 +19,12 @@ pub struct ExecuteResponse {
     /// from this, so Python never pays for span export on the request path.
     #[prost(message, optional, tag = "3")]
     pub span: ::core::option::Option<WorkerSpan>,
+    /// The command's own run (the adapter's function; for a unary call of a generator,
+    /// all its items), by the worker's monotonic clock. 0 when it did not run (unknown
+    /// command, arguments that do not fit). The pool reports the rest of the call's time
+    /// as transport (pipes or gRPC, serialization on both sides included).
+    #[prost(uint64, tag = "4")]
+    pub python_nanos: u64,
     #[prost(oneof = "execute_response::Outcome", tags = "1, 2")]
     pub outcome: ::core::option::Option<execute_response::Outcome>,
 }
@@ -58,6 +64,10 @@ pub struct StreamChunk {
     /// Set only on a final chunk when the generator failed.
     #[prost(message, optional, tag = "3")]
     pub error: ::core::option::Option<WorkerError>,
+    /// On the final chunk: the generator's own time producing the stream's items, by the
+    /// worker's monotonic clock (not the time waiting for the pool to take them).
+    #[prost(uint64, tag = "4")]
+    pub python_nanos: u64,
 }
 /// Why a command did not produce a result. Python exceptions are never
 /// swallowed: type, message and the full formatted traceback cross the wire.

@@ -89,6 +89,7 @@ impl Pipelined for FakePipe {
                 .await
                 .map_err(|_| TransportError::Disconnected("fake closed".into()))?;
             Ok(proto::ExecuteResponse {
+                python_nanos: 0,
                 outcome: Some(proto::execute_response::Outcome::ResultJson(
                     bytes::Bytes::from_static(b"null"),
                 )),
@@ -124,6 +125,7 @@ fn pool_with(config: PoolConfig) -> Arc<PoolShared> {
         python: "/nonexistent/python".into(),
         run_id: "test".into(),
         run_dir: std::env::temp_dir(),
+        observed: Arc::new(crate::observe::PoolObserved::new("test")),
     };
     Arc::new(PoolShared::new(config, EventBus::default(), launch))
 }

@@ -296,6 +296,7 @@ mod tests {
             python: "/nonexistent/python".into(),
             run_id: "test".into(),
             run_dir: std::env::temp_dir(),
+            observed: Arc::new(crate::observe::PoolObserved::new("test")),
         };
         let config = PoolConfig {
             queue_timeout_ms,

@@ -23,6 +23,10 @@ use crate::stats::WorkerState;
 use crate::transport::{within, CallMeta, TransportError};
 use crate::worker::Worker;
 
+/// The longest a timed-out request's answer waits for the worker's Python stacks
+/// (a live worker dumps them in a few milliseconds, plus the quiet period that ends
+/// the dump).
+pub(crate) const STACK_WAIT: Duration = Duration::from_secs(1);
 /// After a broken call, how long to wait for the process to show it died.
 const CRASH_CONFIRM: Duration = Duration::from_secs(1);
 
@@ -119,19 +123,20 @@ pub(crate) async fn run_job(
         status,
         is_stream,
     );
-    let served = |worker_span| Served {
+    let served = |worker_span, python_time| Served {
         request_id: job.request_id.clone(),
         worker_id: worker.id.to_string(),
         queue_time,
         duration,
+        python_time,
         worker_span,
         session_recreated: session_recreated.clone(),
     };
     match job.reply {
         Reply::Unary(tx) => {
-            let _ = tx.send(outcome.map(|(result, worker_span)| Response {
-                result,
-                served: served(worker_span),
+            let _ = tx.send(outcome.map(|done| Response {
+                result: done.result,
+                served: served(done.worker_span, done.python_time),
             }));
         }
         Reply::Stream(reply) => {
@@ -139,8 +144,9 @@ pub(crate) async fn run_job(
             // the end is a oneshot: delivering it never waits for the caller.
             let StreamReply { chunks, finish, .. } = reply;
             drop(chunks);
+            let python_time = outcome.as_ref().ok().and_then(|done| done.python_time);
             let _ = finish.send(StreamFinish {
-                served: Some(served(None)),
+                served: Some(served(None, python_time)),
                 error: outcome.err(),
             });
         }
@@ -148,9 +154,21 @@ pub(crate) async fn run_job(
     exit
 }
 
-/// What a call produced: the result bytes and worker span of a unary call (empty for
-/// a stream, whose chunks went to the caller), or the failure.
-type CallOutcome = Result<(bytes::Bytes, Option<WorkerSpan>), Error>;
+/// What a call produced, or the failure.
+type CallOutcome = Result<Produced, Error>;
+
+/// A call that produced its result: the bytes and worker span of a unary call (empty
+/// for a stream, whose chunks went to the caller), and Python's own time.
+struct Produced {
+    result: bytes::Bytes,
+    worker_span: Option<WorkerSpan>,
+    python_time: Option<Duration>,
+}
+
+/// The worker's report of its Python time (0: it did not say).
+fn python_time(nanos: u64) -> Option<Duration> {
+    (nanos > 0).then(|| Duration::from_nanos(nanos))
+}
 
 /// The worker call itself, under the request deadline.
 async fn call(
@@ -168,7 +186,12 @@ async fn call(
         }
     };
     let (result, exit) = stream(shared, worker, job, request, meta, timeout, tx).await;
-    (result.map(|()| (bytes::Bytes::new(), None)), exit)
+    let produced = |python_time| Produced {
+        result: bytes::Bytes::new(),
+        worker_span: None,
+        python_time,
+    };
+    (result.map(produced), exit)
 }
 
 async fn unary(
@@ -190,11 +213,16 @@ async fn unary(
     match result {
         Ok(resp) => match resp.outcome {
             Some(proto::execute_response::Outcome::ResultJson(bytes)) => {
-                let span = resp
+                let worker_span = resp
                     .span
                     .as_ref()
                     .and_then(|s| WorkerSpan::from_proto(s, &worker.id));
-                (Ok((bytes, span)), None)
+                let done = Produced {
+                    result: bytes,
+                    worker_span,
+                    python_time: python_time(resp.python_nanos),
+                };
+                (Ok(done), None)
             }
             Some(proto::execute_response::Outcome::Error(e)) => {
                 let mut err = worker_error(shared, &job.command, e);
@@ -218,6 +246,16 @@ async fn unary(
     }
 }
 
+/// How a stream ended, short of a transport failure.
+enum Ended {
+    /// Its final chunk came: Python's time producing it, if reported.
+    Done(Option<Duration>),
+    /// The generator raised.
+    Failed(proto::WorkerError),
+    /// The caller dropped the stream.
+    Left,
+}
+
 /// Forward chunks to the caller until the final one; the deadline covers the whole
 /// stream, the caller's reading included. A caller that stops reading holds the worker
 /// at most until the deadline: then the stream is cancelled (the worker stays, unlike
@@ -230,7 +268,7 @@ async fn stream(
     meta: CallMeta<'_>,
     timeout: Option<Duration>,
     tx: &mpsc::Sender<Chunk>,
-) -> (Result<(), Error>, Option<Exit>) {
+) -> (Result<Option<Duration>, Error>, Option<Exit>) {
     let waiting_on_caller = AtomicBool::new(false);
     let forward = async {
         let mut chunks = worker.transport.execute_stream(request, meta).await?;
@@ -240,7 +278,7 @@ async fn stream(
                 next = chunks.next() => next,
                 // The caller dropped the stream while Python works on the next chunk:
                 // stop now rather than at the next send.
-                _ = tx.closed() => return Ok(None),
+                _ = tx.closed() => return Ok(Ended::Left),
             };
             match next {
                 None => {
@@ -249,7 +287,12 @@ async fn stream(
                     ))
                 }
                 Some(Err(e)) => return Err(e),
-                Some(Ok(chunk)) if chunk.r#final => return Ok(chunk.error),
+                Some(Ok(chunk)) if chunk.r#final => {
+                    return Ok(match chunk.error {
+                        Some(e) => Ended::Failed(e),
+                        None => Ended::Done(python_time(chunk.python_nanos)),
+                    })
+                }
                 Some(Ok(chunk)) => {
                     let chunk = Chunk {
                         data: chunk.data_json,
@@ -267,7 +310,7 @@ async fn stream(
                     if sent.is_err() {
                         // The caller dropped the stream; dropping ours cancels the call
                         // and the worker closes the generator.
-                        return Ok(None);
+                        return Ok(Ended::Left);
                     }
                 }
             }
@@ -275,8 +318,9 @@ async fn stream(
     };
     let result = within(timeout, forward).await;
     match result {
-        Ok(None) => (Ok(()), None),
-        Ok(Some(err)) => (Err(worker_error(shared, &job.command, err)), None),
+        Ok(Ended::Done(python_time)) => (Ok(python_time), None),
+        Ok(Ended::Left) => (Ok(None), None),
+        Ok(Ended::Failed(err)) => (Err(worker_error(shared, &job.command, err)), None),
         // The transport stream is dropped by now, which cancels the call: the worker
         // closes the generator and stays.
         Err(TransportError::TimedOut) if waiting_on_caller.load(Ordering::Relaxed) => (
@@ -285,6 +329,7 @@ async fn stream(
                 worker_id: worker.id.to_string(),
                 timeout: timeout.unwrap_or_default(),
                 caller_stalled: true,
+                python_stack: None,
             }),
             None,
         ),
@@ -332,6 +377,8 @@ async fn transport_failure(
                 worker_id,
                 timeout: timeout.unwrap_or_default(),
                 caller_stalled: false,
+                // Where it was stuck, asked before the worker is killed for it.
+                python_stack: worker.stacks.capture(STACK_WAIT).await,
             },
             // Python cannot be interrupted safely: the worker is replaced.
             Some(Exit::Recycle {

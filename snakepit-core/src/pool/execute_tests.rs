@@ -154,6 +154,7 @@ impl WorkerTransport for Scripted {
 
 fn chunk(n: usize) -> proto::StreamChunk {
     proto::StreamChunk {
+        python_nanos: 0,
         data_json: bytes::Bytes::from(n.to_string()),
         r#final: false,
         error: None,
@@ -162,6 +163,7 @@ fn chunk(n: usize) -> proto::StreamChunk {
 
 fn last() -> proto::StreamChunk {
     proto::StreamChunk {
+        python_nanos: 0,
         data_json: bytes::Bytes::new(),
         r#final: true,
         error: None,
@@ -174,6 +176,7 @@ fn pool() -> Arc<PoolShared> {
         python: "/nonexistent/python".into(),
         run_id: "test".into(),
         run_dir: std::env::temp_dir(),
+        observed: Arc::new(crate::observe::PoolObserved::new("test")),
     };
     Arc::new(PoolShared::new(
         PoolConfig::default(),
@@ -260,6 +263,7 @@ async fn a_caller_that_stops_reading_is_cut_off_at_the_deadline_and_the_worker_k
 async fn a_failure_part_way_ends_the_stream_with_the_python_error_and_keeps_the_worker() {
     let shared = pool();
     let failure = proto::StreamChunk {
+        python_nanos: 0,
         data_json: bytes::Bytes::new(),
         r#final: true,
         error: Some(proto::WorkerError {

@@ -40,12 +40,13 @@ pub use service::{PoolFuture, StreamingPool};
 pub use stream::{ResponseStream, StreamEnd, StreamOutcome};
 
 use crate::config::{PoolConfig, WhenFull};
-use crate::error::{Error, StartError};
+use crate::error::{Error, StackDumpError, StartError};
 use crate::events::{data, EventBus, EventKind};
+use crate::observe::UserMetrics;
 use crate::python_env;
 use crate::request::{Request, Response};
 use crate::session::{SessionInfo, SessionOptions};
-use crate::stats::{PoolLoad, PoolStats, WorkerState};
+use crate::stats::{PoolLoad, PoolStats, PythonLogCounts, WorkerState};
 use crate::worker::LaunchSpec;
 use report::ms;
 use sessions::{emit_session_created, end_session, sweep_sessions};
@@ -113,6 +114,7 @@ impl Pool {
             python,
             run_id,
             run_dir,
+            observed: Arc::new(crate::observe::PoolObserved::new(&config.name)),
         };
         let shared = Arc::new(PoolShared::new(config, events, launch));
         let mut first_starts = Vec::with_capacity(shared.config.size);
@@ -259,6 +261,45 @@ impl Pool {
         Ok(())
     }
 
+    /// The Python stacks of every thread of worker `worker_id`, live: the worker's
+    /// `faulthandler` dumps them from its signal handler, so this answers even while
+    /// the worker is stuck in C code that holds the GIL. Waits at most `wait`.
+    pub async fn python_stacks(
+        &self,
+        worker_id: &str,
+        wait: Duration,
+    ) -> Result<String, StackDumpError> {
+        let stacks = self
+            .shared
+            .workers()
+            .get(worker_id)
+            .map(|w| w.stacks.clone())
+            .ok_or_else(|| StackDumpError::UnknownWorker {
+                worker_id: worker_id.to_string(),
+                pool: self.shared.name.to_string(),
+            })?;
+        stacks
+            .capture(wait)
+            .await
+            .ok_or_else(|| StackDumpError::NoAnswer {
+                worker_id: worker_id.to_string(),
+                wait,
+            })
+    }
+
+    /// How many Python `logging` records this pool's workers sent, and dropped.
+    pub fn python_log_counts(&self) -> PythonLogCounts {
+        let (records, dropped) = self.shared.launch.observed.logs.snapshot();
+        PythonLogCounts { records, dropped }
+    }
+
+    /// The user metrics its workers record with `snakepit_bridge.metrics`, summed over
+    /// its workers past and present (gauges per live worker). Shared: an exporter may
+    /// keep a `Weak` to it.
+    pub fn user_metrics(&self) -> &Arc<UserMetrics> {
+        &self.shared.launch.observed.metrics
+    }
+
     /// A snapshot; reads counters only, never calls a worker.
     pub fn stats(&self) -> PoolStats {
         let s = &self.shared;
@@ -274,6 +315,7 @@ impl Pool {
         let ready = workers
             .len()
             .saturating_sub(s.draining.load(Ordering::Relaxed));
+        let python_logs = s.launch.observed.logs.snapshot();
         PoolStats {
             name: s.name.to_string(),
             adapter: s.config.adapter.clone(),
@@ -290,6 +332,8 @@ impl Pool {
             recycles_total: s.recycles_total.load(Ordering::Relaxed),
             pipelined_total: s.pipelined_total.load(Ordering::Relaxed),
             taken_back_total: s.taken_back_total.load(Ordering::Relaxed),
+            python_log_records_total: python_logs.0,
+            python_log_records_dropped_total: python_logs.1,
             active_sessions: s.sessions.len(),
             uptime: s.started_at.elapsed(),
             accepting: s.accepting.load(Ordering::Relaxed),

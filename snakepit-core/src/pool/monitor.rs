@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::execute::STACK_WAIT;
 use super::exit::Control;
 use super::report::ms;
 use super::shared::PoolShared;
 use crate::events::{data, EventKind};
+use crate::observe::StackDumps;
 use crate::process::rss_bytes;
 use crate::transport::WorkerTransport;
 use crate::worker::WorkerStatus;
@@ -23,6 +25,7 @@ pub(crate) async fn run(
     shared: Arc<PoolShared>,
     status: Arc<WorkerStatus>,
     transport: Arc<dyn WorkerTransport>,
+    stacks: Arc<StackDumps>,
     control: watch::Sender<Control>,
     cancel: CancellationToken,
 ) {
@@ -76,7 +79,10 @@ pub(crate) async fn run(
                 });
                 failures = if ok { 0 } else { failures + 1 };
                 if failures >= cfg.health_check_failures {
-                    tracing::warn!(worker_id = %status.id, failures,
+                    // Where it is stuck, asked before the worker is killed for it.
+                    let python_stack = stacks.capture(STACK_WAIT).await;
+                    tracing::warn!(worker_id = %status.id, pool = %shared.name, failures,
+                        python_stack = python_stack.as_deref(),
                         "worker failed consecutive health checks; replacing it");
                     control.send_replace(Control::Recycle { reason: "health_check_failed" });
                     return;

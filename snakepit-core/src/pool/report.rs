@@ -190,6 +190,7 @@ fn emit_failed_parts(
                 error_message: err.to_string(),
                 python_type: py.map(|p| p.python_type.clone()),
                 python_traceback: py.map(|p| p.traceback.clone()),
+                python_stack: err.python_stack().map(str::to_string),
             }
             .into()
         });

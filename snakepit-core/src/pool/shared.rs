@@ -13,6 +13,7 @@ use super::dispatch::Dispatcher;
 use super::job::Job;
 use crate::config::PoolConfig;
 use crate::events::{data, EventBus, EventKind};
+use crate::observe::StackDumps;
 use crate::session::SessionStore;
 use crate::stats::Window;
 use crate::sync;
@@ -25,6 +26,7 @@ pub(crate) struct WorkerEntry {
     pub private_tx: mpsc::UnboundedSender<Job>,
     pub status: Arc<WorkerStatus>,
     pub transport: Arc<dyn WorkerTransport>,
+    pub stacks: Arc<StackDumps>,
 }
 
 pub(crate) struct PoolShared {

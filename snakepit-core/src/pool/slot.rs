@@ -126,6 +126,7 @@ async fn serve(
         shared.clone(),
         worker.status.clone(),
         worker.transport.clone(),
+        worker.stacks.clone(),
         control_tx,
         monitor_cancel.clone(),
     ));
@@ -135,6 +136,7 @@ async fn serve(
             private_tx: private_tx.clone(),
             status: worker.status.clone(),
             transport: worker.transport.clone(),
+            stacks: worker.stacks.clone(),
         },
     );
     // Only now is the worker routable: tell `Pool::start` it is ready.

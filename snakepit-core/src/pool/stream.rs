@@ -143,6 +143,7 @@ impl ResponseStream {
                     worker_id: p.worker_id.to_string(),
                     queue_time: p.queue_time,
                     duration: p.taken_at.elapsed(),
+                    python_time: None,
                     worker_span: None,
                     session_recreated: None,
                 });

@@ -44,6 +44,7 @@ impl FakeWorker {
 
     async fn chunk(&mut self, id: u64, n: usize, last: bool) {
         let chunk = proto::StreamChunk {
+            python_nanos: 0,
             data_json: Bytes::from(n.to_string()),
             r#final: last,
             error: None,
@@ -53,6 +54,7 @@ impl FakeWorker {
 
     async fn failure(&mut self, id: u64) {
         let chunk = proto::StreamChunk {
+            python_nanos: 0,
             data_json: Bytes::new(),
             r#final: true,
             error: Some(proto::WorkerError {
@@ -66,6 +68,7 @@ impl FakeWorker {
 
     async fn reply(&mut self, id: u64, json: &'static [u8]) {
         let reply = proto::ExecuteResponse {
+            python_nanos: 0,
             outcome: Some(proto::execute_response::Outcome::ResultJson(
                 Bytes::from_static(json),
             )),
@@ -215,6 +218,7 @@ async fn a_consumer_that_stops_reading_holds_the_worker_back_through_the_pipe() 
         let padding = "x".repeat(1_000);
         for n in 0..TOTAL {
             let chunk = proto::StreamChunk {
+                python_nanos: 0,
                 data_json: Bytes::from(format!("\"{n}{padding}\"")),
                 r#final: n + 1 == TOTAL,
                 error: None,
