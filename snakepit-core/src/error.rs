@@ -130,6 +130,22 @@ pub enum Error {
         stderr_tail: String,
     },
 
+    #[error("worker {worker_id} stopped answering health checks ({failures} in a row) while running '{command}' and was replaced; python_stack says where it was stuck (a C call holding the GIL cannot answer: raise health_check_timeout_ms or health_check_failures if that is expected)")]
+    /// The worker failed its health checks in a row during the call (it never
+    /// answered while the command ran, typically C code holding the GIL); it was
+    /// killed and replaced.
+    WorkerUnhealthy {
+        /// The command that was running.
+        command: String,
+        /// The worker.
+        worker_id: String,
+        /// Health checks failed in a row.
+        failures: u32,
+        /// Where its Python threads were, as `faulthandler` dumped them before the
+        /// kill; `None` when the worker did not answer within the bounded wait.
+        python_stack: Option<String>,
+    },
+
     /// The adapter raised: the exception with its traceback.
     #[error("Python raised {}: {}", .0.python_type, .0.message)]
     Python(Box<PythonError>),
@@ -240,6 +256,7 @@ impl Error {
             Error::QueueTimeout { .. } => "QueueTimeout",
             Error::Timeout { .. } => "Timeout",
             Error::WorkerCrashed { .. } => "WorkerCrashed",
+            Error::WorkerUnhealthy { .. } => "WorkerUnhealthy",
             Error::Python(_) => "Python",
             Error::UnknownCommand { .. } => "UnknownCommand",
             Error::InvalidArgs { .. } => "InvalidArgs",
@@ -274,7 +291,9 @@ impl Error {
     /// The Python stacks taken from a worker that timed out, before it was replaced.
     pub fn python_stack(&self) -> Option<&str> {
         match self {
-            Error::Timeout { python_stack, .. } => python_stack.as_deref(),
+            Error::Timeout { python_stack, .. } | Error::WorkerUnhealthy { python_stack, .. } => {
+                python_stack.as_deref()
+            }
             _ => None,
         }
     }

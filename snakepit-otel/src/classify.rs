@@ -59,6 +59,7 @@ impl ClassifyError for Error {
                     caller_stalled: false,
                     ..
                 } | Error::WorkerCrashed { .. }
+                    | Error::WorkerUnhealthy { .. }
                     | Error::Transport { .. }
             ),
             evidence: match self {

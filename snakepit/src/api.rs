@@ -9,11 +9,11 @@
 //! | `DELETE /v1/sessions/{id}?pool=` | 204 | 404 |
 //!
 //! Errors are `{"error": {"type", "message", "python_type"?, "python_traceback"?,
-//! "python_stack"?, "request_id"}}` (`python_stack`: on a timeout, where the worker's
+//! "python_stack"?, "request_id"}}` (`python_stack`: on a timeout or an unhealthy worker, where the worker's
 //! Python threads were when it was replaced): 400 malformed JSON, a field of the wrong type or missing, arguments
 //! that do not fit; 404 unknown command, pool or session; 413 body over
 //! `max_payload_bytes`; 422 the Python code raised; 429 queue full (`Retry-After`); 502
-//! worker crashed; 503 shutting down or not ready; 504 timeout or queue timeout.
+//! worker crashed or stopped answering health checks; 503 shutting down or not ready; 504 timeout or queue timeout.
 //! `x-correlation-id` (configurable) is read and echoed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -135,7 +135,9 @@ fn status_of(err: &Error) -> StatusCode {
         Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Python(_) => StatusCode::UNPROCESSABLE_ENTITY,
         Error::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
-        Error::WorkerCrashed { .. } | Error::Transport { .. } => StatusCode::BAD_GATEWAY,
+        Error::WorkerCrashed { .. } | Error::WorkerUnhealthy { .. } | Error::Transport { .. } => {
+            StatusCode::BAD_GATEWAY
+        }
         Error::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Error::Timeout { .. } | Error::QueueTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -151,6 +153,10 @@ fn pool_error(err: &Error, request_id: &str) -> Response {
             json!({"session_id": session_id, "reason": reason})
         }
         Error::Timeout {
+            python_stack: Some(stack),
+            ..
+        }
+        | Error::WorkerUnhealthy {
             python_stack: Some(stack),
             ..
         } => json!({"python_stack": stack}),

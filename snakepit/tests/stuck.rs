@@ -51,6 +51,11 @@ fn line_of(marker: &str) -> usize {
 }
 
 fn start() -> Server {
+    start_with("")
+}
+
+/// `snakepit serve` with `pool_extra` lines added to the pool's table.
+fn start_with(pool_extra: &str) -> Server {
     let dir = TempDir::new("stuck");
     std::fs::write(dir.path().join("stuck_adapter.py"), ADAPTER).unwrap();
     let port = free_port();
@@ -65,6 +70,7 @@ name = "default"
 size = 1
 adapter = "stuck_adapter:Stuck"
 {transport}
+{pool_extra}
 
 [pools.python]
 pythonpath = ["{dir}"]
@@ -209,4 +215,57 @@ fn an_operator_dumps_a_busy_workers_stacks_live() {
     assert!(missing.body.contains("nope-9"));
     // The dump did not hurt the worker: the call still ends at its own deadline.
     assert_eq!(call.join().unwrap(), 504);
+}
+
+#[test]
+fn a_worker_replaced_for_failed_health_checks_leaves_its_stack_in_the_log() {
+    // Health checks every 300 ms, failing after 200 ms, twice in a row (defaults: 10 s,
+    // 5 s, 3 — over 30 s before the replacement): the path is the same, the wait is
+    // what a test can afford. The defaults' path is the timeout test above.
+    let server = start_with(
+        "health_check_interval_ms = 300\nhealth_check_timeout_ms = 200\nhealth_check_failures = 2",
+    );
+    let port = server.port;
+    // C code holding the GIL: the worker cannot answer its health checks.
+    let call = std::thread::spawn(move || {
+        execute(port, r#"{"command": "stuck_regex", "timeout_ms": 60000}"#)
+    });
+    let frame = format!("line {} in stuck_regex", line_of("STUCK-REGEX-LINE"));
+    let replaced = |l: &Value| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("failed consecutive health checks"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || log_lines(&server)
+            .iter()
+            .any(replaced)),
+        "the worker was never replaced for its health checks"
+    );
+    let line = log_lines(&server).into_iter().find(replaced).unwrap();
+    let stack = line["python_stack"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no python_stack in {line}"));
+    assert!(
+        stack.contains(&frame),
+        "the stack does not name {frame}:\n{stack}"
+    );
+    // The call it was stuck in fails at once (not at its 60 s deadline), saying why
+    // and where, and the pool serves on.
+    let resp = call.join().unwrap();
+    assert_eq!(resp.status, 502, "{}", resp.body);
+    let body = resp.json();
+    assert_eq!(body["error"]["type"], "WorkerUnhealthy", "{body}");
+    assert!(
+        body["error"]["python_stack"]
+            .as_str()
+            .is_some_and(|s| s.contains(&frame)),
+        "{body}"
+    );
+    assert!(wait_until(Duration::from_secs(30), || execute(
+        port,
+        r#"{"command": "ping"}"#
+    )
+    .status
+        == 200));
 }

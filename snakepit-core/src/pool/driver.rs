@@ -41,7 +41,7 @@ pub(crate) async fn run(
         let (job, sent) = match slot.take_to_run(shared) {
             Some(held) => (held.job, Some(held.call_id)),
             None => {
-                if let Control::Recycle { reason } = *control.borrow_and_update() {
+                if let Some(reason) = control.borrow_and_update().recycle_reason() {
                     return Exit::Recycle { reason };
                 }
                 let private = (private_tx, &mut *private_rx);
@@ -62,8 +62,8 @@ pub(crate) async fn run(
         // The caller may have timed out in the queue, or gone away entirely (a job
         // written ahead was taken already and runs regardless: its frame is sent).
         let exit = match sent {
-            Some(_) => execute::run_job(shared, worker, job, pipeline).await,
-            None => run_taken(shared, worker, job, pipeline).await,
+            Some(_) => execute::run_job(shared, worker, job, pipeline, control).await,
+            None => run_taken(shared, worker, job, pipeline, control).await,
         };
         let exit = match (exit, slot.broken()) {
             (Some(exit), _) => Some(exit),
@@ -156,7 +156,7 @@ pub(crate) async fn serve_sessions(
         let session_ended = shared.sessions.changed();
         tokio::pin!(session_ended);
         session_ended.as_mut().enable();
-        if let Control::Recycle { reason } = *reg.control_rx.borrow_and_update() {
+        if let Some(reason) = reg.control_rx.borrow_and_update().recycle_reason() {
             if !is_planned(reason) {
                 return DrainEnd::Exit(Exit::Recycle { reason });
             }
@@ -164,7 +164,15 @@ pub(crate) async fn serve_sessions(
         if shared.sessions.held_by(&worker.id) == 0 {
             // Requests already routed here (a session closed meanwhile) still run.
             match reg.private_rx.try_recv() {
-                Ok(job) => match run_taken(shared, worker, job, Pipeline::off(&mut slot)).await {
+                Ok(job) => match run_taken(
+                    shared,
+                    worker,
+                    job,
+                    Pipeline::off(&mut slot),
+                    &reg.control_rx,
+                )
+                .await
+                {
                     Some(exit) => return DrainEnd::Exit(exit),
                     None => continue,
                 },
@@ -180,7 +188,15 @@ pub(crate) async fn serve_sessions(
             _ = &mut session_ended => continue,
             Some(job) = reg.private_rx.recv() => job,
         };
-        if let Some(exit) = run_taken(shared, worker, job, Pipeline::off(&mut slot)).await {
+        if let Some(exit) = run_taken(
+            shared,
+            worker,
+            job,
+            Pipeline::off(&mut slot),
+            &reg.control_rx,
+        )
+        .await
+        {
             return DrainEnd::Exit(exit);
         }
     }
@@ -192,11 +208,12 @@ async fn run_taken(
     worker: &Worker,
     job: Job,
     pipeline: Pipeline<'_>,
+    control: &watch::Receiver<Control>,
 ) -> Option<Exit> {
     if !job.claim() {
         return None;
     }
-    execute::run_job(shared, worker, job, pipeline).await
+    execute::run_job(shared, worker, job, pipeline, control).await
 }
 
 fn crashed(worker: &Worker) -> Exit {

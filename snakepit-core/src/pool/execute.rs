@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::ahead::{self, Pipeline};
-use super::exit::Exit;
+use super::exit::{Control, Exit};
 use super::job::{Job, Placement, Reply, StreamFinish, StreamReply};
 use super::report::{finish, ms};
 use super::sessions;
@@ -31,12 +31,14 @@ pub(crate) const STACK_WAIT: Duration = Duration::from_secs(1);
 const CRASH_CONFIRM: Duration = Duration::from_secs(1);
 
 /// Run `job` on `worker`; `Some(exit)` when the worker must be replaced. A unary call
-/// may write the next queued job behind itself (`pipeline`).
+/// may write the next queued job behind itself (`pipeline`). A monitor's verdict that
+/// the worker is unhealthy (`control`) ends the call at once.
 pub(crate) async fn run_job(
     shared: &Arc<PoolShared>,
     worker: &Worker,
     job: Job,
     pipeline: Pipeline<'_>,
+    control: &watch::Receiver<Control>,
 ) -> Option<Exit> {
     // A draining worker (serving only its sessions) stays shown as draining.
     let draining = worker.status.state() == WorkerState::Draining;
@@ -91,7 +93,19 @@ pub(crate) async fn run_job(
     let (outcome, exit, session_recreated) = match session_recreated {
         Err(err) => (Err(err), None, None),
         Ok(recreated) => {
-            let (outcome, exit) = call(shared, worker, &job, timeout, pipeline).await;
+            let (outcome, exit) = tokio::select! {
+                biased;
+                done = call(shared, worker, &job, timeout, pipeline) => done,
+                (failures, python_stack) = unhealthy(control.clone()) => (
+                    Err(Error::WorkerUnhealthy {
+                        command: job.command.clone(),
+                        worker_id: worker.id.to_string(),
+                        failures,
+                        python_stack: python_stack.map(|s| s.to_string()),
+                    }),
+                    Some(Exit::Recycle { reason: "health_check_failed" }),
+                ),
+            };
             (outcome, exit, recreated)
         }
     };
@@ -152,6 +166,25 @@ pub(crate) async fn run_job(
         }
     }
     exit
+}
+
+/// Resolves when the monitor finds the worker unhealthy: the failures in a row and
+/// the stacks it took. (A call dropped here is dropped as a timed-out one is: the
+/// worker is replaced, and a job written behind the call goes back to the queue.)
+async fn unhealthy(mut control: watch::Receiver<Control>) -> (u32, Option<Arc<str>>) {
+    loop {
+        if let Control::Unhealthy {
+            failures,
+            python_stack,
+        } = &*control.borrow_and_update()
+        {
+            return (*failures, python_stack.clone());
+        }
+        if control.changed().await.is_err() {
+            // The monitor is gone; no verdict will come.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// What a call produced, or the failure.

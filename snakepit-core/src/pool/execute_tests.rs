@@ -187,6 +187,16 @@ fn pool() -> Arc<PoolShared> {
 
 /// Take the next job as `worker` and run it, as the worker's driver does.
 async fn serve_one(shared: &Arc<PoolShared>, worker: &Worker) -> Option<Exit> {
+    let (_monitor, control) = watch::channel(Control::Run);
+    serve_one_watched(shared, worker, &control).await
+}
+
+/// `serve_one` with the monitor's verdicts coming through `control`.
+async fn serve_one_watched(
+    shared: &Arc<PoolShared>,
+    worker: &Worker,
+    control: &watch::Receiver<Control>,
+) -> Option<Exit> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let job = match shared.dispatch.next_or_idle(&worker.id, &tx) {
         Some(job) => job,
@@ -198,7 +208,7 @@ async fn serve_one(shared: &Arc<PoolShared>, worker: &Worker) -> Option<Exit> {
         sent: None,
         slot: &mut slot,
     };
-    run_job(shared, worker, job, pipeline).await
+    run_job(shared, worker, job, pipeline, control).await
 }
 
 fn start_stream(
@@ -368,4 +378,50 @@ async fn a_worker_that_falls_silent_part_way_is_replaced_at_the_deadline() {
         "{:?}",
         items[1]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_found_unhealthy_mid_call_fails_it_at_once_with_the_stacks() {
+    let shared = pool();
+    let script = vec![
+        (Duration::ZERO, chunk(0)),
+        (Duration::from_secs(3_600), chunk(1)),
+    ];
+    let (transport, cancelled) = Scripted::new(script);
+    let worker = Worker::fake("fake-1", transport);
+    let caller = start_stream(&shared);
+    let (monitor, control) = watch::channel(Control::Run);
+    // The monitor's verdict 2 s in, long before the 30 s request deadline.
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let _ = monitor.send(Control::Unhealthy {
+            failures: 3,
+            python_stack: Some(Arc::from("File \"adapter.py\", line 7 in stuck")),
+        });
+        // Kept open, as the slot keeps it, until the test ends.
+        tokio::time::sleep(Duration::from_secs(3_600)).await;
+    });
+    let started = TokioInstant::now();
+    let exit = serve_one_watched(&shared, &worker, &control).await;
+    assert_eq!(
+        exit,
+        Some(Exit::Recycle {
+            reason: "health_check_failed"
+        })
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(cancelled.load(Ordering::SeqCst), "the call was dropped");
+    let items: Vec<_> = caller.await.unwrap().unwrap().collect().await;
+    match &items[..] {
+        [Ok(_), Err(Error::WorkerUnhealthy {
+            failures: 3,
+            python_stack: Some(stack),
+            ..
+        })] => assert!(stack.contains("line 7 in stuck")),
+        other => panic!("{other:?}"),
+    }
 }

@@ -1,6 +1,8 @@
 //! Why a worker's service ends (`Exit`), and what its monitor may ask of its driver
 //! (`Control`): shared by the driver, the slot, and the code a worker leaves through.
 
+use std::sync::Arc;
+
 use crate::error::ExitInfo;
 
 /// Why a worker's driver stopped.
@@ -21,9 +23,25 @@ pub(crate) enum Exit {
 pub(crate) enum Control {
     #[default]
     Run,
-    Recycle {
-        reason: &'static str,
+    /// Replace the worker after its current request.
+    Recycle { reason: &'static str },
+    /// The worker failed `failures` health checks in a row: replace it now, failing
+    /// the request it is stuck in (with the stacks taken, to say where).
+    Unhealthy {
+        failures: u32,
+        python_stack: Option<Arc<str>>,
     },
+}
+
+impl Control {
+    /// The recycle asked for, if any (`health_check_failed` for an unhealthy worker).
+    pub(crate) fn recycle_reason(&self) -> Option<&'static str> {
+        match self {
+            Control::Run => None,
+            Control::Recycle { reason } => Some(reason),
+            Control::Unhealthy { .. } => Some("health_check_failed"),
+        }
+    }
 }
 
 /// Recycles that only follow policy (the worker itself is fine): a worker holding

@@ -1,6 +1,7 @@
 //! Per-worker monitor: periodic health-check calls and RSS readings, beside (never
 //! inside) the request loop. It only ever *asks* the driver to recycle the worker;
-//! the driver does so between requests.
+//! the driver does so between requests, or — for a worker that stopped answering
+//! health checks — at once, failing the request it is stuck in.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -84,7 +85,12 @@ pub(crate) async fn run(
                     tracing::warn!(worker_id = %status.id, pool = %shared.name, failures,
                         python_stack = python_stack.as_deref(),
                         "worker failed consecutive health checks; replacing it");
-                    control.send_replace(Control::Recycle { reason: "health_check_failed" });
+                    // Now, not after its request: the request it is stuck in fails
+                    // with these stacks (WorkerUnhealthy).
+                    control.send_replace(Control::Unhealthy {
+                        failures,
+                        python_stack: python_stack.map(Arc::from),
+                    });
                     return;
                 }
             }
