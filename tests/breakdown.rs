@@ -115,8 +115,28 @@ async fn the_parts_add_up_and_reach_the_span_and_the_histograms() {
         served.queue_time + served.duration
     );
 
-    // The histograms: two sleeps of 30 + 80 ms.
+    // A command that raises: its Python time is still measured (the error says it).
+    let err = service
+        .clone()
+        .oneshot(Request::new("fail", json!({})))
+        .await
+        .expect_err("fail raises");
+    let raised_after = err
+        .python()
+        .and_then(|p| p.python_time)
+        .expect("a Python error carries its Python time");
+    assert!(raised_after < Duration::from_millis(20), "{raised_after:?}");
+
+    // The histograms: two sleeps of 30 + 80 ms; the failed call counts for `fail`.
     let text = telemetry.prometheus_text().expect("prometheus text");
+    assert_eq!(
+        sample(
+            &text,
+            "snakepit_request_python_duration_seconds_count",
+            "fail"
+        ),
+        1.0
+    );
     assert_eq!(
         sample(
             &text,
@@ -170,5 +190,12 @@ async fn the_parts_add_up_and_reach_the_span_and_the_histograms() {
             .unwrap_or_else(|| panic!("no transport_time_ms on {span}"));
         assert!(python >= 30.0 && transport < 20.0, "{span}");
     }
+    assert!(wait_until(Duration::from_secs(20), || rotel
+        .spans()
+        .iter()
+        .any(|sp| sp["name"] == "default/fail"
+            && sp["attributes"]["snakepit.python_time_ms"]
+                .as_f64()
+                .is_some())));
     pool.shutdown(Duration::from_secs(5)).await;
 }

@@ -66,6 +66,9 @@ pub struct PythonError {
     pub traceback: String,
     /// The worker's timing of the failed call, when its trace context was sampled.
     pub worker_span: Option<crate::worker_span::WorkerSpan>,
+    /// How long the command ran in Python before it raised, by the worker's clock
+    /// (for a stream: all its steps), when the worker reported it.
+    pub python_time: Option<std::time::Duration>,
 }
 
 /// Why a request failed.

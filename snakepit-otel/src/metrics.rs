@@ -7,7 +7,7 @@
 //! `snakepit_request_transport_duration_seconds{pool_name,command}` (pipes or gRPC
 //! both ways, serialization included; finer buckets, it is usually well under a
 //! millisecond) and `snakepit_request_python_duration_seconds{pool_name,command}` (the
-//! command's own run, by the worker's clock).
+//! command's own run, by the worker's clock; a call that raised counts here too).
 //!
 //! A stream is recorded when it ends, not when its first chunk arrives: duration to
 //! the end, `status` `success`, `error` (the generator raised part way) or `cancelled`
@@ -65,6 +65,14 @@ struct Finished<'a> {
     elapsed: f64,
     served: Option<&'a Served>,
     first_chunk: Option<f64>,
+    /// Python's own time, seconds, of a call that raised (a served one has it in
+    /// `served`).
+    raised_after: Option<f64>,
+}
+
+/// How long the Python code ran before it raised, when it did and the worker said.
+fn raised_after(python: Option<&snakepit_core::PythonError>) -> Option<f64> {
+    python.and_then(|p| p.python_time).map(|d| d.as_secs_f64())
 }
 
 impl RequestInstruments {
@@ -175,6 +183,8 @@ impl RequestInstruments {
                 self.transport_time.record(b.transport.as_secs_f64(), &both);
                 self.python_time.record(b.python.as_secs_f64(), &both);
             }
+        } else if let Some(python) = done.raised_after {
+            self.python_time.record(python, &both);
         }
     }
 }
@@ -299,6 +309,10 @@ impl Measured {
                     first_chunk: end
                         .first_chunk_at
                         .map(|at| at.saturating_duration_since(started).as_secs_f64()),
+                    raised_after: match end.outcome {
+                        snakepit_core::StreamOutcome::Failed(err) => raised_after(err.python()),
+                        _ => None,
+                    },
                 };
                 instruments.record(done, exemplar);
             });
@@ -312,6 +326,10 @@ impl Measured {
             elapsed: started.elapsed().as_secs_f64(),
             served: result.as_ref().ok().and_then(Outcome::served),
             first_chunk: None,
+            raised_after: result
+                .as_ref()
+                .err()
+                .and_then(|e| raised_after(e.classify().python)),
         };
         instruments.record(done, exemplar);
     }
@@ -328,6 +346,7 @@ impl Drop for Measured {
                 elapsed: p.started.elapsed().as_secs_f64(),
                 served: None,
                 first_chunk: None,
+                raised_after: None,
             };
             p.instruments.record(done, None);
         }

@@ -167,6 +167,12 @@ impl Open {
         let span = &self.span;
         match failure.python {
             Some(py) => {
+                if let Some(python) = py.python_time {
+                    self.otel.set_attribute(KeyValue::new(
+                        "snakepit.python_time_ms",
+                        python.as_secs_f64() * 1000.0,
+                    ));
+                }
                 let mut traceback = py.traceback.clone();
                 sanitizer.truncate_keep_end(&mut traceback);
                 self.otel.add_event(

@@ -258,7 +258,7 @@ async fn unary(
                 (Ok(done), None)
             }
             Some(proto::execute_response::Outcome::Error(e)) => {
-                let mut err = worker_error(shared, &job.command, e);
+                let mut err = worker_error(shared, &job.command, e, resp.python_nanos);
                 if let (Error::Python(p), Some(span)) = (&mut err, &resp.span) {
                     p.worker_span = WorkerSpan::from_proto(span, &worker.id);
                 }
@@ -283,8 +283,8 @@ async fn unary(
 enum Ended {
     /// Its final chunk came: Python's time producing it, if reported.
     Done(Option<Duration>),
-    /// The generator raised.
-    Failed(proto::WorkerError),
+    /// The generator raised (after this long in Python, in nanoseconds).
+    Failed(proto::WorkerError, u64),
     /// The caller dropped the stream.
     Left,
 }
@@ -322,7 +322,7 @@ async fn stream(
                 Some(Err(e)) => return Err(e),
                 Some(Ok(chunk)) if chunk.r#final => {
                     return Ok(match chunk.error {
-                        Some(e) => Ended::Failed(e),
+                        Some(e) => Ended::Failed(e, chunk.python_nanos),
                         None => Ended::Done(python_time(chunk.python_nanos)),
                     })
                 }
@@ -353,7 +353,9 @@ async fn stream(
     match result {
         Ok(Ended::Done(python_time)) => (Ok(python_time), None),
         Ok(Ended::Left) => (Ok(None), None),
-        Ok(Ended::Failed(err)) => (Err(worker_error(shared, &job.command, err)), None),
+        Ok(Ended::Failed(err, nanos)) => {
+            (Err(worker_error(shared, &job.command, err, nanos)), None)
+        }
         // The transport stream is dropped by now, which cancels the call: the worker
         // closes the generator and stays.
         Err(TransportError::TimedOut) if waiting_on_caller.load(Ordering::Relaxed) => (
@@ -374,7 +376,12 @@ async fn stream(
 }
 
 /// A worker-reported failure as a typed error.
-fn worker_error(shared: &PoolShared, command: &str, e: proto::WorkerError) -> Error {
+fn worker_error(
+    shared: &PoolShared,
+    command: &str,
+    e: proto::WorkerError,
+    python_nanos: u64,
+) -> Error {
     match e.kind() {
         Kind::UnknownCommand => Error::UnknownCommand {
             command: command.to_string(),
@@ -390,6 +397,7 @@ fn worker_error(shared: &PoolShared, command: &str, e: proto::WorkerError) -> Er
                 message: e.message,
                 traceback: e.traceback,
                 worker_span: None,
+                python_time: python_time(python_nanos),
             }))
         }
     }
