@@ -1,9 +1,11 @@
 //! One worker OS process: spawn, start-up handshake, output pumping, signals, exit.
 //!
 //! Each worker runs in its own process group, so stopping it also stops anything its
-//! Python code spawned. The pool keeps the write end of the worker's stdin: when the
-//! pool process dies, even by SIGKILL, the kernel closes that pipe and the worker
-//! (which watches stdin) exits. stdout and stderr are pumped line by line into
+//! Python code spawned. When the pool process dies, even by SIGKILL, its workers go
+//! too, two ways: the kernel sends each one SIGKILL (`PR_SET_PDEATHSIG`, set between
+//! fork and exec, so it holds even for a worker stuck in C code that holds the GIL,
+//! where no Python thread can run), and the kernel closes the worker's stdin, whose
+//! write end only the pool held (the worker watches it and exits on EOF). stdout and stderr are pumped line by line into
 //! `tracing` with the worker id; the last stderr lines are kept for crash reports.
 
 use std::collections::VecDeque;
@@ -91,17 +93,19 @@ impl WorkerProcess {
             .process_group(0)
             .kill_on_drop(false);
         let pass_fds = spec.pass_fds;
-        if !pass_fds.is_empty() {
-            let moves: Vec<(RawFd, RawFd)> = pass_fds
-                .iter()
-                .map(|(fd, at)| (fd.as_raw_fd(), *at))
-                .collect();
-            // SAFETY: the closure runs in the forked child before exec and only calls
-            // fcntl(2) and dup2(2), which are async-signal-safe; it allocates nothing
-            // (`moves` was built before the fork).
-            unsafe {
-                cmd.pre_exec(move || place_fds(&moves));
-            }
+        let moves: Vec<(RawFd, RawFd)> = pass_fds
+            .iter()
+            .map(|(fd, at)| (fd.as_raw_fd(), *at))
+            .collect();
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // prctl(2), getppid(2), fcntl(2) and dup2(2), which are async-signal-safe; it
+        // allocates nothing (`moves` was built before the fork).
+        unsafe {
+            cmd.pre_exec(move || {
+                die_with_parent(parent)?;
+                place_fds(&moves)
+            });
         }
         let spawned = cmd.spawn();
         // The child has its copies (or never started): close ours.
@@ -296,6 +300,21 @@ impl Drop for WorkerProcess {
 /// In the forked child: put each `(source, target)` descriptor at `target`, without
 /// clobbering a source that sits on another's target. Sources are close-on-exec; the
 /// placed copies are not, so exactly the targets survive exec.
+/// In the forked child: SIGKILL when the pool dies. The kernel sends it when the
+/// thread that forked exits; a runtime's threads live as long as its pools can run.
+/// A pool that died between the fork and here is caught by the parent check.
+fn die_with_parent(parent: libc::pid_t) -> std::io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only changes this process's own setting.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != parent {
+        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
+}
+
 fn place_fds(moves: &[(RawFd, RawFd)]) -> std::io::Result<()> {
     /// Above every target, so the parking copies collide with none of them.
     const PARK_FLOOR: RawFd = 64;

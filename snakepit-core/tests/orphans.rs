@@ -1,6 +1,8 @@
 //! No orphans: a process running a pool is SIGKILLed; 2 s later none of its Python
-//! workers may survive. The test binary is its own child: run with `--child` it
-//! starts a pool, prints the workers' pids and waits to be killed.
+//! workers may survive — not even one stuck in C code that holds the GIL (a
+//! backtracking regex), where no Python thread can run to notice the pool is gone.
+//! The test binary is its own child: run with `--child` it starts a pool, sets one
+//! worker on the regex, prints the workers' pids and waits to be killed.
 
 mod common;
 
@@ -38,7 +40,27 @@ fn child() {
         Err(e) => panic!("runtime: {e}"),
     };
     rt.block_on(async {
-        let pool = common::start(common::test_config(3)).await;
+        let dir = std::env::temp_dir().join(format!("snakepit-orphans-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let adapter = "import re\nfrom snakepit_bridge.example import ExampleAdapter\nfrom snakepit_bridge import command\n\n\nclass Stuck(ExampleAdapter):\n    @command\n    def stuck_regex(self):\n        return bool(re.match(r\"(a+)+$\", \"a\" * 64 + \"b\"))\n";
+        if let Err(e) = std::fs::write(dir.join("orphan_adapter.py"), adapter) {
+            panic!("cannot write the adapter: {e}");
+        }
+        let mut cfg = common::test_config(3);
+        cfg.adapter = "orphan_adapter:Stuck".into();
+        cfg.python.pythonpath = vec![dir.clone()];
+        // No deadline: only the pool's death may end this call.
+        cfg.request_timeout_ms = 0;
+        let pool = common::start(cfg).await;
+        let stuck = pool.clone();
+        tokio::spawn(async move {
+            let _ = stuck
+                .execute(snakepit_core::Request::new("stuck_regex", serde_json::json!({})))
+                .await;
+        });
+        while pool.stats().busy_workers < 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let pids: Vec<String> = pool
             .stats()
             .workers
@@ -122,6 +144,9 @@ fn no_worker_survives_a_sigkilled_pool() {
 
     let _ = child.kill(); // SIGKILL: no destructor, no shutdown code runs in the child
     let _ = child.wait();
+    let _ = std::fs::remove_dir_all(
+        std::env::temp_dir().join(format!("snakepit-orphans-{}", child.id())),
+    );
     std::thread::sleep(Duration::from_secs(2));
 
     let survivors: Vec<u32> = pids.iter().copied().filter(|p| alive(*p)).collect();
