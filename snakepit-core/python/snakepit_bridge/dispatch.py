@@ -36,6 +36,10 @@ Prepared = Tuple[Command, tuple, dict]
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _NO_ARGS = (b"", b"{}")
 _now_ns = time.perf_counter_ns
+# logs.enter / logs.leave without their frames, for the unary path (which always
+# resets in the context it set, so leave's fallback is not needed there).
+_enter_request = logs.request_context().set
+_leave_request = logs.request_context().reset
 
 
 def encode_json(value: object) -> bytes:
@@ -127,27 +131,32 @@ class Dispatcher:
     def execute(self, req, metadata: Mapping[str, str], deadline: Optional[float]):
         self.requests_handled += 1
         parsed = telemetry.parse_traceparent(metadata)
-        traceparent, sampled = parsed if parsed is not None else (None, False)
+        if parsed is None:
+            # The common untraced call: only the log records' request context to set
+            # (the ContextVar's own methods, bound once: this path runs per call).
+            token = _enter_request((metadata, None, None, False))
+            try:
+                return self._execute(req, metadata, deadline)
+            finally:
+                _leave_request(token)
+        traceparent, sampled = parsed
         # Timed for the worker span the pool emits, when the pool wants one.
         timer = telemetry.WorkerTimer() if sampled and self._report_spans else None
         # The span user code runs under (its spans' parent, its log records' span):
-        # the worker span, else the caller's.
-        if timer is not None:
-            span_id: Optional[bytes] = timer.span_id
-        elif traceparent is not None:
-            span_id = bytes.fromhex(traceparent[36:52])
-        else:
-            span_id = None
-        token = logs.enter(metadata, traceparent, span_id, sampled)
+        # the worker span, else the caller's (which the log context reads from the
+        # traceparent itself when given None).
+        span_id: Optional[bytes] = timer.span_id if timer is not None else None
+        token = _enter_request((metadata, traceparent, span_id, sampled))
         try:
-            if traceparent is not None and telemetry.active():
+            if telemetry.active():
                 # Spans the adapter makes follow the pool's sampling decision.
-                with telemetry.user_span_parent(traceparent, span_id, metadata, sampled=sampled):
+                parent = span_id if span_id is not None else bytes.fromhex(traceparent[36:52])
+                with telemetry.user_span_parent(traceparent, parent, metadata, sampled=sampled):
                     resp = self._execute(req, metadata, deadline)
             else:
                 resp = self._execute(req, metadata, deadline)
         finally:
-            logs.leave(token)
+            _leave_request(token)
         if timer is not None:
             timer.fill(resp.span)
         return resp

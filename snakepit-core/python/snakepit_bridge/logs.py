@@ -40,6 +40,11 @@ _request: contextvars.ContextVar[Optional[_Request]] = contextvars.ContextVar(
 )
 
 
+def request_context() -> "contextvars.ContextVar[Optional[_Request]]":
+    """The ContextVar `enter` sets (for a caller on a hot path that sets it itself)."""
+    return _request
+
+
 def enter(
     metadata: Mapping[str, str], traceparent: Optional[str], span_id: Optional[bytes], sampled: bool
 ) -> contextvars.Token:
