@@ -357,8 +357,9 @@ async fn run() -> Result<(), BoxError> {
         rss_on - rss_off
     );
 
-    // One cell asked for: the collector and /metrics sections are skipped.
+    // One cell asked for: the collector, Python-side and /metrics sections are skipped.
     if std::env::var_os("BENCH_CELL").is_none() {
+        python_side(&on, &dispatch, slice).await;
         collector_down(&pool, &on, &dispatch, down_cfg, quick).await?;
         render_metrics(quick)?;
     }
@@ -366,6 +367,35 @@ async fn run() -> Result<(), BoxError> {
     telemetry.shutdown(Duration::from_secs(5));
     drop(rotel);
     Ok(())
+}
+
+/// What Python code's own observation costs a request, end to end with everything on:
+/// the example's `observe` command making 0 or 100 `logging` records (each to the
+/// pool's JSON log and OTLP) or user-metric additions per call; the difference in
+/// p50, per record.
+async fn python_side<S>(on: &S, dispatch: &tracing::Dispatch, slice: Duration)
+where
+    S: Service<Request, Response = snakepit_core::Response, Error = snakepit_core::Error>
+        + Clone
+        + 'static,
+    S::Future: 'static,
+{
+    let _guard = tracing::dispatcher::set_default(dispatch);
+    let p50 = |args: serde_json::Value| {
+        let on = on.clone();
+        async move {
+            let mut s = drive(on, "observe", args, 1, slice).await;
+            s.pct(0.5)
+        }
+    };
+    let none = p50(json!({})).await;
+    let logs = p50(json!({"logs": 100})).await;
+    let records = p50(json!({"records": 100})).await;
+    println!(
+        "Python side, per call of 100 (p50, on): nothing {none:.0}µs; logging records {logs:.0}µs ({:.2} µs/record); user-metric additions {records:.0}µs ({:.2} µs/record, target ≤ 1)",
+        (logs - none) / 100.0,
+        (records - none) / 100.0
+    );
 }
 
 /// `/metrics` with 1,000 series: a provider with one counter of 1,000 label sets.
