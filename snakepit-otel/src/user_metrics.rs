@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use opentelemetry::metrics::{Histogram, Meter};
+use opentelemetry::metrics::{AsyncInstrument, Histogram, Meter};
 use opentelemetry::KeyValue;
 use snakepit_core::sync::lock;
 use snakepit_core::user_metrics::{
@@ -41,6 +41,19 @@ enum Made {
     /// An observable counter or gauge (its callback reads the sources).
     Observed(UserMetricKind),
     Histogram(Histogram<f64>, Vec<f64>),
+}
+
+/// An instrument builder with `def`'s description and (when it has one) unit; a
+/// macro because the SDK's builders for each kind are different types.
+macro_rules! described {
+    ($builder:expr, $def:expr) => {{
+        let b = $builder.with_description($def.description.clone());
+        if $def.unit.is_empty() {
+            b
+        } else {
+            b.with_unit($def.unit.clone())
+        }
+    }};
 }
 
 /// The instruments made so far, one per name, shared by every watched pool.
@@ -104,51 +117,38 @@ impl UserInstruments {
             return same;
         }
         let name = format!("{USER_METRIC_PREFIX}{}", def.name);
+        let meter = &self.meter;
         let instrument = match def.kind {
             UserMetricKind::Histogram => {
-                let mut b = self
-                    .meter
-                    .f64_histogram(name)
-                    .with_description(def.description.clone())
-                    .with_boundaries(def.buckets.clone());
-                if !def.unit.is_empty() {
-                    b = b.with_unit(def.unit.clone());
-                }
-                Made::Histogram(b.build(), def.buckets.clone())
+                let b = described!(meter.f64_histogram(name), def);
+                Made::Histogram(
+                    b.with_boundaries(def.buckets.clone()).build(),
+                    def.buckets.clone(),
+                )
             }
             UserMetricKind::Counter => {
-                let (sources, wanted) = (self.sources.clone(), def.name.clone());
-                let mut b = self
-                    .meter
-                    .f64_observable_counter(name)
-                    .with_description(def.description.clone())
-                    .with_callback(move |obs| {
-                        observe(&sources, &wanted, |v, attrs| obs.observe(v, attrs))
-                    });
-                if !def.unit.is_empty() {
-                    b = b.with_unit(def.unit.clone());
-                }
-                b.build();
+                described!(meter.f64_observable_counter(name), def)
+                    .with_callback(self.reader(&def.name))
+                    .build();
                 Made::Observed(def.kind)
             }
             UserMetricKind::Gauge => {
-                let (sources, wanted) = (self.sources.clone(), def.name.clone());
-                let mut b = self
-                    .meter
-                    .f64_observable_gauge(name)
-                    .with_description(def.description.clone())
-                    .with_callback(move |obs| {
-                        observe(&sources, &wanted, |v, attrs| obs.observe(v, attrs))
-                    });
-                if !def.unit.is_empty() {
-                    b = b.with_unit(def.unit.clone());
-                }
-                b.build();
+                described!(meter.f64_observable_gauge(name), def)
+                    .with_callback(self.reader(&def.name))
+                    .build();
                 Made::Observed(def.kind)
             }
         };
         made.insert(def.name.clone(), instrument);
         true
+    }
+}
+
+impl UserInstruments {
+    /// The collection-time callback of metric `name`'s counter or gauge.
+    fn reader(&self, name: &str) -> impl Fn(&dyn AsyncInstrument<f64>) + Send + Sync + 'static {
+        let (sources, wanted) = (self.sources.clone(), name.to_string());
+        move |obs| observe(&sources, &wanted, |v, attrs| obs.observe(v, attrs))
     }
 }
 
