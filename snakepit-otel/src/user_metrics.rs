@@ -26,8 +26,7 @@ use opentelemetry::metrics::{AsyncInstrument, Histogram, Meter};
 use opentelemetry::KeyValue;
 use snakepit_core::sync::lock;
 use snakepit_core::user_metrics::{
-    HistogramData, Labels, UserMetricDef, UserMetricKind, UserMetricSink, UserMetrics, UserSeries,
-    UserValue,
+    HistogramData, Labels, UserMetricDef, UserMetricKind, UserMetricSink, UserMetrics, UserValue,
 };
 use snakepit_core::Pool;
 
@@ -153,15 +152,14 @@ impl UserInstruments {
 }
 
 /// The attributes of one series: `pool_name`, `worker_id` for gauges, its labels.
-fn attributes(pool: &str, series: &UserSeries) -> Vec<KeyValue> {
-    let mut attrs = Vec::with_capacity(series.labels.len() + 2);
+fn attributes(pool: &str, worker_id: Option<&str>, labels: &Labels) -> Vec<KeyValue> {
+    let mut attrs = Vec::with_capacity(labels.len() + 2);
     attrs.push(KeyValue::new("pool_name", pool.to_string()));
-    if let Some(w) = &series.worker_id {
+    if let Some(w) = worker_id {
         attrs.push(KeyValue::new("worker_id", w.to_string()));
     }
     attrs.extend(
-        series
-            .labels
+        labels
             .iter()
             .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
     );
@@ -181,7 +179,10 @@ fn observe(sources: &Sources, name: &str, mut report: impl FnMut(f64, &[KeyValue
                 UserValue::Counter(v) | UserValue::Gauge(v) => v,
                 UserValue::Histogram(_) => continue,
             };
-            report(value, &attributes(&pool, &series));
+            report(
+                value,
+                &attributes(&pool, series.worker_id.as_deref(), &series.labels),
+            );
         }
     }
 }
@@ -205,13 +206,7 @@ impl UserMetricSink for UserInstruments {
             Some(Made::Histogram(h, _)) => h.clone(),
             _ => return,
         };
-        let series = UserSeries {
-            def: def.clone(),
-            labels: labels.clone(),
-            worker_id: None,
-            value: UserValue::Histogram(data.clone()),
-        };
-        let attrs = attributes(pool, &series);
+        let attrs = attributes(pool, None, labels);
         for (value, times) in replay(&def.buckets, data) {
             for _ in 0..times {
                 histogram.record(value, &attrs);

@@ -145,21 +145,15 @@ fn status_of(err: &Error) -> StatusCode {
 }
 
 fn pool_error(err: &Error, request_id: &str) -> Response {
-    let extra = match err {
-        Error::Python(py) => {
+    let extra = match (err, err.python_stack()) {
+        (Error::Python(py), _) => {
             json!({"python_type": py.python_type, "python_traceback": py.traceback})
         }
-        Error::SessionLost { session_id, reason } => {
+        (Error::SessionLost { session_id, reason }, _) => {
             json!({"session_id": session_id, "reason": reason})
         }
-        Error::Timeout {
-            python_stack: Some(stack),
-            ..
-        }
-        | Error::WorkerUnhealthy {
-            python_stack: Some(stack),
-            ..
-        } => json!({"python_stack": stack}),
+        // Whichever errors carry the stacks (Error::python_stack says which).
+        (_, Some(stack)) => json!({"python_stack": stack}),
         _ => json!({}),
     };
     error_response(

@@ -16,6 +16,10 @@ use tokio::sync::watch;
 
 use crate::sync;
 
+/// The longest the pool waits for a worker's stacks before killing it (a timeout, or
+/// failed health checks): a live worker dumps them in a few milliseconds, plus
+/// [`QUIET`].
+pub(crate) const STACK_WAIT: Duration = Duration::from_secs(1);
 /// A dump is complete once no byte arrived for this long.
 pub(crate) const QUIET: Duration = Duration::from_millis(40);
 /// The longest dump kept; the rest is cut (faulthandler prints at most 100 threads of

@@ -16,6 +16,7 @@ use super::sessions;
 use super::shared::PoolShared;
 use crate::error::{Error, PythonError};
 use crate::events::{data, EventKind};
+use crate::observe::stacks::STACK_WAIT;
 use crate::proto::{self, worker_error::Kind};
 use crate::request::{Chunk, Response, Served, WorkerSpan};
 use crate::session::Claim;
@@ -23,10 +24,6 @@ use crate::stats::WorkerState;
 use crate::transport::{within, CallMeta, TransportError};
 use crate::worker::Worker;
 
-/// The longest a timed-out request's answer waits for the worker's Python stacks
-/// (a live worker dumps them in a few milliseconds, plus the quiet period that ends
-/// the dump).
-pub(crate) const STACK_WAIT: Duration = Duration::from_secs(1);
 /// After a broken call, how long to wait for the process to show it died.
 const CRASH_CONFIRM: Duration = Duration::from_secs(1);
 

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::execute::STACK_WAIT;
 use super::exit::Control;
 use super::report::ms;
 use super::shared::PoolShared;
 use crate::events::{data, EventKind};
+use crate::observe::stacks::STACK_WAIT;
 use crate::observe::StackDumps;
 use crate::process::rss_bytes;
 use crate::transport::WorkerTransport;
