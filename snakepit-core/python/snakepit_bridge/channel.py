@@ -50,11 +50,12 @@ class Channel:
         self._asked = 0
         self._done = 0
         self.dropped = 0
+        self._drop_lock = threading.Lock()
         self._dropped_sent = 0
         self.written = 0
         self._closed = False
         self._broken = False
-        # Callables returning one record (or None), taken every COLLECT_SECONDS.
+        # Callables returning records (a list, maybe empty), taken every COLLECT_SECONDS.
         self.collectors: list = []
         self._next_collect = time.monotonic() + COLLECT_SECONDS
         self._thread = threading.Thread(target=self._run, name="snakepit-channel", daemon=True)
@@ -63,8 +64,8 @@ class Channel:
     def put(self, record: dict) -> bool:
         """Queue one record; False (and counted) when the queue is full. Never blocks."""
         q = self._queue
-        if len(q) >= self.capacity or self._broken:
-            self.dropped += 1
+        if len(q) >= self.capacity or self._broken or self._closed:
+            self.drop()
             return False
         q.append(record)
         if len(q) == 1:
@@ -73,13 +74,19 @@ class Channel:
             self._wake.set()
         return True
 
+    def drop(self) -> None:
+        """Count one dropped record. Under a lock: any thread that logs may drop, and
+        `+= 1` is not atomic across threads (only the dropping path pays for it)."""
+        with self._drop_lock:
+            self.dropped += 1
+
     def _run(self) -> None:
         while True:
             try:
                 if self._run_once():
                     return
             except Exception:  # noqa: BLE001 - the writer must outlive any one bad record
-                self.dropped += 1
+                self.drop()
 
     def _run_once(self) -> bool:
         """One wake of the writer; True when it is closed and done."""
@@ -97,7 +104,7 @@ class Channel:
                 lines.append(_ENCODER.encode(q.popleft()))
             except (TypeError, ValueError, RecursionError):
                 # A record that cannot be JSON (a circular `extra`): dropped alone.
-                self.dropped += 1
+                self.drop()
                 continue
             if len(lines) >= 256:
                 self._write(lines)
@@ -115,11 +122,9 @@ class Channel:
         lines = []
         for collect in self.collectors:
             try:
-                record = collect()
+                lines.extend(_ENCODER.encode(record) for record in collect())
             except Exception:  # noqa: BLE001 - a broken collector must not stop the writer
                 continue
-            if record is not None:
-                lines.append(_ENCODER.encode(record))
         if lines:
             self._write(lines)
 

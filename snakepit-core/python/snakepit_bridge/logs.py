@@ -96,6 +96,12 @@ class ChannelHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            self._emit(record)
+        except Exception:  # noqa: BLE001 - as logging's own handlers: never into the caller
+            self.handleError(record)
+
+    def _emit(self, record: logging.LogRecord) -> None:
+        try:
             message = record.getMessage()
         except Exception as exc:  # noqa: BLE001 - bad format arguments lose nothing
             message = f"{record.msg!r} % {record.args!r} (the arguments do not fit: {exc})"

@@ -23,7 +23,7 @@ Measured on CPython 3.11 (2-core VM, `python/benches/record_cost.py`): `add`/`se
 without labels or on a `labels()` series about 0.4 µs, `record` 0.6 µs; with one
 keyword label 0.9 µs (`add`) and 1.2-1.5 µs (`record`), so use `labels()` where a record
 sits in a tight loop. The channel's writer thread ships what changed since the
-last time, once a second (and at exit), as one line on the telemetry pipe; the
+last time, once a second (and at exit), as lines on the telemetry pipe (see take_batches); the
 amounts accumulate in place meanwhile, so a slow pool costs no memory beyond one
 entry per series and loses nothing. A worker killed outright loses at most its last
 second. Without a pool (a worker started by hand), records cost the same and go
@@ -39,6 +39,7 @@ from __future__ import annotations
 import bisect
 import math
 import re
+import sys
 import threading
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -49,6 +50,8 @@ MAX_SERIES = 1000
 OVERFLOW = "__other__"
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _INF = math.inf
+# The largest float: an int beyond it has no float (the pool's totals are floats).
+_MAX = sys.float_info.max
 _NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 # The pool sets these itself on every series.
 RESERVED_LABELS = ("pool_name", "worker_id")
@@ -79,8 +82,6 @@ class _Metric:
         # key they count in: checked, sorted and capped once, then one dict lookup.
         self._canon: Dict[tuple, LabelKey] = {(): ()}
         self._admitted: set = {()}
-        # The definition travels with the first batch that has data for it.
-        self._announced = False
 
     def _series_key(self, labels: Dict[str, object], raw: Optional[tuple]) -> LabelKey:
         """The key of a label set not seen before (under the lock): its names checked,
@@ -137,7 +138,7 @@ class Counter(_Metric):
         cls = amount.__class__
         if cls is not int and cls is not float:
             amount = float(amount)
-        if not 0 <= amount < _INF:  # negative, NaN or infinite
+        if not 0 <= amount < _MAX:  # negative, NaN, infinite, or no float holds it
             self._refuse(amount)
         key = self._key(labels) if labels else ()
         # acquire/release rather than `with`: half the cost on 3.11 (try/finally
@@ -153,7 +154,7 @@ class Counter(_Metric):
         cls = amount.__class__
         if cls is not int and cls is not float:
             amount = float(amount)
-        if not 0 <= amount < _INF:
+        if not 0 <= amount < _MAX:
             self._refuse(amount)
         self._lock.acquire()
         try:
@@ -346,22 +347,26 @@ def histogram(
     return _get(Histogram, name, description, unit, buckets=buckets)
 
 
-def take_batch() -> Optional[dict]:
-    """What changed since the last call, as one telemetry line (None when nothing did)."""
+# Rows per telemetry line: the pool refuses lines over 64 KiB, and a row is at most
+# about 1.3 KiB (8 labels of 100 characters, or a histogram of 64 buckets).
+ROWS_PER_LINE = 40
+
+
+def take_batches() -> List[dict]:
+    """What changed since the last call, as telemetry lines: per metric, its
+    definition and at most ROWS_PER_LINE rows each. The definition travels with every
+    line (the pool ignores one it knows), so a line lost or refused never leaves the
+    metric unknown to the pool."""
     with _registry_lock:
         metrics: List[_Metric] = list(_registry.values())
-    batch: dict = {"t": "metrics", "defs": [], "c": [], "h": [], "g": []}
+    lines = []
     for m in metrics:
         rows = m._take()
-        if not rows:
-            continue
-        if not m._announced:
-            batch["defs"].append(m.definition())
-            m._announced = True
-        batch[{"counter": "c", "histogram": "h", "gauge": "g"}[m.kind]].extend(rows)
-    if not (batch["c"] or batch["h"] or batch["g"]):
-        return None
-    return batch
+        key = {"counter": "c", "histogram": "h", "gauge": "g"}[m.kind]
+        definition = m.definition()
+        for i in range(0, len(rows), ROWS_PER_LINE):
+            lines.append({"t": "metrics", "defs": [definition], key: rows[i : i + ROWS_PER_LINE]})
+    return lines
 
 
 Counter._bound = BoundCounter

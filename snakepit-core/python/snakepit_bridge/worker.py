@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     logs.install(chan, args.worker_id)
     if chan is not None:
         # The user metrics travel on the same pipe, taken by the channel's writer.
-        chan.collectors.append(metrics.take_batch)
+        chan.collectors.append(metrics.take_batches)
     if args.watch_stdin:
         threading.Thread(target=_watch_stdin, name="snakepit-stdin-watch", daemon=True).start()
     ppid = os.getppid()

@@ -167,3 +167,32 @@ def test_a_pool_that_went_away_costs_nothing():
     assert ch.dropped >= 9
     ch.close()
     os.close(w)
+
+
+def test_a_failing_handler_never_raises_into_the_callers_log_call(chan, monkeypatch, capsys):
+    ch, reader, logger = chan
+
+    def broken(record):
+        raise RuntimeError("channel exploded")
+
+    monkeypatch.setattr(ch, "put", broken)
+    logger.info("still fine")  # must not raise
+    # logging's own convention: the handler's error is reported on stderr.
+    assert "channel exploded" in capsys.readouterr().err
+
+
+def test_drops_from_many_threads_are_all_counted():
+    r, w = os.pipe()
+    ch = channel.Channel(w, capacity=1)
+    ch._broken = True  # every put drops
+    threads = [
+        threading.Thread(target=lambda: [ch.put({"t": "log"}) for _ in range(20_000)]) for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert ch.dropped == 80_000
+    ch.close()
+    os.close(r)
+    os.close(w)

@@ -12,29 +12,45 @@ def fresh_registry(monkeypatch):
     monkeypatch.setattr(metrics, "_registry", {})
 
 
+def take():
+    """Everything `take_batches` ships now, merged (None when nothing changed)."""
+    lines = metrics.take_batches()
+    if not lines:
+        return None
+    merged = {"defs": [], "c": [], "h": [], "g": []}
+    for line in lines:
+        assert line["t"] == "metrics"
+        for d in line["defs"]:
+            if d not in merged["defs"]:
+                merged["defs"].append(d)
+        for key in "chg":
+            merged[key].extend(line.get(key, []))
+    return merged
+
+
 def test_counters_add_per_label_set_and_a_batch_carries_the_delta_once():
     c = metrics.counter("tokens", "Tokens")
     c.add(3, model="small")
     c.add(2, model="small")
     c.add(model="big")
-    batch = metrics.take_batch()
-    assert batch["t"] == "metrics"
+    batch = take()
     assert batch["defs"] == [{"name": "tokens", "kind": "counter", "help": "Tokens", "unit": ""}]
     assert sorted(batch["c"], key=str) == sorted(
         [["tokens", {"model": "small"}, 5], ["tokens", {"model": "big"}, 1]], key=str
     )
-    # Nothing changed: nothing to ship; the definition goes once.
-    assert metrics.take_batch() is None
+    # Nothing changed: nothing to ship. The definition travels with every line, so a
+    # lost line never leaves the metric unknown to the pool.
+    assert take() is None
     c.add(1, model="small")
-    again = metrics.take_batch()
-    assert again["defs"] == [] and again["c"] == [["tokens", {"model": "small"}, 1]]
+    again = take()
+    assert again["defs"] == batch["defs"] and again["c"] == [["tokens", {"model": "small"}, 1]]
 
 
 def test_histograms_bucket_like_the_pool_and_keep_sum_count_min_max():
     h = metrics.histogram("size", buckets=(1, 2, 4))
     for v in (0.5, 1, 1.5, 2, 3, 4, 9):
         h.record(v)
-    [row] = metrics.take_batch()["h"]
+    [row] = take()["h"]
     name, labels, counts, total, count, lo, hi = row
     # (-inf,1], (1,2], (2,4], (4,inf): the bound belongs to the bucket below it.
     assert counts == [2, 2, 2, 1]
@@ -47,8 +63,8 @@ def test_gauges_ship_their_last_value_when_changed():
     g = metrics.gauge("depth")
     g.set(3)
     g.set(5)
-    assert metrics.take_batch()["g"] == [["depth", {}, 5.0]]
-    assert metrics.take_batch() is None
+    assert take()["g"] == [["depth", {}, 5.0]]
+    assert take() is None
 
 
 @pytest.mark.parametrize(
@@ -92,7 +108,7 @@ def test_label_sets_beyond_the_cap_fold_into_one():
     c = metrics.counter("wide")
     for i in range(metrics.MAX_SERIES + 50):
         c.add(1, user=str(i))
-    rows = metrics.take_batch()["c"]
+    rows = take()["c"]
     assert len(rows) == metrics.MAX_SERIES + 1
     other = [r for r in rows if r[1] == {"user": metrics.OVERFLOW}]
     assert other == [["wide", {"user": metrics.OVERFLOW}, 50]]
@@ -110,11 +126,11 @@ def test_concurrent_adds_lose_nothing():
         t.start()
     taken = 0
     while any(t.is_alive() for t in threads):
-        batch = metrics.take_batch()
+        batch = take()
         taken += sum(r[2] for r in batch["c"]) if batch else 0
     for t in threads:
         t.join()
-    batch = metrics.take_batch()
+    batch = take()
     taken += sum(r[2] for r in batch["c"]) if batch else 0
     assert taken == 40_000
 
@@ -124,15 +140,15 @@ def test_a_bound_series_counts_in_the_same_series_as_keyword_labels():
     small = c.labels(model="small")
     small.add(2)
     c.add(3, model="small")
-    assert metrics.take_batch()["c"] == [["bound", {"model": "small"}, 5]]
+    assert take()["c"] == [["bound", {"model": "small"}, 5]]
     h = metrics.histogram("bh", buckets=(1,))
     h.labels(k=1).record(0.5)
     h.record(2, k="1")  # label values are strings: 1 and "1" are one series
-    [row] = metrics.take_batch()["h"]
+    [row] = take()["h"]
     assert row[1] == {"k": "1"} and row[2] == [1, 1] and row[4] == 2
     g = metrics.gauge("bg")
     g.labels().set(4)
-    assert metrics.take_batch()["g"] == [["bg", {}, 4.0]]
+    assert take()["g"] == [["bg", {}, 4.0]]
     assert not hasattr(c.labels(), "set"), "a counter's series only adds"
 
 
@@ -140,8 +156,8 @@ def test_a_value_that_cannot_travel_is_refused_and_the_metric_stays_usable():
     c = metrics.counter("odd")
     with pytest.raises(TypeError):
         c.add(object())
-    c.add(10**400)  # no float holds it (the pool's totals are floats): not shipped
-    assert metrics.take_batch() is None
+    with pytest.raises(ValueError, match="finite"):
+        c.add(10**400)  # no float holds it (the pool's totals are floats)
     for bad in (float("inf"), float("nan"), -1):
         with pytest.raises(ValueError):
             c.add(bad)
@@ -150,8 +166,22 @@ def test_a_value_that_cannot_travel_is_refused_and_the_metric_stays_usable():
     with pytest.raises(ValueError):
         metrics.histogram("oh").record(float("inf"))
     c.add(1)
-    assert metrics.take_batch()["c"] == [["odd", {}, 1.0]]
+    assert take()["c"] == [["odd", {}, 1.0]]
     # A sum that overflows is not shipped as `Infinity` (not JSON).
     c.add(1.7e308)
     c.add(1.7e308)
-    assert metrics.take_batch() is None
+    assert take() is None
+
+
+def test_many_series_ship_as_lines_the_pool_takes_each_with_the_definition():
+    import json
+
+    c = metrics.counter("wide_labels")
+    for i in range(metrics.ROWS_PER_LINE * 2 + 5):
+        c.add(1, user="u" * 90 + str(i), a="x" * 100, b="y" * 100)
+    lines = metrics.take_batches()
+    assert [len(line["c"]) for line in lines] == [metrics.ROWS_PER_LINE] * 2 + [5]
+    for line in lines:
+        assert [d["name"] for d in line["defs"]] == ["wide_labels"]
+        # Under the pool's 64 KiB line cap, encoded as the channel encodes.
+        assert len(json.dumps(line, separators=(",", ":")).encode()) < 64 * 1024
