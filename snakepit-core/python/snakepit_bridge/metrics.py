@@ -47,6 +47,10 @@ __all__ = ["counter", "histogram", "gauge", "Counter", "Histogram", "Gauge"]
 
 MAX_NAME_LEN = 64
 MAX_SERIES = 1000
+# The pool's own caps (snakepit_core::user_metrics), checked here too so a user learns
+# of a refusal at the call, not from a warning in the pool's log.
+MAX_LABELS = 8
+MAX_BUCKETS = 64
 OVERFLOW = "__other__"
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _INF = math.inf
@@ -86,6 +90,10 @@ class _Metric:
     def _series_key(self, labels: Dict[str, object], raw: Optional[tuple]) -> LabelKey:
         """The key of a label set not seen before (under the lock): its names checked,
         values made strings, counted against MAX_SERIES (beyond it: OVERFLOW)."""
+        if len(labels) > MAX_LABELS:
+            raise ValueError(
+                f"metric {self.name!r}: {len(labels)} labels, the pool takes at most {MAX_LABELS}"
+            )
         for k in labels:
             _check_name(k, f"label of metric {self.name!r}")
             if k in RESERVED_LABELS or k.startswith("__"):
@@ -226,9 +234,15 @@ class Histogram(_Metric):
     ) -> None:
         super().__init__(name, description, unit)
         bounds = [float(b) for b in buckets]
-        if not bounds or any(not math.isfinite(b) for b in bounds) or bounds != sorted(set(bounds)):
+        if (
+            not bounds
+            or len(bounds) > MAX_BUCKETS
+            or any(not math.isfinite(b) for b in bounds)
+            or bounds != sorted(set(bounds))
+        ):
             raise ValueError(
-                f"histogram {name!r}: buckets must be finite, increasing and not empty, got {list(buckets)!r}"
+                f"histogram {name!r}: buckets must be finite, increasing, 1 to {MAX_BUCKETS} of them, "
+                f"got {list(buckets)!r}"
             )
         self.buckets = bounds
         # Per series: [bucket counts..., sum, min, max]

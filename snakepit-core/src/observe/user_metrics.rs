@@ -429,13 +429,11 @@ impl UserMetrics {
         if !valid_name(&def.name) {
             self.refuse(reg, &def.name, "not a valid name");
         } else if !buckets_ok {
-            self.refuse(
-                reg,
-                &def.name,
-                "its buckets are not finite, increasing, 1 to 64",
-            );
+            let why = format!("its buckets are not finite, increasing, 1 to {MAX_BUCKETS}");
+            self.refuse(reg, &def.name, &why);
         } else if reg.defs.len() >= MAX_METRICS {
-            self.refuse(reg, &def.name, "the pool already has 200 user metrics");
+            let why = format!("the pool already has {MAX_METRICS} user metrics (MAX_METRICS)");
+            self.refuse(reg, &def.name, &why);
         } else {
             let mut def = def;
             cut(&mut def.description, 1024);
@@ -458,16 +456,17 @@ impl UserMetrics {
         match reg.defs.get(name) {
             Some(def) if def.kind == kind => {}
             _ => {
-                self.refuse(
-                    reg,
-                    name,
-                    "data for a metric the pool does not know as that kind",
+                let why = format!(
+                    "data for it as a {kind:?}, but the pool knows no such {kind:?} (its \
+                     definition was refused before, or declared another kind)"
                 );
+                self.refuse(reg, name, &why);
                 return None;
             }
         }
         if labels.len() > MAX_LABELS {
-            self.refuse(reg, name, "more than 8 labels");
+            let why = format!("{} labels, more than {MAX_LABELS}", labels.len());
+            self.refuse(reg, name, &why);
             return None;
         }
         let mut out = Vec::with_capacity(labels.len());
