@@ -15,6 +15,13 @@ pub struct ExitInfo {
 }
 
 impl ExitInfo {
+    /// A forked worker whose keeper died: it died too (SIGKILL, `PR_SET_PDEATHSIG`),
+    /// and nobody is left to report its status.
+    pub(crate) const LOST: ExitInfo = ExitInfo {
+        code: None,
+        signal: Some(libc::SIGKILL),
+    };
+
     /// Exits that a stop we asked for produces: 0, SIGTERM, SIGKILL (137/143 in shells).
     pub fn is_expected_on_stop(&self) -> bool {
         matches!(self.code, Some(0)) || matches!(self.signal, Some(libc::SIGTERM | libc::SIGKILL))
@@ -365,6 +372,18 @@ pub enum StartError {
         worker_id: String,
         /// What failed.
         message: String,
+    },
+
+    /// The fork server (`start_method = "fork_server"`) could not give a worker: its
+    /// template could not load the adapter, was not single-threaded, or died.
+    #[error("pool '{pool}': fork server: {message}{}", tail_suffix(stderr_tail))]
+    ForkServer {
+        /// The pool.
+        pool: String,
+        /// What went wrong and what to do.
+        message: String,
+        /// The last lines the fork server's processes wrote to stderr.
+        stderr_tail: String,
     },
 
     /// The Python environment could not be found or made (venv, pip).

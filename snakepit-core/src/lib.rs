@@ -37,6 +37,8 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod events;
+mod fork_server;
+mod memory;
 mod observe;
 pub mod pool;
 pub mod pools;
@@ -67,7 +69,8 @@ pub const FEATURES: &[&str] = &[
 pub mod proto;
 
 pub use config::{
-    ConfigError, OnWorkerLoss, PoolConfig, PythonConfig, SessionConfig, TransportKind, WhenFull,
+    ConfigError, ForkAfter, OnWorkerLoss, PoolConfig, PythonConfig, SessionConfig, StartMethod,
+    TransportKind, WhenFull,
 };
 pub use error::{Error, ExitInfo, PythonError, StackDumpError, StartError};
 pub use events::{CrashCause, Event, EventBus, EventData, EventKind, EventsConfig, Pattern};
@@ -77,4 +80,6 @@ pub use pools::{Pools, StreamingPools};
 pub use request::{Args, Breakdown, Chunk, Request, Response, Served, WorkerSpan};
 pub use sanitize::{SanitizeConfig, Sanitizer};
 pub use session::{SessionInfo, SessionOptions};
-pub use stats::{PoolLoad, PoolStats, PythonLogCounts, WindowStats, WorkerState, WorkerStats};
+pub use stats::{
+    PoolLoad, PoolStats, PythonLogCounts, TemplateStats, WindowStats, WorkerState, WorkerStats,
+};

@@ -16,9 +16,10 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
-use tokio::process::{ChildStdin, Command};
-use tokio::sync::watch;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::net::unix::pipe;
+use tokio::process::Command;
+use tokio::sync::{mpsc, watch};
 
 use crate::error::{ExitInfo, StartError};
 use crate::sync;
@@ -41,6 +42,9 @@ pub(crate) struct SpawnSpec {
     /// pipes on 3..6). The pool's copies are closed once the child has started, so the
     /// pool sees EOF when the worker dies.
     pub pass_fds: Vec<(OwnedFd, RawFd)>,
+    /// After the ready line, stdout lines go here instead of the log (the fork
+    /// server's keeper reports on its stdout).
+    pub stdout_to: Option<mpsc::UnboundedSender<String>>,
 }
 
 /// The last lines a worker wrote to stderr.
@@ -73,7 +77,7 @@ impl StderrTail {
 pub(crate) struct WorkerProcess {
     pid: u32,
     /// Held open for the worker's parent-death watch (EOF = the pool is gone).
-    _stdin: Option<ChildStdin>,
+    stdin: Option<std::fs::File>,
     exit: watch::Receiver<Option<ExitInfo>>,
     /// Becomes true when stderr reached EOF (everything the process wrote is in the tail).
     stderr_done: watch::Receiver<bool>,
@@ -83,7 +87,7 @@ pub(crate) struct WorkerProcess {
 
 impl WorkerProcess {
     /// Spawn the process and wait for its ready line (or its death, or the timeout).
-    pub async fn spawn(spec: SpawnSpec) -> Result<WorkerProcess, StartError> {
+    pub async fn spawn(mut spec: SpawnSpec) -> Result<WorkerProcess, StartError> {
         let mut cmd = Command::new(&spec.program);
         cmd.args(&spec.args)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -92,7 +96,7 @@ impl WorkerProcess {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
-        let pass_fds = spec.pass_fds;
+        let pass_fds = std::mem::take(&mut spec.pass_fds);
         let moves: Vec<(RawFd, RawFd)> = pass_fds
             .iter()
             .map(|(fd, at)| (fd.as_raw_fd(), *at))
@@ -115,9 +119,12 @@ impl WorkerProcess {
             message: e.to_string(),
         })?;
         let pid = child.id().unwrap_or(0);
-        let (stdin, stdout, stderr) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take());
-
+        let stdin = child.stdin.take().and_then(|s| s.into_owned_fd().ok());
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err(StartError::Io(
+                "worker stdout/stderr were not captured".into(),
+            ));
+        };
         let (exit_tx, exit_rx) = watch::channel(None);
         tokio::spawn(async move {
             let info = match child.wait().await {
@@ -129,10 +136,39 @@ impl WorkerProcess {
             };
             let _ = exit_tx.send(Some(info));
         });
+        Self::attach(spec, pid, stdin, stdout, stderr, exit_rx).await
+    }
 
+    /// A process someone else started for us (the fork server's template forked it):
+    /// `pid`, the pool's ends of its stdin, stdout and stderr pipes, and a watch its
+    /// exit is reported on. Waits for its ready line as [`spawn`](Self::spawn) does.
+    pub async fn adopt(
+        spec: SpawnSpec,
+        pid: u32,
+        stdio: [OwnedFd; 3],
+        exit: watch::Receiver<Option<ExitInfo>>,
+    ) -> Result<WorkerProcess, StartError> {
+        let [stdin, stdout, stderr] = stdio;
+        let io =
+            |e: std::io::Error| StartError::Io(format!("cannot read the worker's output: {e}"));
+        let stdout = pipe::Receiver::from_owned_fd(stdout).map_err(io)?;
+        let stderr = pipe::Receiver::from_owned_fd(stderr).map_err(io)?;
+        Self::attach(spec, pid, Some(stdin), stdout, stderr, exit).await
+    }
+
+    /// Pump stderr into the log (keeping the tail), wait for the ready line on stdout,
+    /// then pump stdout too.
+    async fn attach(
+        spec: SpawnSpec,
+        pid: u32,
+        stdin: Option<OwnedFd>,
+        stdout: impl AsyncRead + Unpin + Send + 'static,
+        stderr: impl AsyncRead + Unpin + Send + 'static,
+        exit: watch::Receiver<Option<ExitInfo>>,
+    ) -> Result<WorkerProcess, StartError> {
         let tail = StderrTail::default();
         let (stderr_done_tx, stderr_done) = watch::channel(false);
-        if let Some(stderr) = stderr {
+        {
             let (tail, id, pool) = (tail.clone(), spec.worker_id.clone(), spec.pool_name.clone());
             tokio::spawn(async move {
                 let mut reader = BufReader::new(stderr);
@@ -146,14 +182,11 @@ impl WorkerProcess {
 
         let process = WorkerProcess {
             pid,
-            _stdin: stdin,
-            exit: exit_rx,
+            stdin: stdin.map(std::fs::File::from),
+            exit,
             stderr_done,
             tail,
             started_at: Instant::now(),
-        };
-        let Some(stdout) = stdout else {
-            return Err(StartError::Io("worker stdout was not captured".into()));
         };
         let mut reader = BufReader::new(stdout);
         let ready = tokio::time::timeout(spec.startup_timeout, async {
@@ -169,9 +202,15 @@ impl WorkerProcess {
         match ready {
             Ok(true) => {
                 let (id, pool) = (spec.worker_id.clone(), spec.pool_name.clone());
+                let lines_to = spec.stdout_to;
                 tokio::spawn(async move {
                     while let Some(line) = read_line_capped(&mut reader).await {
-                        log_line(&id, &pool, "stdout", &line);
+                        match &lines_to {
+                            Some(to) => {
+                                let _ = to.send(line);
+                            }
+                            None => log_line(&id, &pool, "stdout", &line),
+                        }
                     }
                 });
                 Ok(process)
@@ -203,6 +242,18 @@ impl WorkerProcess {
 
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Write to the process's stdin (the fork server's keeper takes commands there).
+    pub fn write_stdin(&self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        match &self.stdin {
+            Some(stdin) => {
+                let mut stdin: &std::fs::File = stdin;
+                stdin.write_all(bytes)
+            }
+            None => Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe)),
+        }
     }
 
     /// The exit status, once the process has exited.
@@ -240,9 +291,13 @@ impl WorkerProcess {
             return;
         }
         // SAFETY: kill(2) with a negative pid signals a process group; it touches no
-        // memory of ours. The group is the worker's own (process_group(0) at spawn).
+        // memory of ours. The group is the worker's own (process_group(0) at spawn, or
+        // setpgid in a forked worker, which may not have got that far: then the process
+        // alone, while it is known to run, so a reused pid is never signalled).
         unsafe {
-            libc::kill(-(self.pid as i32), signal);
+            if libc::kill(-(self.pid as i32), signal) != 0 && self.exit_status().is_none() {
+                libc::kill(self.pid as i32, signal);
+            }
         }
     }
 
@@ -281,7 +336,7 @@ impl WorkerProcess {
         let (_, stderr_done) = watch::channel(true);
         WorkerProcess {
             pid: 0,
-            _stdin: None,
+            stdin: None,
             exit,
             stderr_done,
             tail: StderrTail::default(),
@@ -340,16 +395,6 @@ fn place_fds(moves: &[(RawFd, RawFd)]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Resident set size of a process, read from `/proc/<pid>/statm` (measured by us, not
-/// reported by the worker).
-pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).unwrap_or(4096))
-}
-
 /// Read one line (without the newline), lossily decoded, at most MAX_LINE_BYTES; the
 /// rest of an over-long line is discarded. None at EOF.
 pub(crate) async fn read_line_capped<R: AsyncBufRead + Unpin>(reader: &mut R) -> Option<String> {
@@ -402,120 +447,5 @@ fn log_line(worker_id: &str, pool: &str, stream: &'static str, line: &str) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn capped_lines_split_and_truncate() {
-        let long = "x".repeat(MAX_LINE_BYTES + 10);
-        let input = format!("one\r\n{long}\nlast-no-newline");
-        let mut reader = BufReader::new(input.as_bytes());
-        assert_eq!(read_line_capped(&mut reader).await.as_deref(), Some("one"));
-        assert_eq!(
-            read_line_capped(&mut reader).await.map(|l| l.len()),
-            Some(MAX_LINE_BYTES)
-        );
-        assert_eq!(
-            read_line_capped(&mut reader).await.as_deref(),
-            Some("last-no-newline")
-        );
-        assert_eq!(read_line_capped(&mut reader).await, None);
-    }
-
-    #[test]
-    fn stderr_tail_is_bounded() {
-        let tail = StderrTail::default();
-        for i in 0..100 {
-            tail.push(&format!("line {i}"));
-        }
-        let text = tail.text();
-        assert!(text.ends_with("line 99"));
-        assert_eq!(text.lines().count(), STDERR_TAIL_LINES);
-        tail.push(&"y".repeat(20_000));
-        assert_eq!(tail.text().lines().count(), 1);
-    }
-
-    #[tokio::test]
-    async fn exit_during_startup_reports_code_and_stderr() {
-        let spec = SpawnSpec {
-            program: "/bin/sh".into(),
-            args: vec![
-                "-c".into(),
-                "echo starting; echo 'boom: bad adapter' >&2; exit 3".into(),
-            ],
-            env: vec![],
-            worker_id: "t-1".into(),
-            pool_name: "t".into(),
-            startup_timeout: Duration::from_secs(10),
-            pass_fds: vec![],
-        };
-        match WorkerProcess::spawn(spec).await {
-            Err(StartError::ExitedDuringStartup {
-                exit, stderr_tail, ..
-            }) => {
-                assert_eq!(exit.code, Some(3));
-                assert!(stderr_tail.contains("boom: bad adapter"), "{stderr_tail}");
-            }
-            other => panic!("expected ExitedDuringStartup, got {:?}", other.err()),
-        }
-    }
-
-    #[tokio::test]
-    async fn passed_fds_land_on_their_numbers_and_ours_close() {
-        use std::io::Read;
-        let (mut rx3, tx3) = std::io::pipe().unwrap();
-        let (mut rx4, tx4) = std::io::pipe().unwrap();
-        // Passed crosswise so one source may sit on the other's target.
-        let spec = SpawnSpec {
-            program: "/bin/sh".into(),
-            args: vec![
-                "-c".into(),
-                "echo SNAKEPIT_READY {}; echo three >&3; echo four >&4".into(),
-            ],
-            env: vec![],
-            worker_id: "t-3".into(),
-            pool_name: "t".into(),
-            startup_timeout: Duration::from_secs(10),
-            pass_fds: vec![(tx4.into(), 4), (tx3.into(), 3)],
-        };
-        let process = WorkerProcess::spawn(spec).await.unwrap();
-        let (mut three, mut four) = (String::new(), String::new());
-        // read_to_string ends only at EOF: the pool's copies must be closed.
-        rx3.read_to_string(&mut three).unwrap();
-        rx4.read_to_string(&mut four).unwrap();
-        assert_eq!((three.as_str(), four.as_str()), ("three\n", "four\n"));
-        assert_eq!(
-            process
-                .wait_exit(Duration::from_secs(5))
-                .await
-                .unwrap()
-                .code,
-            Some(0)
-        );
-    }
-
-    #[tokio::test]
-    async fn startup_timeout_kills_the_process() {
-        let spec = SpawnSpec {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), "echo $$ >&2; sleep 60".into()],
-            env: vec![],
-            worker_id: "t-2".into(),
-            pool_name: "t".into(),
-            startup_timeout: Duration::from_millis(300),
-            pass_fds: vec![],
-        };
-        let err = WorkerProcess::spawn(spec).await.err();
-        let Some(StartError::StartupTimeout { stderr_tail, .. }) = err else {
-            panic!("expected StartupTimeout, got {err:?}");
-        };
-        let pid: i32 = stderr_tail.trim().parse().unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        // SAFETY: signal 0 only checks for existence.
-        let alive = unsafe { libc::kill(pid, 0) } == 0;
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.contains(") Z "))
-            .unwrap_or(true);
-        assert!(!alive || zombie, "timed-out process {pid} still runs");
-    }
-}
+#[path = "process_tests.rs"]
+mod tests;

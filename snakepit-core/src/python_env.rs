@@ -44,6 +44,10 @@ const EMBEDDED_BRIDGE: &[(&str, &str)] = &[
         include_str!("../python/snakepit_bridge/channel.py"),
     ),
     (
+        "snakepit_bridge/fork_server.py",
+        include_str!("../python/snakepit_bridge/fork_server.py"),
+    ),
+    (
         "snakepit_bridge/logs.py",
         include_str!("../python/snakepit_bridge/logs.py"),
     ),

@@ -82,6 +82,31 @@ pub struct WorkerStats {
     pub requests: u64,
     /// Python process RSS as last measured from /proc.
     pub rss_bytes: u64,
+    /// Its proportional set size: pages it shares (with the fork server's template
+    /// and its sibling workers) divided among their sharers. Summed over a pool's
+    /// processes, the memory the pool really holds. 0 until first measured.
+    pub pss_bytes: u64,
+    /// Its unique set size: the pages only it holds (what stopping it frees; what
+    /// `max_memory_mb` recycles forked workers on).
+    pub uss_bytes: u64,
+}
+
+/// The fork server's template (`start_method = "fork_server"`): the process workers
+/// are forked from. It serves no request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TemplateStats {
+    /// Its pid (0 before the first one started).
+    pub pid: u32,
+    /// Whether it is ready to fork workers (false while it restarts).
+    pub ready: bool,
+    /// Times it was started again after it died (forked workers keep serving).
+    pub restarts: u64,
+    /// Its RSS.
+    pub rss_bytes: u64,
+    /// Its PSS (what it holds of the pages it shares with its workers).
+    pub pss_bytes: u64,
+    /// Its USS.
+    pub uss_bytes: u64,
 }
 
 /// A pool at one instant.
@@ -134,6 +159,19 @@ pub struct PoolStats {
     pub window: WindowStats,
     /// Every worker.
     pub workers: Vec<WorkerStats>,
+    /// How its workers are started.
+    pub start_method: crate::config::StartMethod,
+    /// The fork server's template, with `start_method = "fork_server"`.
+    pub template: Option<TemplateStats>,
+}
+
+impl PoolStats {
+    /// The memory the pool's Python processes really hold: the PSS of every worker
+    /// and of the template (shared pages counted once in total).
+    pub fn total_pss_bytes(&self) -> u64 {
+        let workers: u64 = self.workers.iter().map(|w| w.pss_bytes).sum();
+        workers + self.template.as_ref().map_or(0, |t| t.pss_bytes)
+    }
 }
 
 /// The instantaneous load of a pool: cheap enough to read on every metrics scrape.

@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{PoolConfig, TransportKind};
+use crate::config::{PoolConfig, StartMethod, TransportKind};
 use crate::error::StartError;
+use crate::fork_server::{ForkServer, BRIDGE_PREFIX};
 use crate::observe::{self, PoolObserved, StackDumps};
 use crate::process::{SpawnSpec, WorkerProcess};
 use crate::stats::{WorkerState, WorkerStats};
@@ -41,6 +42,8 @@ pub(crate) struct WorkerStatus {
     /// answered one was serving, so its death is not a crash loop.
     pub completed: AtomicU64,
     pub rss_bytes: AtomicU64,
+    pub pss_bytes: AtomicU64,
+    pub uss_bytes: AtomicU64,
 }
 
 impl WorkerStatus {
@@ -58,6 +61,15 @@ impl WorkerStatus {
         }
     }
 
+    /// The memory `max_memory_mb` is checked against: RSS for a spawned worker, USS
+    /// for a forked one (the pages it shares with the template are not its own).
+    pub fn held_memory_bytes(&self, method: StartMethod) -> u64 {
+        match method {
+            StartMethod::Spawn => self.rss_bytes.load(Ordering::Relaxed),
+            StartMethod::ForkServer => self.uss_bytes.load(Ordering::Relaxed),
+        }
+    }
+
     pub fn snapshot(&self) -> WorkerStats {
         WorkerStats {
             id: self.id.to_string(),
@@ -66,6 +78,8 @@ impl WorkerStatus {
             uptime: self.started_at.elapsed(),
             requests: self.requests.load(Ordering::Relaxed),
             rss_bytes: self.rss_bytes.load(Ordering::Relaxed),
+            pss_bytes: self.pss_bytes.load(Ordering::Relaxed),
+            uss_bytes: self.uss_bytes.load(Ordering::Relaxed),
         }
     }
 }
@@ -77,6 +91,8 @@ pub(crate) struct LaunchSpec {
     pub run_dir: PathBuf,
     /// What the pool keeps of its workers' log records and user metrics.
     pub observed: Arc<PoolObserved>,
+    /// With `start_method = "fork_server"`: where workers are forked from.
+    pub fork_server: Option<Arc<ForkServer>>,
 }
 
 pub(crate) struct Worker {
@@ -146,7 +162,10 @@ impl Worker {
         }
         spec.pass_fds
             .extend(theirs.into_iter().zip(observe::CHILD_FDS));
-        let process = WorkerProcess::spawn(spec).await?;
+        let process = match &launch.fork_server {
+            Some(server) => server.fork(spec).await?,
+            None => WorkerProcess::spawn(spec).await?,
+        };
         let stacks = observe::start(
             observed,
             process.pid(),
@@ -195,6 +214,8 @@ impl Worker {
             requests: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             rss_bytes: AtomicU64::new(health.rss_bytes),
+            pss_bytes: AtomicU64::new(0),
+            uss_bytes: AtomicU64::new(0),
         });
         Ok(Worker {
             id,
@@ -235,6 +256,8 @@ impl Worker {
             requests: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             rss_bytes: AtomicU64::new(0),
+            pss_bytes: AtomicU64::new(0),
+            uss_bytes: AtomicU64::new(0),
         });
         Worker {
             id,
@@ -258,10 +281,8 @@ impl Drop for Worker {
 
 /// The worker command line and environment, without its channel (socket or pipes).
 fn spawn_spec(id: &str, cfg: &PoolConfig, launch: &LaunchSpec) -> SpawnSpec {
-    let mut args: Vec<OsString> = ["-u", "-m", "snakepit_bridge", "--adapter"]
-        .into_iter()
-        .map(OsString::from)
-        .collect();
+    let mut args: Vec<OsString> = BRIDGE_PREFIX.into_iter().map(OsString::from).collect();
+    args.push("--adapter".into());
     args.push(cfg.adapter.clone().into());
     for (flag, value) in [
         ("--worker-id", id.to_string()),
@@ -279,7 +300,21 @@ fn spawn_spec(id: &str, cfg: &PoolConfig, launch: &LaunchSpec) -> SpawnSpec {
         args.push(value.into());
     }
     args.push("--watch-stdin".into());
+    SpawnSpec {
+        program: launch.python.clone(),
+        args,
+        env: worker_env(cfg),
+        worker_id: id.to_string(),
+        pool_name: cfg.name.clone(),
+        startup_timeout: cfg.startup_timeout(),
+        pass_fds: Vec::new(),
+        stdout_to: None,
+    }
+}
 
+/// The environment of a pool's workers (and of its fork server, whose workers inherit
+/// it): the same for every worker of the pool.
+pub(crate) fn worker_env(cfg: &PoolConfig) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = vec![("PYTHONUNBUFFERED".into(), "1".into())];
     if cfg.python.limit_threads {
         env.extend(
@@ -302,13 +337,5 @@ fn spawn_spec(id: &str, cfg: &PoolConfig, launch: &LaunchSpec) -> SpawnSpec {
     }
     // User settings win over our defaults.
     env.extend(cfg.python.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    SpawnSpec {
-        program: launch.python.clone(),
-        args,
-        env,
-        worker_id: id.to_string(),
-        pool_name: cfg.name.clone(),
-        startup_timeout: cfg.startup_timeout(),
-        pass_fds: Vec::new(),
-    }
+    env
 }

@@ -130,10 +130,21 @@ fn no_worker_survives_a_sigkilled_pool() {
         .filter_map(|p| p.parse().ok())
         .collect();
     assert_eq!(pids.len(), 3, "child reported {line:?}");
+    // With the fork server, its keeper and template carry the run id too (and the
+    // forked workers their command line).
+    let of_run = processes_of_run(&run_id);
+    let expected = match common::test_start_method() {
+        snakepit_core::StartMethod::Spawn => 3,
+        snakepit_core::StartMethod::ForkServer => 5,
+    };
     assert_eq!(
-        processes_of_run(&run_id).len(),
-        3,
-        "workers findable by run id"
+        of_run.len(),
+        expected,
+        "processes findable by run id: {of_run:?}"
+    );
+    assert!(
+        pids.iter().all(|p| of_run.contains(p)),
+        "workers {pids:?} findable by run id among {of_run:?}"
     );
     for pid in &pids {
         assert!(

@@ -201,12 +201,19 @@ impl History {
                 "requests": s.requests_total, "failures": s.failures_total,
                 "crashes": s.crashes_total, "recycles": s.recycles_total,
                 "sessions": s.active_sessions, "accepting": s.accepting,
+                "pss_mb": s.total_pss_bytes() as f64 / 1048576.0,
+                "template": s.template.as_ref().map(|t| json!({
+                    "pid": t.pid, "ready": t.ready, "restarts": t.restarts,
+                    "rss_mb": t.rss_bytes as f64 / 1048576.0, "pss_mb": t.pss_bytes as f64 / 1048576.0,
+                })),
             }));
             for w in &s.workers {
                 workers.push(json!({
                     "pool": s.name, "id": w.id, "state": w.state, "pid": w.pid,
                     "uptime_s": w.uptime.as_secs_f64(), "requests": w.requests,
                     "rss_mb": w.rss_bytes as f64 / 1048576.0,
+                    "pss_mb": w.pss_bytes as f64 / 1048576.0,
+                    "uss_mb": w.uss_bytes as f64 / 1048576.0,
                 }));
             }
         }

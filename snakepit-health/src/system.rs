@@ -10,8 +10,11 @@ use snakepit_core::Pool;
 pub struct SystemStats {
     /// This (Rust) process.
     pub rss_bytes: u64,
-    /// All workers of all pools, as last measured.
+    /// All workers of all pools, as last measured (shared pages counted in each).
     pub workers_rss_bytes: u64,
+    /// The PSS of every pool's workers and fork-server templates: the memory they
+    /// really hold together (shared pages counted once).
+    pub workers_pss_bytes: u64,
     /// Since the health state was made.
     pub uptime_seconds: f64,
     /// Open file descriptors of this process.
@@ -38,13 +41,15 @@ fn open_fds() -> usize {
 
 /// Measure now (`started`: when the service started; `pools`: whose workers to add up).
 pub fn sample(started: Instant, pools: &[Pool]) -> SystemStats {
+    let stats: Vec<_> = pools.iter().map(Pool::stats).collect();
     SystemStats {
         rss_bytes: status_field("VmRSS:") * 1024,
-        workers_rss_bytes: pools
+        workers_rss_bytes: stats
             .iter()
-            .flat_map(|p| p.stats().workers)
+            .flat_map(|s| &s.workers)
             .map(|w| w.rss_bytes)
             .sum(),
+        workers_pss_bytes: stats.iter().map(|s| s.total_pss_bytes()).sum(),
         uptime_seconds: started.elapsed().as_secs_f64(),
         open_fds: open_fds(),
         threads: status_field("Threads:") as usize,

@@ -57,6 +57,9 @@ fn serve_with_defaults(env: &[(&str, &str)]) -> Server {
     if let Ok(t) = std::env::var("TRANSPORT_UNDER_TEST") {
         cmd.env("SNAKEPIT_POOLS__DEFAULT__TRANSPORT", t);
     }
+    if let Ok(m) = std::env::var("START_METHOD_UNDER_TEST") {
+        cmd.env("SNAKEPIT_POOLS__DEFAULT__START_METHOD", m);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }

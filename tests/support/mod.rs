@@ -44,20 +44,40 @@ pub fn transport() -> snakepit_core::TransportKind {
     }
 }
 
-/// The default pool config on the transport under test.
+/// How workers start under test: `START_METHOD_UNDER_TEST=spawn|fork_server`
+/// (scripts/test runs the suite once more with the fork server); unset means the
+/// pool's default.
+pub fn start_method() -> snakepit_core::StartMethod {
+    use snakepit_core::StartMethod;
+    match std::env::var("START_METHOD_UNDER_TEST").as_deref() {
+        Ok("spawn") => StartMethod::Spawn,
+        Ok("fork_server") => StartMethod::ForkServer,
+        Ok(other) => panic!("START_METHOD_UNDER_TEST={other:?}: expected spawn or fork_server"),
+        Err(_) => snakepit_core::PoolConfig::default().start_method,
+    }
+}
+
+/// The default pool config on the transport and start method under test.
 pub fn pool_config() -> snakepit_core::PoolConfig {
     snakepit_core::PoolConfig {
         transport: transport(),
+        start_method: start_method(),
         ..Default::default()
     }
 }
 
-/// `transport = "..."` for a `[[pools]]` table of `snakepit.toml`.
+/// `transport = "..."` and `start_method = "..."` (the ones under test) for a
+/// `[[pools]]` table of `snakepit.toml`.
 pub fn transport_toml() -> String {
-    match transport() {
-        snakepit_core::TransportKind::Grpc => r#"transport = "grpc""#.into(),
-        snakepit_core::TransportKind::Pipe => r#"transport = "pipe""#.into(),
-    }
+    let transport = match transport() {
+        snakepit_core::TransportKind::Grpc => "grpc",
+        snakepit_core::TransportKind::Pipe => "pipe",
+    };
+    let start = match start_method() {
+        snakepit_core::StartMethod::Spawn => "spawn",
+        snakepit_core::StartMethod::ForkServer => "fork_server",
+    };
+    format!("transport = \"{transport}\"\nstart_method = \"{start}\"")
 }
 
 /// A TCP port free right now on 127.0.0.1.

@@ -74,17 +74,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_adapter(spec: str) -> Adapter:
+def resolve_adapter(spec: str):
+    """Import the module of `module:Class` and return the attribute it names (an
+    Adapter subclass or an instance). Raises what the import raises."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"adapter must be 'module:Class', got {spec!r}")
     obj = importlib.import_module(module_name)
     for part in attr.split("."):
         obj = getattr(obj, part)
+    return obj
+
+
+def instantiate(obj, spec: str) -> Adapter:
+    """The adapter `resolve_adapter` found, constructed if it is a class."""
     adapter = obj() if isinstance(obj, type) else obj
     if not isinstance(adapter, Adapter):
         raise TypeError(f"{spec} is not a snakepit_bridge.Adapter (got {type(adapter).__name__})")
     return adapter
+
+
+def load_adapter(spec: str) -> Adapter:
+    return instantiate(resolve_adapter(spec), spec)
 
 
 def _watch_stdin() -> None:
@@ -103,7 +114,10 @@ def _watch_parent(original_ppid: int) -> None:
             os._exit(0)
 
 
-def main(argv=None) -> int:
+def main(argv=None, preloaded=None) -> int:
+    """Serve until stopped. `preloaded` is what a fork server's template already loaded
+    (fork_server.py): the adapter class (`fork_after = "import"`, constructed here) or
+    the adapter itself (`fork_after = "init"`); without it the adapter is imported here."""
     args = parse_args(argv)
     if args.stacks_fd >= 0:
         # First, so even a stuck import can be asked where it is. faulthandler dumps
@@ -123,7 +137,10 @@ def main(argv=None) -> int:
         ).start()
 
     try:
-        adapter = load_adapter(args.adapter)
+        if preloaded is None:
+            adapter = load_adapter(args.adapter)
+        else:
+            adapter = instantiate(preloaded, args.adapter)
     except BaseException:  # noqa: BLE001 - any import-time failure is the adapter's fault
         print(f"cannot load adapter {args.adapter!r}:", file=sys.stderr)
         traceback.print_exc()

@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod start;
+pub use start::{ForkAfter, StartMethod, MAX_PRELOAD};
+
 /// A configuration value that is not allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key} = {value} is not allowed: {allowed}")]
@@ -150,6 +153,15 @@ pub struct PoolConfig {
     pub size: usize,
     /// How the pool talks to its workers (`pipe`, or `grpc` with that feature).
     pub transport: TransportKind,
+    /// How workers are started: `spawn` (a fresh interpreter each) or `fork_server`
+    /// (forked from a template that imported the adapter once).
+    pub start_method: StartMethod,
+    /// `fork_server`: fork after importing the adapter's module (`import`) or after
+    /// constructing the adapter (`init`, so what `__init__` loads is shared).
+    pub fork_after: ForkAfter,
+    /// `fork_server`: modules the template imports before the adapter (`["numpy"]`),
+    /// so every worker shares them.
+    pub preload: Vec<String>,
     /// Requests that may wait for a worker beyond those being served.
     pub max_queue_size: usize,
     /// What a request meets when `max_queue_size` are already waiting.
@@ -164,7 +176,9 @@ pub struct PoolConfig {
     pub max_requests: u64,
     /// Recycle a worker after this long; 0 = never.
     pub max_lifetime_secs: u64,
-    /// Recycle a worker whose Python process RSS exceeds this; 0 = never.
+    /// Recycle a worker whose memory exceeds this; 0 = never. Spawned workers are
+    /// measured by RSS; forked workers by USS (the pages only they hold: the pages
+    /// they share with the template are not theirs to give back).
     pub max_memory_mb: u64,
     /// How often workers' RSS is measured (for `max_memory_mb` and stats).
     pub memory_check_interval_ms: u64,
@@ -216,6 +230,9 @@ impl Default for PoolConfig {
             adapter: "snakepit_bridge.example:ExampleAdapter".into(),
             size: 2,
             transport: TransportKind::default(),
+            start_method: StartMethod::default(),
+            fork_after: ForkAfter::default(),
+            preload: Vec::new(),
             max_queue_size: 1000,
             when_full: WhenFull::Reject,
             queue_timeout_ms: 5_000,
@@ -489,6 +506,7 @@ impl PoolConfig {
         for (name, value, min, max, unit) in ranges {
             check_range(&key(name), value, min, max, unit)?;
         }
+        start::check_preload(&self.name, &self.preload)?;
         check_range(
             &key("sessions.max_sessions"),
             self.sessions.max_sessions as u64,

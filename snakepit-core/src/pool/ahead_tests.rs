@@ -126,6 +126,7 @@ fn pool_with(config: PoolConfig) -> Arc<PoolShared> {
         run_id: "test".into(),
         run_dir: std::env::temp_dir(),
         observed: Arc::new(crate::observe::PoolObserved::new("test")),
+        fork_server: None,
     };
     Arc::new(PoolShared::new(config, EventBus::default(), launch))
 }

@@ -297,6 +297,7 @@ mod tests {
             run_id: "test".into(),
             run_dir: std::env::temp_dir(),
             observed: Arc::new(crate::observe::PoolObserved::new("test")),
+            fork_server: None,
         };
         let config = PoolConfig {
             queue_timeout_ms,

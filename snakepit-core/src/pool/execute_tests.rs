@@ -177,6 +177,7 @@ fn pool() -> Arc<PoolShared> {
         run_id: "test".into(),
         run_dir: std::env::temp_dir(),
         observed: Arc::new(crate::observe::PoolObserved::new("test")),
+        fork_server: None,
     };
     Arc::new(PoolShared::new(
         PoolConfig::default(),

@@ -39,9 +39,10 @@ pub use call::MAX_REQUEST_TIMEOUT;
 pub use service::{PoolFuture, StreamingPool};
 pub use stream::{ResponseStream, StreamEnd, StreamOutcome};
 
-use crate::config::{PoolConfig, WhenFull};
+use crate::config::{PoolConfig, StartMethod, WhenFull};
 use crate::error::{Error, StackDumpError, StartError};
 use crate::events::{data, EventBus, EventKind};
+use crate::fork_server::ForkServer;
 use crate::observe::UserMetrics;
 use crate::python_env;
 use crate::request::{Request, Response};
@@ -110,11 +111,25 @@ impl Pool {
                 run_dir.display()
             ))
         })?;
+        let fork_server = match config.start_method {
+            StartMethod::Spawn => None,
+            StartMethod::ForkServer => {
+                let env = crate::worker::worker_env(&config);
+                match ForkServer::start(&config, python.clone(), env, &run_id).await {
+                    Ok(server) => Some(server),
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(&run_dir);
+                        return Err(e);
+                    }
+                }
+            }
+        };
         let launch = LaunchSpec {
             python,
             run_id,
             run_dir,
             observed: Arc::new(crate::observe::PoolObserved::new(&config.name)),
+            fork_server,
         };
         let shared = Arc::new(PoolShared::new(config, events, launch));
         let mut first_starts = Vec::with_capacity(shared.config.size);
@@ -339,6 +354,8 @@ impl Pool {
             accepting: s.accepting.load(Ordering::Relaxed),
             window: s.window.snapshot(),
             workers,
+            start_method: s.config.start_method,
+            template: s.launch.fork_server.as_ref().map(|f| f.template_stats()),
         }
     }
 
@@ -418,6 +435,9 @@ impl Pool {
             job.fail(Error::ShuttingDown {
                 pool: s.name.to_string(),
             });
+        }
+        if let Some(server) = &s.launch.fork_server {
+            server.shutdown().await;
         }
         let _ = std::fs::remove_dir_all(&s.launch.run_dir);
         s.events.emit_with(EventKind::PoolStopped, None, || {

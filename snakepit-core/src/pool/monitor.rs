@@ -13,10 +13,11 @@ use tokio_util::sync::CancellationToken;
 use super::exit::Control;
 use super::report::ms;
 use super::shared::PoolShared;
+use crate::config::StartMethod;
 use crate::events::{data, EventKind};
+use crate::memory;
 use crate::observe::stacks::STACK_WAIT;
 use crate::observe::StackDumps;
-use crate::process::rss_bytes;
 use crate::transport::WorkerTransport;
 use crate::worker::WorkerStatus;
 
@@ -41,11 +42,19 @@ pub(crate) async fn run(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = memory.tick(), if !over_memory => {
-                let Some(rss) = rss_bytes(status.pid) else { continue };
-                status.rss_bytes.store(rss, Ordering::Relaxed);
+                let Some(usage) = memory::usage(status.pid) else { continue };
+                status.rss_bytes.store(usage.rss, Ordering::Relaxed);
+                status.pss_bytes.store(usage.pss, Ordering::Relaxed);
+                status.uss_bytes.store(usage.uss, Ordering::Relaxed);
+                // A forked worker shares the template's pages: only its own count.
+                let held = status.held_memory_bytes(cfg.start_method);
+                let measure = match cfg.start_method {
+                    StartMethod::Spawn => "rss",
+                    StartMethod::ForkServer => "uss",
+                };
                 let limit = cfg.max_memory_mb;
-                if limit > 0 && rss as f64 / MIB > limit as f64 {
-                    tracing::info!(worker_id = %status.id, rss_mb = rss as f64 / MIB, limit_mb = limit,
+                if limit > 0 && held as f64 / MIB > limit as f64 {
+                    tracing::info!(worker_id = %status.id, measure, held_mb = held as f64 / MIB, limit_mb = limit,
                         "worker over max_memory_mb; recycling after its current request");
                     control.send_replace(Control::Recycle { reason: "max_memory" });
                     over_memory = true;

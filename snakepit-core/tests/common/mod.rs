@@ -5,7 +5,7 @@
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
-use snakepit_core::config::TransportKind;
+use snakepit_core::config::{StartMethod, TransportKind};
 use snakepit_core::events::Subscription;
 use snakepit_core::{Event, EventBus, EventKind, Pattern, Pool, PoolConfig};
 
@@ -35,12 +35,25 @@ pub fn test_transport() -> TransportKind {
     }
 }
 
+/// How the suite's workers start: `START_METHOD_UNDER_TEST=spawn|fork_server` (the
+/// test script runs the core, end-to-end and serve suites once with the fork server);
+/// unset means the pool's default.
+pub fn test_start_method() -> StartMethod {
+    match std::env::var("START_METHOD_UNDER_TEST").as_deref() {
+        Ok("spawn") => StartMethod::Spawn,
+        Ok("fork_server") => StartMethod::ForkServer,
+        Ok(other) => panic!("START_METHOD_UNDER_TEST={other:?}: expected spawn or fork_server"),
+        Err(_) => PoolConfig::default().start_method,
+    }
+}
+
 /// A config for tests: the shipped defaults (restart backoff included: what users get
 /// is what the suite checks) except where noted.
 pub fn test_config(size: usize) -> PoolConfig {
     PoolConfig {
         size,
         transport: test_transport(),
+        start_method: test_start_method(),
         // Longer than the default 5 s: two cores running several test binaries at once
         // can hold a request that long without anything being wrong.
         queue_timeout_ms: 10_000,
