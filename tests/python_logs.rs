@@ -121,11 +121,16 @@ async fn user_log_records_carry_the_request_ids_into_json_lines_and_otlp() {
             .find(|l| l["message"] == message)
             .unwrap_or_else(|| panic!("no line {message:?} in {lines:#?}"))
     };
-    // The record made at import: the worker id, no request.
+    // The record made at import: the worker id (with a fork server the template
+    // imported the adapter, once, for every worker), no request.
     let start_up = find("adapter module imported");
     assert_eq!(start_up["level"], "INFO");
     assert_eq!(start_up["logger"], "bars.user");
-    assert_eq!(start_up["worker_id"], "default-1");
+    let importer = match start_method() {
+        snakepit_core::StartMethod::Spawn => "default-1",
+        snakepit_core::StartMethod::ForkServer => "default-template",
+    };
+    assert_eq!(start_up["worker_id"], importer);
     assert!(start_up.get("request_id").is_none(), "{start_up}");
     assert!(start_up.get("trace_id").is_none(), "{start_up}");
 

@@ -168,6 +168,26 @@ class Channel:
 _channel: Optional[Channel] = None
 
 
+class DirectChannel:
+    """Records written at once by the caller, no thread: for a fork server's template,
+    which must stay single-threaded to fork and logs only while it imports. A record
+    that cannot be written (or encoded) is dropped."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.dropped = 0
+
+    def put(self, record: dict) -> bool:
+        try:
+            data = memoryview((_ENCODER.encode(record) + "\n").encode("utf-8", "replace"))
+            while data:
+                data = data[os.write(self.fd, data):]
+            return True
+        except (OSError, TypeError, ValueError, RecursionError):
+            self.dropped += 1
+            return False
+
+
 def open_channel(fd: int, capacity: int = DEFAULT_CAPACITY) -> Channel:
     """The worker's one channel, opened on `fd` (the pool's `--telemetry-fd`)."""
     global _channel

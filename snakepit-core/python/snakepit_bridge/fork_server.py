@@ -76,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fork-after", choices=("import", "init"), default="import")
     p.add_argument("--pool", default="default")
     p.add_argument("--run-id", default="", help="the pool run this fork server belongs to")
+    p.add_argument("--telemetry-fd", type=int, default=-1,
+                   help="pipe the template's log records go to (written directly: no thread)")
     return p.parse_args(argv)
 
 
@@ -240,6 +242,12 @@ def template_main(args: argparse.Namespace, keeper_pid: int) -> int:
     sock = socket.socket(fileno=args.fork_fd)
     _die_with(keeper_pid)
     _set_name("sp-template")
+    # What the adapter logs while it imports reaches the pool structured, as the
+    # template's (each worker installs its own handler after the fork).
+    from . import channel, logs
+
+    direct = channel.DirectChannel(args.telemetry_fd) if args.telemetry_fd >= 0 else None
+    template_handler = logs.install(direct, f"{args.pool}-template")
     try:
         for name in filter(None, (m.strip() for m in args.preload.split(","))):
             importlib.import_module(name)
@@ -276,13 +284,13 @@ def template_main(args: argparse.Namespace, keeper_pid: int) -> int:
         if not msg:
             return 0  # the pool closed its end
         try:
-            _send(sock, _serve_fork(msg, fds, loaded, keeper_pid, sock, args))
+            _send(sock, _serve_fork(msg, fds, loaded, keeper_pid, sock, args, template_handler))
         finally:
             for fd in fds:
                 os.close(fd)
 
 
-def _serve_fork(msg: bytes, fds: list, loaded, keeper_pid: int, sock, args) -> dict:
+def _serve_fork(msg: bytes, fds: list, loaded, keeper_pid: int, sock, args, handler=None) -> dict:
     """The answer to one fork request, carrying its `id` (a pool that gave up on an
     earlier request skips that one's late answer)."""
     request_id = None
@@ -298,12 +306,12 @@ def _serve_fork(msg: bytes, fds: list, loaded, keeper_pid: int, sock, args) -> d
     if threads:
         return {"id": request_id, "error": _threads_error(threads, args)}
     try:
-        return {"id": request_id, "pid": _fork_worker(argv, fds, targets, loaded, keeper_pid, sock)}
+        return {"id": request_id, "pid": _fork_worker(argv, fds, targets, loaded, keeper_pid, sock, handler)}
     except OSError as exc:
         return {"id": request_id, "error": f"fork failed: {exc}"}
 
 
-def _fork_worker(argv, fds, targets, loaded, keeper_pid: int, sock) -> int:
+def _fork_worker(argv, fds, targets, loaded, keeper_pid: int, sock, handler=None) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     pid_r, pid_w = os.pipe()
@@ -316,7 +324,7 @@ def _fork_worker(argv, fds, targets, loaded, keeper_pid: int, sock) -> int:
             pid = os.fork()
             if pid == 0:
                 os.close(pid_w)
-                _run_worker(argv, fds, targets, loaded, keeper_pid, sock)
+                _run_worker(argv, fds, targets, loaded, keeper_pid, sock, handler)
             os.write(pid_w, str(pid).encode())
         finally:
             os._exit(0)
@@ -366,9 +374,14 @@ def reseed() -> None:
             pass
 
 
-def _run_worker(argv, fds, targets, loaded, keeper_pid: int, sock) -> None:
+def _run_worker(argv, fds, targets, loaded, keeper_pid: int, sock, handler=None) -> None:
     code = 1
     try:
+        if handler is not None:
+            # The template's log handler writes to the template's pipe: not ours.
+            import logging
+
+            logging.getLogger().removeHandler(handler)
         os.setpgid(0, 0)  # its own group, as a spawned worker: stopping it stops its children
         sock.close()  # the template's end; closed before its number is reused below
         _place_fds(fds, targets)

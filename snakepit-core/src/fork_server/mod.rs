@@ -33,12 +33,13 @@
 
 mod exits;
 mod socket;
+mod supervise;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::{mpsc, watch, Mutex as AsyncMutex, Notify};
@@ -46,11 +47,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ForkAfter, PoolConfig};
 use crate::error::{ExitInfo, StartError};
-use crate::memory;
+use crate::observe::{self, PoolObserved, StackDumps};
 use crate::process::{SpawnSpec, WorkerProcess};
 use crate::stats::TemplateStats;
 pub(crate) use exits::ExitBoard;
 use socket::ForkSocket;
+use supervise::{read_reports, supervise};
 
 /// Where the template's end of the fork socket sits in the keeper (and the template).
 const FORK_FD: RawFd = 3;
@@ -80,6 +82,8 @@ struct TemplateExits {
 
 struct Keeper {
     process: WorkerProcess,
+    /// Keeps the reader of the template's telemetry pipe (its import-time log records).
+    _observed: Arc<StackDumps>,
     socket: ForkSocket,
     exits: watch::Receiver<TemplateExits>,
     /// `exits.count` when the live template said it was ready; `None`: no live
@@ -93,6 +97,7 @@ pub(crate) struct ForkServer {
     program: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    observed: Arc<PoolObserved>,
     startup_timeout: Duration,
     backoff: (Duration, Duration),
     keeper: AsyncMutex<Option<Keeper>>,
@@ -112,6 +117,7 @@ impl ForkServer {
         program: PathBuf,
         env: Vec<(String, String)>,
         run_id: &str,
+        observed: Arc<PoolObserved>,
     ) -> Result<Arc<ForkServer>, StartError> {
         let mut args: Vec<String> = ["-u", "-m", "snakepit_bridge.fork_server", "--adapter"]
             .into_iter()
@@ -128,11 +134,13 @@ impl ForkServer {
         args.extend(["--pool".into(), cfg.name.clone()]);
         // The run id on the command line lets leftovers of a crashed run be found.
         args.extend(["--run-id".into(), run_id.to_string()]);
+        args.extend(["--telemetry-fd".into(), observe::CHILD_FDS[0].to_string()]);
         let server = Arc::new(ForkServer {
             pool: Arc::from(cfg.name.as_str()),
             program,
             args,
             env,
+            observed,
             startup_timeout: cfg.startup_timeout(),
             backoff: (
                 Duration::from_millis(cfg.restart_backoff_initial_ms),
@@ -281,6 +289,12 @@ impl ForkServer {
         let (socket, theirs) = socket::pair()
             .map_err(|e| StartError::Io(format!("cannot create the fork socket: {e}")))?;
         let (lines_tx, lines_rx) = mpsc::unbounded_channel();
+        // What the adapter logs while the template imports it comes structured, as
+        // a worker's records do.
+        let (observe_ends, theirs_observe) =
+            observe::pipes().map_err(|e| StartError::Io(format!("cannot create pipes: {e}")))?;
+        let mut pass_fds = vec![(theirs, FORK_FD)];
+        pass_fds.extend(theirs_observe.into_iter().zip(observe::CHILD_FDS));
         let spec = SpawnSpec {
             program: self.program.clone(),
             args: self.args.iter().map(Into::into).collect(),
@@ -288,10 +302,18 @@ impl ForkServer {
             worker_id: format!("{}-fork-server", self.pool),
             pool_name: self.pool.to_string(),
             startup_timeout: self.startup_timeout,
-            pass_fds: vec![(theirs, FORK_FD)],
+            pass_fds,
             stdout_to: Some(lines_tx),
         };
         let process = WorkerProcess::spawn(spec).await?;
+        let observed = observe::start(
+            observe_ends,
+            process.pid(),
+            Arc::from(format!("{}-template", self.pool)),
+            self.pool.clone(),
+            self.observed.clone(),
+        )
+        .map_err(|e| StartError::Io(format!("cannot read the template's telemetry pipe: {e}")))?;
         let (exits_tx, exits) = watch::channel(TemplateExits::default());
         tokio::spawn(read_reports(
             lines_rx,
@@ -302,6 +324,7 @@ impl ForkServer {
         ));
         Ok(Keeper {
             process,
+            _observed: observed,
             socket,
             exits,
             ready_at: None,
@@ -416,113 +439,4 @@ impl Drop for ForkServer {
 async fn template_gone(exits: &mut watch::Receiver<TemplateExits>, seen: u64) -> Option<ExitInfo> {
     let gone = exits.wait_for(|e| e.count > seen || e.keeper_gone).await;
     gone.ok().and_then(|e| e.last)
-}
-
-/// Read the keeper's stdout: template forks and every exit it reaped.
-async fn read_reports(
-    mut lines: mpsc::UnboundedReceiver<String>,
-    board: Arc<ExitBoard>,
-    exits: watch::Sender<TemplateExits>,
-    status: Arc<TemplateStatus>,
-    changed: Arc<Notify>,
-) {
-    while let Some(line) = lines.recv().await {
-        let Ok(report) = serde_json::from_str::<Value>(&line) else {
-            tracing::info!(target: "snakepit::worker", line, "fork server output");
-            continue;
-        };
-        let pid = report.get("pid").and_then(Value::as_u64).unwrap_or(0) as u32;
-        match report.get("ev").and_then(Value::as_str) {
-            Some("template") => status.pid.store(pid, Ordering::Relaxed),
-            Some("exit") => {
-                let number = |k: &str| report.get(k).and_then(Value::as_i64).map(|v| v as i32);
-                let info = ExitInfo {
-                    code: number("code"),
-                    signal: number("signal"),
-                };
-                if report.get("template").and_then(Value::as_bool) == Some(true) {
-                    status.ready.store(false, Ordering::Relaxed);
-                    exits.send_modify(|e| {
-                        e.count += 1;
-                        e.last = Some(info);
-                    });
-                    changed.notify_one();
-                } else {
-                    board.report(pid, info);
-                }
-            }
-            _ => {}
-        }
-    }
-    status.ready.store(false, Ordering::Relaxed);
-    board.all_lost();
-    exits.send_modify(|e| e.keeper_gone = true);
-    changed.notify_one();
-}
-
-/// Restart a template that died (with backoff if it keeps dying soon after it was
-/// ready) and measure its memory, until the pool stops.
-async fn supervise(
-    server: Weak<ForkServer>,
-    changed: Arc<Notify>,
-    stop: CancellationToken,
-    memory_every: Duration,
-) {
-    let mut failures = 0u32;
-    let mut ready_since = Instant::now();
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = changed.notified() => {}
-            _ = tokio::time::sleep(memory_every) => {}
-        }
-        let Some(server) = server.upgrade() else {
-            return;
-        };
-        let slot = server.keeper.lock().await;
-        let dead = slot.as_ref().is_none_or(|k| server.template_dead(k));
-        if dead && !stop.is_cancelled() {
-            if let Some(last) = slot.as_ref().and_then(|k| k.exits.borrow().last) {
-                tracing::warn!(pool = %server.pool, exit = %last, "fork server template exited; starting a new one (forked workers keep serving)");
-            }
-            if ready_since.elapsed() < Duration::from_secs(30) {
-                failures += 1;
-            } else {
-                failures = 0;
-            }
-            let delay = backoff(server.backoff, failures);
-            drop(slot);
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-            }
-            let mut slot = server.keeper.lock().await;
-            match server.ensure(&mut slot).await {
-                Ok(()) => ready_since = Instant::now(),
-                Err(e) => {
-                    tracing::error!(pool = %server.pool, error = %e, "fork server template could not be restarted; retrying");
-                    changed.notify_one();
-                }
-            }
-            continue;
-        }
-        drop(slot);
-        let pid = server.status.pid.load(Ordering::Relaxed);
-        if let Some(usage) =
-            memory::usage(pid).filter(|_| server.status.ready.load(Ordering::Relaxed))
-        {
-            server.status.rss.store(usage.rss, Ordering::Relaxed);
-            server.status.pss.store(usage.pss, Ordering::Relaxed);
-            server.status.uss.store(usage.uss, Ordering::Relaxed);
-        }
-    }
-}
-
-fn backoff((initial, max): (Duration, Duration), failures: u32) -> Duration {
-    if failures <= 1 {
-        return Duration::ZERO;
-    }
-    initial
-        .saturating_mul(1u32 << (failures - 2).min(20))
-        .min(max)
 }

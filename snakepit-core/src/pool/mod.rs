@@ -111,11 +111,14 @@ impl Pool {
                 run_dir.display()
             ))
         })?;
+        let observed = Arc::new(crate::observe::PoolObserved::new(&config.name));
         let fork_server = match config.start_method {
             StartMethod::Spawn => None,
             StartMethod::ForkServer => {
                 let env = crate::worker::worker_env(&config);
-                match ForkServer::start(&config, python.clone(), env, &run_id).await {
+                let started =
+                    ForkServer::start(&config, python.clone(), env, &run_id, observed.clone());
+                match started.await {
                     Ok(server) => Some(server),
                     Err(e) => {
                         let _ = std::fs::remove_dir_all(&run_dir);
@@ -128,7 +131,7 @@ impl Pool {
             python,
             run_id,
             run_dir,
-            observed: Arc::new(crate::observe::PoolObserved::new(&config.name)),
+            observed,
             fork_server,
         };
         let shared = Arc::new(PoolShared::new(config, events, launch));
