@@ -151,6 +151,19 @@ async fn the_dashboard_in_headless_chromium() {
         "{checked}"
     );
     assert_eq!(checked["workersRows"], 2);
+    // Per worker RSS ≥ PSS ≥ USS > 0 (MB, as shown).
+    for row in checked["memory"].as_array().unwrap() {
+        let mb: Vec<f64> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert!(
+            mb[0] >= mb[1] && mb[1] >= mb[2] && mb[2] > 0.0,
+            "RSS, PSS, USS: {row}"
+        );
+    }
     assert!(
         checked["overflow"].as_i64().unwrap() <= 1,
         "the page overflows a phone screen: {checked}"

@@ -17,6 +17,16 @@ pub(crate) struct MemoryUsage {
     pub uss: u64,
 }
 
+/// Whether `pid` is a process that has not exited (a zombie has).
+pub(crate) fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
 /// RSS, PSS and USS from `/proc/<pid>/smaps_rollup` (one page-table walk: tens to
 /// hundreds of µs for a large process, so it runs in the monitor, never on a request).
 pub(crate) fn usage(pid: u32) -> Option<MemoryUsage> {

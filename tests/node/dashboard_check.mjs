@@ -56,6 +56,10 @@ try {
   await page.waitForFunction(() => [...document.querySelectorAll("canvas")].every((c) => Number(c.dataset.drawn || 0) > 1), null, { timeout: 15000 });
   const drawn = await page.$$eval("canvas", (cs) => cs.map((c) => Number(c.dataset.drawn || 0)));
   const workersRows = await page.$$eval("#workers tr", (rows) => rows.length);
+  // RSS, PSS and USS per worker, once the monitor has measured them.
+  await page.waitForFunction(() => [...document.querySelectorAll("#workers tr")].every((r) => r.cells.length === 9
+    && [6, 7, 8].every((i) => parseFloat(r.cells[i].textContent) > 0)), null, { timeout: 15000 });
+  const memory = await page.$$eval("#workers tr", (rows) => rows.map((r) => [6, 7, 8].map((i) => parseFloat(r.cells[i].textContent))));
   const updated = await page.textContent("#updated");
   await page.screenshot({ path: path.join(artifacts, "dashboard-desktop.png"), fullPage: true });
 
@@ -64,7 +68,7 @@ try {
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   await page.screenshot({ path: path.join(artifacts, "dashboard-phone.png"), fullPage: true });
   await page.setViewportSize({ width: 1366, height: 900 });
-  step("checked", { requests: after, traceback, drawn, workersRows, updated, overflow });
+  step("checked", { requests: after, traceback, drawn, workersRows, memory, updated, overflow });
 
   // Errors after this point are the outage the test causes (a cut stream), not defects.
   const errorsBeforeCut = consoleErrors.splice(0);

@@ -39,7 +39,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::{mpsc, watch, Mutex as AsyncMutex, Notify};
@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ForkAfter, PoolConfig};
 use crate::error::{ExitInfo, StartError};
+use crate::memory;
 use crate::observe::{self, PoolObserved, StackDumps};
 use crate::process::{SpawnSpec, WorkerProcess};
 use crate::stats::TemplateStats;
@@ -240,6 +241,14 @@ impl ForkServer {
         let keeper = self.keeper.lock().await.take();
         if let Some(keeper) = keeper {
             keeper.process.stop(Duration::from_secs(1)).await;
+            // The template dies with the keeper (SIGTERM to their group, and its
+            // parent-death signal) but is not ours to wait for: watch it go, so
+            // nothing of the pool runs once shutdown returns.
+            let template = self.status.pid.load(Ordering::Relaxed);
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while template != 0 && memory::running(template) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
         self.status.ready.store(false, Ordering::Relaxed);
     }
