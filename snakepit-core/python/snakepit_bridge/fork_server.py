@@ -251,8 +251,11 @@ def template_main(args: argparse.Namespace, keeper_pid: int) -> int:
     try:
         for name in filter(None, (m.strip() for m in args.preload.split(","))):
             importlib.import_module(name)
-        # What every worker imports after the fork anyway, imported once here.
-        from . import pipe_server, worker  # noqa: F401
+        # What every worker imports after the fork anyway, imported once here (the
+        # OpenTelemetry SDK too, when the workers will set it up).
+        from . import pipe_server, telemetry, worker  # noqa: F401
+
+        telemetry.preload()
 
         loaded = worker.resolve_adapter(args.adapter)
         if args.fork_after == "init":

@@ -128,6 +128,25 @@ def _wanted() -> bool:
     return flag == "1" or bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
 
 
+def preload() -> None:
+    """Import (only import: no provider, no thread) what `setup` will use, when it will
+    be wanted: a fork server's template calls this so each forked worker does not pay
+    for the SDK's import (≈ 0.2-0.3 s) after its fork."""
+    if not _wanted():
+        return
+    try:
+        import opentelemetry.sdk.resources  # noqa: F401
+        import opentelemetry.sdk.trace.export  # noqa: F401
+        import opentelemetry.trace.propagation.tracecontext  # noqa: F401
+
+        if os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc") == "http/protobuf":
+            import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
+        else:
+            import opentelemetry.exporter.otlp.proto.grpc.trace_exporter  # noqa: F401
+    except ImportError:
+        pass  # setup says so, in each worker
+
+
 def setup(worker_id: str, pool: str, adapter: str) -> bool:
     """Install a tracer provider exporting over OTLP; False when not wanted or unavailable."""
     global _tracer, _provider, _propagator
