@@ -366,7 +366,12 @@ impl ForkServer {
             };
             let message = message.map_err(|e| StartError::Io(format!("fork socket: {e}")))?;
             let value: Value = serde_json::from_slice(&message).unwrap_or(Value::Null);
-            if value.get("ready").is_some() {
+            if let Some(ready) = value.get("ready") {
+                // Its own word for its pid: the keeper's report of the fork travels
+                // on another pipe and may come later.
+                if let Some(pid) = ready.get("pid").and_then(Value::as_u64) {
+                    self.status.pid.store(pid as u32, Ordering::Relaxed);
+                }
                 keeper.ready_at = Some(seen);
                 self.status.ready.store(true, Ordering::Relaxed);
                 tracing::info!(pool = %self.pool, pid = self.status.pid.load(Ordering::Relaxed), "fork server template ready");
