@@ -142,6 +142,8 @@ def preload() -> None:
         if os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc") == "http/protobuf":
             import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
         else:
+            # grpc imports its channel module only when the exporter makes its channel.
+            import grpc._channel  # noqa: F401
             import opentelemetry.exporter.otlp.proto.grpc.trace_exporter  # noqa: F401
     except ImportError:
         pass  # setup says so, in each worker
