@@ -191,7 +191,10 @@ async fn run() -> Result<(), BoxError> {
     println!("target (fork_server): 8/1 ≤ 1.5");
 
     println!("\ncrashed worker replaced and serving again ({kills} SIGKILLs, example adapter)");
-    println!("{:<12} {:<22} {:>8} {:>8}", "method", "workers' OTel SDK", "p50", "max");
+    println!(
+        "{:<12} {:<22} {:>8} {:>8}",
+        "method", "workers' OTel SDK", "p50", "max"
+    );
     for method in methods {
         for otel in [false, true] {
             let mut cfg = config(&python, method, Adapter::Example, 1);

@@ -33,8 +33,24 @@ pub(crate) fn usage(pid: u32) -> Option<MemoryUsage> {
     if pid == 0 {
         return None;
     }
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    parse_rollup(&text)
+    match std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
+        Ok(text) => parse_rollup(&text),
+        // No smaps_rollup (a kernel before 4.14, or a sandbox that hides it): RSS from
+        // statm still drives max_memory_mb; PSS and USS stay unknown (0).
+        Err(_) => rss_from_statm(pid).map(|rss| MemoryUsage {
+            rss,
+            ..MemoryUsage::default()
+        }),
+    }
+}
+
+/// Resident set size from `/proc/<pid>/statm`.
+fn rss_from_statm(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).unwrap_or(4096))
 }
 
 fn parse_rollup(text: &str) -> Option<MemoryUsage> {

@@ -66,7 +66,11 @@ impl WorkerStatus {
     pub fn held_memory_bytes(&self, method: StartMethod) -> u64 {
         match method {
             StartMethod::Spawn => self.rss_bytes.load(Ordering::Relaxed),
-            StartMethod::ForkServer => self.uss_bytes.load(Ordering::Relaxed),
+            // USS unknown (no smaps_rollup): RSS, as for a spawned worker.
+            StartMethod::ForkServer => match self.uss_bytes.load(Ordering::Relaxed) {
+                0 => self.rss_bytes.load(Ordering::Relaxed),
+                uss => uss,
+            },
         }
     }
 

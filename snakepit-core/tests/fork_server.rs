@@ -148,7 +148,11 @@ async fn fork_after_init_builds_the_adapter_once_in_the_template() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_that_dies_is_restarted_and_its_workers_serve_on() {
-    let pool = start(forked(2)).await;
+    let dir = adapter_dir("fork_restart", RANDOM_ADAPTER);
+    let mut cfg = forked(2);
+    cfg.adapter = "fork_restart:Forked".into();
+    cfg.python.pythonpath = vec![dir.clone()];
+    let pool = start(cfg).await;
     let before = pids(&pool);
     let old = pool.stats().template.expect("template");
     // SAFETY: kill(2) of the template this test's pool started.
@@ -162,32 +166,61 @@ async fn a_template_that_dies_is_restarted_and_its_workers_serve_on() {
     // The workers forked from the old one never noticed.
     assert_eq!(pids(&pool), before);
     for _ in 0..4 {
-        pool.execute(Request::new("ping", json!({})))
-            .await
-            .expect("served after the template died");
+        let me = whoami(&pool, 0.0).await;
+        assert_eq!(me["loaded_in"], json!(old.pid), "{me}");
     }
     // And a worker that dies now comes from the new template.
     let new_template = pool.stats().template.expect("template").pid;
-    let victim = before[0];
-    // SAFETY: kill(2) of a worker this test's pool started.
-    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
-    eventually(LONG, "replacement worker", || {
+    for victim in before.clone() {
+        // SAFETY: kill(2) of a worker this test's pool started.
+        unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    }
+    eventually(LONG, "replacement workers", || {
         let now = pids(&pool);
-        now.len() == 2 && !now.contains(&victim)
+        now.len() == 2 && now.iter().all(|p| !before.contains(p))
     })
     .await;
-    let replacement = pids(&pool)
-        .into_iter()
-        .find(|p| !before.contains(p))
-        .unwrap_or(0);
+    let me = whoami(&pool, 0.0).await;
+    assert_eq!(me["loaded_in"], json!(new_template), "{me}");
     assert_eq!(
-        parent_of(replacement),
-        parent_of(new_template),
-        "the replacement's parent is the keeper"
+        parent_of(me["pid"].as_u64().unwrap_or(0) as u32),
+        parent_of(new_template)
     );
+    pool.shutdown(Duration::from_secs(5)).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keeper_that_dies_takes_its_workers_and_the_pool_starts_a_new_one() {
+    let pool = start(forked(2)).await;
+    let before = pids(&pool);
+    let old = pool.stats().template.expect("template");
+    let keeper = parent_of(old.pid);
+    // SAFETY: kill(2) of the keeper this test's pool started.
+    unsafe { libc::kill(keeper as i32, libc::SIGKILL) };
+    // Its template and workers die with it (PR_SET_PDEATHSIG); the pool starts a new
+    // keeper and forks new workers from its template.
+    eventually(LONG, "a new keeper, template and workers", || {
+        let s = pool.stats();
+        let t = s.template.clone().unwrap_or_else(|| old.clone());
+        let now: Vec<u32> = s.workers.iter().map(|w| w.pid).collect();
+        t.ready
+            && t.pid != old.pid
+            && s.ready_workers == 2
+            && now.iter().all(|p| !before.contains(p))
+    })
+    .await;
+    for pid in before.iter().chain([&old.pid, &keeper]) {
+        assert!(!alive(*pid), "{pid} outlived its keeper");
+    }
+    let new_keeper = parent_of(pool.stats().template.expect("template").pid);
+    assert_ne!(new_keeper, keeper);
+    for w in pids(&pool) {
+        assert_eq!(parent_of(w), new_keeper);
+    }
     pool.execute(Request::new("ping", json!({})))
         .await
-        .expect("served by the replacement");
+        .expect("served after the keeper died");
     pool.shutdown(Duration::from_secs(5)).await;
 }
 

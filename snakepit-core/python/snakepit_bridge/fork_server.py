@@ -103,6 +103,12 @@ def main(argv=None) -> int:
     signal.set_wakeup_fd(wake_w)
     keeper_pid = os.getpid()
     template = None
+    # Made before the first template, so each template can close it.
+    selector = selectors.DefaultSelector()
+    selector.register(0, selectors.EVENT_READ, "commands")
+    selector.register(wake_r, selectors.EVENT_READ, "children")
+    # The pool asked for a template while the old one was not reaped yet.
+    wanted = False
 
     def start_template() -> int:
         sys.stderr.flush()
@@ -112,6 +118,7 @@ def main(argv=None) -> int:
             try:
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                selector.close()
                 os.close(wake_r)
                 os.close(wake_w)
                 # The keeper's stdout carries its reports and its stdin the pool's
@@ -154,12 +161,12 @@ def main(argv=None) -> int:
     # The pool waits for this line before it reads the reports that follow.
     os.write(1, f"SNAKEPIT_READY {json.dumps({'pid': keeper_pid, 'role': 'keeper'})}\n".encode())
     template = start_template()
-    selector = selectors.DefaultSelector()
-    selector.register(0, selectors.EVENT_READ, "commands")
-    selector.register(wake_r, selectors.EVENT_READ, "children")
     pending = b""
     while True:
         reap()
+        if wanted and template is None:
+            template = start_template()
+            wanted = False
         for key, _ in selector.select():
             if key.data == "children":
                 try:
@@ -180,8 +187,9 @@ def main(argv=None) -> int:
                 except ValueError:
                     print(f"fork server: ignored a malformed command {line[:200]!r}", file=sys.stderr)
                     continue
-                if op == "template" and template is None:
-                    template = start_template()
+                if op == "template":
+                    # Forked once the old one is reaped (at once if it is).
+                    wanted = True
 
 
 # -------------------------------------------------------------------------- template
@@ -274,6 +282,9 @@ def template_main(args: argparse.Namespace, keeper_pid: int) -> int:
         print(message, file=sys.stderr)
         _send(sock, {"error": message})
         return EXIT_THREADS
+    # Requests a dead predecessor left in the socket: the pool gave up on each when
+    # that template died (forking them now would start workers nobody waits for).
+    _discard_pending(sock)
     # Objects made so far stay out of the workers' garbage collections, which would
     # otherwise write to (and so copy) every page that holds one.
     gc.collect()
@@ -291,6 +302,22 @@ def template_main(args: argparse.Namespace, keeper_pid: int) -> int:
         finally:
             for fd in fds:
                 os.close(fd)
+
+
+def _discard_pending(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    try:
+        while True:
+            try:
+                msg, fds, _flags, _addr = socket.recv_fds(sock, MAX_REQUEST_BYTES, MAX_FDS)
+            except (BlockingIOError, InterruptedError):
+                return
+            for fd in fds:
+                os.close(fd)
+            if not msg:
+                return
+    finally:
+        sock.setblocking(True)
 
 
 def _serve_fork(msg: bytes, fds: list, loaded, keeper_pid: int, sock, args, handler=None) -> dict:

@@ -181,16 +181,16 @@ def test_reseed_changes_the_random_stream():
 
 
 def test_place_fds_puts_each_on_its_target_even_crosswise():
-    # In a child: fds are moved onto numbers another one sits on.
+    # In a child: the two write ends swap numbers, so each source sits on the other's
+    # target (a plain dup2 of the first would clobber the second before it moved).
     a_r, a_w = os.pipe()
     b_r, b_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            # Each write end goes where the other's read end is.
-            fork_server._place_fds([a_w, b_w], [b_r, a_r])
-            os.write(b_r, b"A")
-            os.write(a_r, b"B")
+            fork_server._place_fds([a_w, b_w], [b_w, a_w])
+            os.write(b_w, b"A")  # now pipe a's write end
+            os.write(a_w, b"B")  # now pipe b's
             os._exit(0)
         except BaseException:
             os._exit(1)

@@ -32,7 +32,13 @@ impl ExitBoard {
     pub fn watch(&self, pid: u32) -> watch::Receiver<Option<ExitInfo>> {
         let mut board = sync::lock(&self.inner);
         board.early.retain(|(_, _, at)| at.elapsed() < EARLY_FOR);
-        if let Some(i) = board.early.iter().position(|(p, _, _)| *p == pid) {
+        // A report for a pid that runs now is an earlier process's (the keeper also
+        // reaps workers' orphaned children, and pids are reused): not this one's.
+        if let Some(i) = board
+            .early
+            .iter()
+            .position(|(p, _, _)| *p == pid && !crate::memory::running(pid))
+        {
             let (_, info, _) =
                 board
                     .early
@@ -76,23 +82,26 @@ impl ExitBoard {
 mod tests {
     use super::*;
 
+    /// Above any pid_max: no process runs with these pids.
+    const BIG: u32 = 0x7fff_0000;
+
     #[test]
     fn reports_reach_watchers_before_and_after() {
         let board = ExitBoard::default();
-        let rx = board.watch(10);
+        let rx = board.watch(BIG);
         assert_eq!(*rx.borrow(), None);
         let exit = ExitInfo {
             code: Some(3),
             signal: None,
         };
-        board.report(10, exit);
+        board.report(BIG, exit);
         assert_eq!(*rx.borrow(), Some(exit));
         // Reported before anyone watched: kept for the watcher.
-        board.report(11, exit);
-        assert_eq!(*board.watch(11).borrow(), Some(exit));
+        board.report(BIG + 1, exit);
+        assert_eq!(*board.watch(BIG + 1).borrow(), Some(exit));
         // Each report is handed out once.
-        assert_eq!(*board.watch(11).borrow(), None);
-        let rx12 = board.watch(12);
+        assert_eq!(*board.watch(BIG + 1).borrow(), None);
+        let rx12 = board.watch(BIG + 2);
         board.all_lost();
         assert_eq!(*rx12.borrow(), Some(ExitInfo::LOST));
     }
@@ -104,7 +113,7 @@ mod tests {
             code: Some(0),
             signal: None,
         };
-        for pid in 0..1000 {
+        for pid in BIG..BIG + 1000 {
             board.report(pid, exit);
         }
         assert_eq!(sync::lock(&board.inner).early.len(), EARLY_KEPT);

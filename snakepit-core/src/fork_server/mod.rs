@@ -23,7 +23,10 @@
 //! reports each exit by pid ([`ExitBoard`]). No orphans,
 //! as for spawned workers: the pool's death kills the keeper (PDEATHSIG), whose death
 //! kills the template and every worker (PDEATHSIG), and each worker also watches its
-//! stdin, whose write end only the pool holds.
+//! stdin, whose write end only the pool holds. (Between its fork and its re-parenting
+//! — microseconds, bounded at 5 s — a worker has only the stdin watch. As for spawned
+//! workers, the keeper's parent-death signal follows the pool thread that spawned it:
+//! a runtime worker thread, which lives as long as the runtime.)
 //!
 //! The fork path is serialised by one lock (the template forks one at a time); the
 //! worker then starts on its own, so N workers are forked in N × (two forks) and get
@@ -63,6 +66,8 @@ pub(crate) const BRIDGE_PREFIX: [&str; 3] = ["-u", "-m", "snakepit_bridge"];
 /// The template's live state, read by `stats()`.
 #[derive(Default)]
 struct TemplateStatus {
+    /// A keeper was started once (a later one is a restart).
+    started: AtomicBool,
     pid: AtomicU32,
     ready: AtomicBool,
     restarts: AtomicU64,
@@ -263,6 +268,11 @@ impl ForkServer {
 
     /// A keeper with a ready template, started (or its template restarted) if needed.
     async fn ensure(&self, slot: &mut Option<Keeper>) -> Result<(), StartError> {
+        if self.stop.is_cancelled() {
+            return Err(StartError::ShuttingDown {
+                pool: self.pool.to_string(),
+            });
+        }
         if let Some(keeper) = slot {
             if keeper.process.exit_status().is_some() || keeper.exits.borrow().keeper_gone {
                 tracing::warn!(pool = %self.pool, "fork server keeper died (its workers with it); starting a new one");
@@ -271,14 +281,17 @@ impl ForkServer {
         }
         match slot {
             None => {
+                let first = !self.status.started.swap(true, Ordering::Relaxed);
                 let mut keeper = self.spawn_keeper().await?;
                 self.await_template(&mut keeper).await?;
                 *slot = Some(keeper);
+                if !first {
+                    self.status.restarts.fetch_add(1, Ordering::Relaxed);
+                }
             }
             Some(keeper) => {
                 let exits = keeper.exits.borrow().count;
                 if keeper.ready_at != Some(exits) {
-                    self.status.restarts.fetch_add(1, Ordering::Relaxed);
                     keeper
                         .process
                         .write_stdin(b"{\"op\": \"template\"}\n")
@@ -288,6 +301,7 @@ impl ForkServer {
                             ))
                         })?;
                     self.await_template(keeper).await?;
+                    self.status.restarts.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -365,7 +379,16 @@ impl ForkServer {
                 }
             };
             let message = message.map_err(|e| StartError::Io(format!("fork socket: {e}")))?;
+            if message.is_empty() {
+                return Err(self.error(
+                    "the fork server closed its socket (it died)",
+                    keeper.process.stderr_tail().await,
+                ));
+            }
             let value: Value = serde_json::from_slice(&message).unwrap_or(Value::Null);
+            if value.get("id").is_some() {
+                continue; // a late answer to a fork request that gave up
+            }
             if let Some(ready) = value.get("ready") {
                 // Its own word for its pid: the keeper's report of the fork travels
                 // on another pipe and may come later.
@@ -388,7 +411,6 @@ impl ForkServer {
                 };
                 return Err(self.error(message, keeper.process.stderr_tail().await));
             }
-            // A reply to a fork request that timed out: not ours to read any more.
         }
     }
 
@@ -409,6 +431,12 @@ impl ForkServer {
                 }
             };
             let message = message.map_err(|e| StartError::Io(format!("fork socket: {e}")))?;
+            if message.is_empty() {
+                return Err(self.error(
+                    "the fork server closed its socket (it died)",
+                    keeper.process.stderr_tail().await,
+                ));
+            }
             let value: Value = serde_json::from_slice(&message).unwrap_or(Value::Null);
             if value.get("id").and_then(Value::as_u64) != Some(id) {
                 continue; // an answer to an earlier request that gave up

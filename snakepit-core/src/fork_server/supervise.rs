@@ -92,7 +92,14 @@ pub(super) async fn supervise(
                 _ = tokio::time::sleep(delay) => {}
             }
             let mut slot = server.keeper.lock().await;
-            match server.ensure(&mut slot).await {
+            if stop.is_cancelled() {
+                return; // shutdown took the keeper: start nothing new
+            }
+            let restarted = tokio::select! {
+                r = server.ensure(&mut slot) => r,
+                _ = stop.cancelled() => return,
+            };
+            match restarted {
                 Ok(()) => ready_since = Instant::now(),
                 Err(e) => {
                     tracing::error!(pool = %server.pool, error = %e, "fork server template could not be restarted; retrying");

@@ -168,6 +168,7 @@ fn report_start_failure(shared: &PoolShared, id: &str, err: &StartError, delay: 
         StartError::StartupTimeout { stderr_tail, .. } => {
             ("killed after startup timeout".into(), stderr_tail.clone())
         }
+        StartError::ForkServer { stderr_tail, .. } => (String::new(), stderr_tail.clone()),
         _ => (String::new(), String::new()),
     };
     shared.events.emit_with(EventKind::WorkerCrashed, None, || {
