@@ -63,6 +63,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// `cfg` with `size` workers, started.
+async fn start_sized(cfg: &PoolConfig, size: usize) -> Result<Pool, BoxError> {
+    let cfg = PoolConfig {
+        size,
+        ..cfg.clone()
+    };
+    Ok(Pool::start(cfg, EventBus::default()).await?)
+}
+
 /// Launch to all ready (`Pool::start` returns once every worker passed its handshake).
 async fn startup_ms(cfg: &PoolConfig, runs: usize) -> Result<f64, BoxError> {
     let mut times = Vec::new();
@@ -78,14 +87,7 @@ async fn startup_ms(cfg: &PoolConfig, runs: usize) -> Result<f64, BoxError> {
 /// SIGKILL the only worker (after it served, so this is not a crash loop) and time
 /// until a replacement is registered and has served a call.
 async fn replace_ms(cfg: &PoolConfig, kills: usize) -> Result<(f64, f64), BoxError> {
-    let pool = Pool::start(
-        PoolConfig {
-            size: 1,
-            ..cfg.clone()
-        },
-        EventBus::default(),
-    )
-    .await?;
+    let pool = start_sized(cfg, 1).await?;
     let mut times = Vec::new();
     for _ in 0..kills {
         pool.execute(Request::new("ping", json!({}))).await?;
@@ -131,14 +133,7 @@ async fn total_pss_mib(cfg: &PoolConfig) -> Result<f64, BoxError> {
 
 /// No-op p50 at 1 in flight and throughput at 16 in flight, 4 workers.
 async fn noop(cfg: &PoolConfig, slice: Duration) -> Result<(f64, f64), BoxError> {
-    let pool = Pool::start(
-        PoolConfig {
-            size: 4,
-            ..cfg.clone()
-        },
-        EventBus::default(),
-    )
-    .await?;
+    let pool = start_sized(cfg, 4).await?;
     let call = |pool: Pool| {
         move |_| {
             let pool = pool.clone();

@@ -61,16 +61,29 @@ impl WorkerStatus {
         }
     }
 
-    /// The memory `max_memory_mb` is checked against: RSS for a spawned worker, USS
-    /// for a forked one (the pages it shares with the template are not its own).
-    pub fn held_memory_bytes(&self, method: StartMethod) -> u64 {
+    /// A ready worker's counters: idle, nothing run yet, `rss` as it reported it.
+    fn new(id: Arc<str>, pid: u32, started_at: Instant, rss: u64) -> Self {
+        WorkerStatus {
+            id,
+            pid,
+            started_at,
+            state: AtomicU8::new(WorkerState::Idle as u8),
+            requests: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            rss_bytes: AtomicU64::new(rss),
+            pss_bytes: AtomicU64::new(0),
+            uss_bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// The memory `max_memory_mb` is checked against, and which measure it is: RSS
+    /// for a spawned worker, USS for a forked one (the pages it shares with the
+    /// template are not its own) — RSS again where USS is unknown (no smaps_rollup).
+    pub fn held_memory(&self, method: StartMethod) -> (&'static str, u64) {
+        let uss = self.uss_bytes.load(Ordering::Relaxed);
         match method {
-            StartMethod::Spawn => self.rss_bytes.load(Ordering::Relaxed),
-            // USS unknown (no smaps_rollup): RSS, as for a spawned worker.
-            StartMethod::ForkServer => match self.uss_bytes.load(Ordering::Relaxed) {
-                0 => self.rss_bytes.load(Ordering::Relaxed),
-                uss => uss,
-            },
+            StartMethod::ForkServer if uss > 0 => ("uss", uss),
+            _ => ("rss", self.rss_bytes.load(Ordering::Relaxed)),
         }
     }
 
@@ -210,17 +223,12 @@ impl Worker {
                 process.pid()
             )));
         }
-        let status = Arc::new(WorkerStatus {
-            id: id.clone(),
-            pid: process.pid(),
-            started_at: process.started_at,
-            state: AtomicU8::new(WorkerState::Idle as u8),
-            requests: AtomicU64::new(0),
-            completed: AtomicU64::new(0),
-            rss_bytes: AtomicU64::new(health.rss_bytes),
-            pss_bytes: AtomicU64::new(0),
-            uss_bytes: AtomicU64::new(0),
-        });
+        let status = Arc::new(WorkerStatus::new(
+            id.clone(),
+            process.pid(),
+            process.started_at,
+            health.rss_bytes,
+        ));
         Ok(Worker {
             id,
             ready_at: Instant::now(),
@@ -252,17 +260,7 @@ impl Worker {
     pub(crate) fn fake(id: &str, transport: Arc<dyn WorkerTransport>) -> Worker {
         let process = WorkerProcess::stand_in();
         let id: Arc<str> = Arc::from(id);
-        let status = Arc::new(WorkerStatus {
-            id: id.clone(),
-            pid: 0,
-            started_at: process.started_at,
-            state: AtomicU8::new(WorkerState::Idle as u8),
-            requests: AtomicU64::new(0),
-            completed: AtomicU64::new(0),
-            rss_bytes: AtomicU64::new(0),
-            pss_bytes: AtomicU64::new(0),
-            uss_bytes: AtomicU64::new(0),
-        });
+        let status = Arc::new(WorkerStatus::new(id.clone(), 0, process.started_at, 0));
         Worker {
             id,
             ready_at: Instant::now(),

@@ -15,8 +15,6 @@ use common::*;
 use serde_json::json;
 use snakepit_core::{ForkAfter, PoolConfig, Request, StartError, StartMethod};
 
-const LONG: Duration = Duration::from_secs(30);
-
 /// A directory with `fork_test_adapter.py` holding `source`.
 fn adapter_dir(name: &str, source: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("snakepit-fork-{name}-{}", std::process::id()));
@@ -30,6 +28,16 @@ fn forked(size: usize) -> PoolConfig {
         start_method: StartMethod::ForkServer,
         ..test_config(size)
     }
+}
+
+/// `forked(size)` serving `class` of an adapter module `name` holding `source`; the
+/// module's directory comes back for the test to remove.
+fn forked_adapter(name: &str, source: &str, class: &str, size: usize) -> (PoolConfig, PathBuf) {
+    let dir = adapter_dir(name, source);
+    let mut cfg = forked(size);
+    cfg.adapter = format!("{name}:{class}");
+    cfg.python.pythonpath = vec![dir.clone()];
+    (cfg, dir)
 }
 
 /// The parent pid of `pid`, from /proc.
@@ -71,10 +79,7 @@ async fn whoami(pool: &snakepit_core::Pool, wait: f64) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forked_workers_come_from_one_template_and_the_keeper_reaps_them() {
-    let dir = adapter_dir("fork_random", RANDOM_ADAPTER);
-    let mut cfg = forked(3);
-    cfg.adapter = "fork_random:Forked".into();
-    cfg.python.pythonpath = vec![dir.clone()];
+    let (cfg, dir) = forked_adapter("fork_random", RANDOM_ADAPTER, "Forked", 3);
     let pool = start(cfg).await;
     let stats = pool.stats();
     assert_eq!(stats.start_method, StartMethod::ForkServer);
@@ -132,11 +137,13 @@ async fn forked_workers_come_from_one_template_and_the_keeper_reaps_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fork_after_init_builds_the_adapter_once_in_the_template() {
-    let dir = adapter_dir("fork_init", &RANDOM_ADAPTER.replace("Forked", "Built"));
-    let mut cfg = forked(2);
-    cfg.adapter = "fork_init:Built".into();
+    let (mut cfg, dir) = forked_adapter(
+        "fork_init",
+        &RANDOM_ADAPTER.replace("Forked", "Built"),
+        "Built",
+        2,
+    );
     cfg.fork_after = ForkAfter::Init;
-    cfg.python.pythonpath = vec![dir.clone()];
     let pool = start(cfg).await;
     let template = pool.stats().template.expect("template").pid;
     let me = whoami(&pool, 0.0).await;
@@ -148,10 +155,7 @@ async fn fork_after_init_builds_the_adapter_once_in_the_template() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_that_dies_is_restarted_and_its_workers_serve_on() {
-    let dir = adapter_dir("fork_restart", RANDOM_ADAPTER);
-    let mut cfg = forked(2);
-    cfg.adapter = "fork_restart:Forked".into();
-    cfg.python.pythonpath = vec![dir.clone()];
+    let (cfg, dir) = forked_adapter("fork_restart", RANDOM_ADAPTER, "Forked", 2);
     let pool = start(cfg).await;
     let before = pids(&pool);
     let old = pool.stats().template.expect("template");
@@ -226,16 +230,10 @@ async fn a_keeper_that_dies_takes_its_workers_and_the_pool_starts_a_new_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_with_threads_is_refused_with_their_names() {
-    let dir = adapter_dir(
-        "fork_threads",
-        "import threading, time\nfrom snakepit_bridge.example import ExampleAdapter\n\
+    let (cfg, dir) = forked_adapter("fork_threads", "import threading, time\nfrom snakepit_bridge.example import ExampleAdapter\n\
          threading.Thread(target=time.sleep, args=(3600,), name='model-prefetch', daemon=True).start()\n\
          class Threaded(ExampleAdapter):\n    \
-         pass\n",
-    );
-    let mut cfg = forked(2);
-    cfg.adapter = "fork_threads:Threaded".into();
-    cfg.python.pythonpath = vec![dir.clone()];
+         pass\n", "Threaded", 2);
     let err = snakepit_core::Pool::start(cfg, snakepit_core::EventBus::default())
         .await
         .expect_err("a threaded template must not fork");
@@ -254,13 +252,12 @@ async fn a_template_with_threads_is_refused_with_their_names() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_adapter_that_fails_to_import_fails_the_start_once_with_its_traceback() {
-    let dir = adapter_dir(
+    let (cfg, dir) = forked_adapter(
         "fork_broken",
         "raise RuntimeError('model file missing: /models/x.bin')\n",
+        "Nope",
+        4,
     );
-    let mut cfg = forked(4);
-    cfg.adapter = "fork_broken:Nope".into();
-    cfg.python.pythonpath = vec![dir.clone()];
     let err = snakepit_core::Pool::start(cfg, snakepit_core::EventBus::default())
         .await
         .expect_err("a broken adapter fails the start");

@@ -59,6 +59,8 @@ EXIT_THREADS = 5
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
+# prctl(2), for the parent-death signal, the subreaper flag and process names.
+_libc = ctypes.CDLL(None, use_errno=True)
 #: How long a new worker waits to be re-parented to the keeper (the middle process
 #: exits right after forking it, so this is microseconds unless the machine stalls).
 REPARENT_WAIT_SECONDS = 5.0
@@ -93,7 +95,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     # Orphans below us (each worker, once its middle process left) come to us, not to
     # init: the keeper reaps them and reports how they ended.
-    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+    if _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         print(f"fork server: prctl(PR_SET_CHILD_SUBREAPER) failed: errno {ctypes.get_errno()}", file=sys.stderr)
         return 1
     wake_r, wake_w = os.pipe()
@@ -197,8 +199,7 @@ def main(argv=None) -> int:
 
 def _die_with(parent: int) -> None:
     """SIGKILL when `parent` dies (checked after, in case it died first)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    if _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:
         os._exit(1)
@@ -207,28 +208,30 @@ def _die_with(parent: int) -> None:
 def _set_name(name: str) -> None:
     """The process name `ps`/`top` show (15 bytes): a forked process keeps the
     template's command line, so this is how an operator tells them apart."""
-    ctypes.CDLL(None).prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+    _libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 
 
 def other_threads() -> list:
-    """Threads besides this one, Python's by name and native ones (e.g. a BLAS pool)
-    by their kernel name: forking copies none of them, and locks they hold stay held."""
+    """Threads besides this one, Python's by name and, when there are native ones too
+    (e.g. a BLAS pool), every thread by its kernel name: forking copies none of them,
+    and locks they hold stay held."""
     current = threading.current_thread()
-    found = [f"{t.name} (Python thread)" for t in threading.enumerate() if t is not current]
+    python = [f"{t.name} (Python thread)" for t in threading.enumerate() if t is not current]
     try:
         tids = [t for t in os.listdir("/proc/self/task") if int(t) != os.getpid()]
     except OSError:
-        tids = []
-    if len(tids) > len(found):
-        for tid in tids:
-            try:
-                with open(f"/proc/self/task/{tid}/comm") as f:
-                    name = f.read().strip()
-            except OSError:
-                name = "?"
-            found.append(f"{name} (thread {tid})")
-        found = [f for f in found if "(Python thread)" not in f] or found
-    return found
+        return python
+    if len(tids) <= len(python):
+        return python
+    return [f"{_thread_comm(tid)} (thread {tid})" for tid in tids]
+
+
+def _thread_comm(tid: str) -> str:
+    try:
+        with open(f"/proc/self/task/{tid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
 
 
 def _threads_error(threads: list, args: argparse.Namespace) -> str:

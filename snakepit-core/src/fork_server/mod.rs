@@ -89,7 +89,7 @@ struct TemplateExits {
 struct Keeper {
     process: WorkerProcess,
     /// Keeps the reader of the template's telemetry pipe (its import-time log records).
-    _observed: Arc<StackDumps>,
+    _telemetry: Arc<StackDumps>,
     socket: ForkSocket,
     exits: watch::Receiver<TemplateExits>,
     /// `exits.count` when the live template said it was ready; `None`: no live
@@ -347,7 +347,7 @@ impl ForkServer {
         ));
         Ok(Keeper {
             process,
-            _observed: observed,
+            _telemetry: observed,
             socket,
             exits,
             ready_at: None,
@@ -378,14 +378,7 @@ impl ForkServer {
                     ));
                 }
             };
-            let message = message.map_err(|e| StartError::Io(format!("fork socket: {e}")))?;
-            if message.is_empty() {
-                return Err(self.error(
-                    "the fork server closed its socket (it died)",
-                    keeper.process.stderr_tail().await,
-                ));
-            }
-            let value: Value = serde_json::from_slice(&message).unwrap_or(Value::Null);
+            let value = self.decode(message, keeper).await?;
             if value.get("id").is_some() {
                 continue; // a late answer to a fork request that gave up
             }
@@ -414,6 +407,24 @@ impl ForkServer {
         }
     }
 
+    /// One message from the template's socket, decoded (a message that is not JSON
+    /// decodes to `Null`, which no caller waits for); an empty one means the fork
+    /// server is gone.
+    async fn decode(
+        &self,
+        message: std::io::Result<Vec<u8>>,
+        keeper: &Keeper,
+    ) -> Result<Value, StartError> {
+        let message = message.map_err(|e| StartError::Io(format!("fork socket: {e}")))?;
+        if message.is_empty() {
+            return Err(self.error(
+                "the fork server closed its socket (it died)",
+                keeper.process.stderr_tail().await,
+            ));
+        }
+        Ok(serde_json::from_slice(&message).unwrap_or(Value::Null))
+    }
+
     /// The template's answer to fork request `id`: the worker's pid.
     async fn await_reply(&self, keeper: &mut Keeper, id: u64) -> Result<u32, StartError> {
         let seen = keeper.exits.borrow().count;
@@ -430,14 +441,7 @@ impl ForkServer {
                         self.startup_timeout.as_millis()), keeper.process.stderr_tail().await));
                 }
             };
-            let message = message.map_err(|e| StartError::Io(format!("fork socket: {e}")))?;
-            if message.is_empty() {
-                return Err(self.error(
-                    "the fork server closed its socket (it died)",
-                    keeper.process.stderr_tail().await,
-                ));
-            }
-            let value: Value = serde_json::from_slice(&message).unwrap_or(Value::Null);
+            let value = self.decode(message, keeper).await?;
             if value.get("id").and_then(Value::as_u64) != Some(id) {
                 continue; // an answer to an earlier request that gave up
             }

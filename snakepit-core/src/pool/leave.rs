@@ -111,7 +111,7 @@ pub(crate) async fn conclude(
         }
         Exit::Recycle { reason } => {
             tracing::info!(pool = %shared.name, worker_id = %worker.id, reason,
-                memory_mb = worker.status.held_memory_bytes(shared.config.start_method) as f64 / MIB,
+                memory_mb = worker.status.held_memory(shared.config.start_method).1 as f64 / MIB,
                 "recycling worker");
             emit_recycled(shared, &worker, reason);
             retire(shared, worker, reason == "request_timeout");
@@ -151,7 +151,7 @@ fn emit_recycled(shared: &PoolShared, worker: &Worker, reason: &str) {
                 worker_id: worker.id.to_string(),
                 pool_name: shared.name.to_string(),
                 reason: reason.to_string(),
-                memory_mb: worker.status.held_memory_bytes(shared.config.start_method) as f64 / MIB,
+                memory_mb: worker.status.held_memory(shared.config.start_method).1 as f64 / MIB,
                 pid: worker.process.pid(),
             }
             .into()

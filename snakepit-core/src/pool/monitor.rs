@@ -13,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 use super::exit::Control;
 use super::report::ms;
 use super::shared::PoolShared;
-use crate::config::StartMethod;
 use crate::events::{data, EventKind};
 use crate::memory;
 use crate::observe::stacks::STACK_WAIT;
@@ -47,11 +46,7 @@ pub(crate) async fn run(
                 status.pss_bytes.store(usage.pss, Ordering::Relaxed);
                 status.uss_bytes.store(usage.uss, Ordering::Relaxed);
                 // A forked worker shares the template's pages: only its own count.
-                let held = status.held_memory_bytes(cfg.start_method);
-                let measure = match cfg.start_method {
-                    StartMethod::Spawn => "rss",
-                    StartMethod::ForkServer => "uss",
-                };
+                let (measure, held) = status.held_memory(cfg.start_method);
                 let limit = cfg.max_memory_mb;
                 if limit > 0 && held as f64 / MIB > limit as f64 {
                     tracing::info!(worker_id = %status.id, measure, held_mb = held as f64 / MIB, limit_mb = limit,
