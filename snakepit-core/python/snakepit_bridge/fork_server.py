@@ -277,7 +277,15 @@ def template_main(args: argparse.Namespace, keeper_pid: int) -> int:
         print(f"cannot load adapter {args.adapter!r}:", file=sys.stderr)
         traceback.print_exc()
         sys.stderr.flush()
-        _send(sock, {"error": f"cannot load adapter {args.adapter!r}: {type(exc).__name__}: {exc}"})
+        # The traceback rides with the answer: the pool's copy of our stderr (shared
+        # with the keeper, so it never reaches EOF) may not have it yet.
+        _send(
+            sock,
+            {
+                "error": f"cannot load adapter {args.adapter!r}: {type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+            },
+        )
         return EXIT_BAD_ADAPTER
     threads = other_threads()
     if threads:

@@ -402,7 +402,12 @@ impl ForkServer {
                     Ok(Some(exit)) => format!("{error} (the template exited: {exit})"),
                     _ => error.to_string(),
                 };
-                return Err(self.error(message, keeper.process.stderr_tail().await));
+                // The traceback it sent, else what of its stderr has reached us.
+                let tail = match value.get("traceback").and_then(Value::as_str) {
+                    Some(traceback) => traceback.trim_end().to_string(),
+                    None => keeper.process.stderr_tail().await,
+                };
+                return Err(self.error(message, tail));
             }
         }
     }
