@@ -33,7 +33,8 @@ async fn every_example_command_works() {
         .execute(Request::new("sleep", json!({"ms": 50})))
         .await
         .unwrap();
-    assert_eq!(resp.value().unwrap(), json!({"slept_ms": 50}));
+    // `ms: float` in the adapter: the integer 50 reaches it as 50.0.
+    assert_eq!(resp.value().unwrap(), json!({"slept_ms": 50.0}));
     assert!(resp.served.duration >= Duration::from_millis(50));
 
     let resp = pool

@@ -123,8 +123,9 @@ fn every_example_command_and_status_code_over_http() {
         serde_json::json!({"text": "héllo", "n": [1, 2]})
     );
     assert_eq!(
+        // `ms: float`: the integer arrives as the float the hint asks for.
         exec(p, r#"{"command":"sleep","args":{"ms":20}}"#).json()["result"]["slept_ms"],
-        20
+        20.0
     );
     assert!(
         exec(p, r#"{"command":"spin","args":{"ms":5}}"#).json()["result"]["loops"]

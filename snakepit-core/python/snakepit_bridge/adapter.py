@@ -1,29 +1,68 @@
 """Adapters: the user's Python code, as a class whose decorated methods are commands.
 
+    from typing import Literal, Optional
+    from snakepit_bridge import Adapter, Context, command
+
     class MyAdapter(Adapter):
         @command
-        def add(self, a: int, b: int) -> int:
+        def add(self, a: int, b: int = 0) -> int:
             return a + b
 
-A command receives the call's JSON arguments as keyword arguments. A generator command
-streams one chunk per yielded value. A command that declares a parameter named `ctx`
-receives the request `Context` (ids, deadline, session).
+        @command
+        async def fetch(self, url: str, ctx: Context) -> dict[str, str]:
+            ...
+
+A command receives the call's JSON arguments as keyword arguments, checked against
+its type hints first (a mismatch fails the call as InvalidArgs, naming the parameter,
+the expected type and what arrived; see hints.py for the hints understood). A
+generator command streams one chunk per yielded value. `async def` commands and async
+generators run on the worker's event loop (aio.py) and are cancelled at their
+deadline. A parameter annotated `Context` (or named `ctx`) receives the request
+context (ids, deadline, session).
+
+Commands are collected when the class is created (`__init_subclass__`), so an
+adapter's `__init__` need not call `super().__init__()`; their hints are compiled the
+first time the worker asks for the commands (at start-up), once per class.
 """
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
+from typing import (
+    Any,
+    Awaitable,
+    Callable,
+    ClassVar,
+    Dict,
+    Mapping,
+    Optional,
+    TypeVar,
+    Union,
+    overload,
+)
 
-CONTEXT_PARAM = "ctx"
+from .commands import CONTEXT_PARAM, Command, CommandDefinitionError
+
+F = TypeVar("F", bound=Callable[..., Any])
+_MARKER = "__snakepit_command__"
 
 
-def command(fn: Optional[Callable] = None, *, name: Optional[str] = None):
-    """Mark an adapter method as a command; `name` overrides the method name."""
+@overload
+def command(fn: F, /) -> F: ...
 
-    def mark(f: Callable) -> Callable:
-        f.__snakepit_command__ = name or f.__name__
+
+@overload
+def command(*, name: Optional[str] = None) -> Callable[[F], F]: ...
+
+
+def command(fn: Optional[F] = None, /, *, name: Optional[str] = None) -> Union[F, Callable[[F], F]]:
+    """Mark an adapter method as a command; `name` overrides the method name.
+
+    Use it bare (`@command`) or with arguments (`@command(name="predict")`); the
+    method keeps its type for type checkers."""
+
+    def mark(f: F) -> F:
+        setattr(f, _MARKER, name or f.__name__)
         return f
 
     return mark(fn) if fn is not None else mark
@@ -46,88 +85,63 @@ class Context:
 
     request_id: str
     correlation_id: str
-    # Seconds left before the caller gives up, or None without a deadline.
+    # Seconds left before the caller gives up when the call arrived, or None.
     deadline_seconds: Optional[float]
     session: Optional[Session]
     # Raw per-request metadata (W3C trace context among it).
     metadata: Mapping[str, str]
+    # When the call arrived, by `time.monotonic()`.
+    received_at: float = field(default_factory=time.monotonic)
 
-
-_KEYWORD_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    fn: Callable[..., Any]
-    signature: inspect.Signature
-    streaming: bool
-    wants_context: bool
-    doc: str
-    # For signatures of plain keyword parameters (nearly all), binding is two set
-    # operations instead of `Signature.bind`, which costs more than a no-op call.
-    required: FrozenSet[str] = frozenset()
-    accepted: FrozenSet[str] = frozenset()
-    any_keyword: bool = False
-    simple: bool = False
-
-    @classmethod
-    def of(cls, name: str, fn: Callable[..., Any], member: Callable[..., Any]) -> "Command":
-        sig = inspect.signature(fn)
-        params = [p for p in sig.parameters.values() if p.name != CONTEXT_PARAM]
-        return cls(
-            name=name,
-            fn=fn,
-            signature=sig,
-            streaming=inspect.isgeneratorfunction(member),
-            wants_context=CONTEXT_PARAM in sig.parameters,
-            doc=inspect.getdoc(member) or "",
-            required=frozenset(
-                p.name for p in params if p.kind in _KEYWORD_KINDS and p.default is p.empty
-            ),
-            accepted=frozenset(p.name for p in params if p.kind in _KEYWORD_KINDS),
-            any_keyword=any(p.kind is p.VAR_KEYWORD for p in params),
-            simple=all(p.kind in _KEYWORD_KINDS or p.kind is p.VAR_KEYWORD for p in params),
-        )
-
-    @property
-    def params(self) -> List[str]:
-        return [p for p in self.signature.parameters if p != CONTEXT_PARAM]
-
-    def call_args(
-        self, args: Dict[str, Any], ctx: Optional[Context]
-    ) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
-        """Bind JSON arguments (a dict the caller gives up) to the signature as
-        (positional, keyword) arguments; raises TypeError when they do not fit."""
-        if CONTEXT_PARAM in args:
-            raise TypeError(f"'{CONTEXT_PARAM}' is reserved for the request context")
-        if self.simple:
-            missing = self.required.difference(args) if self.required else ()
-            if missing:
-                raise TypeError(f"missing a required argument: {sorted(missing)[0]!r}")
-            if not self.any_keyword and args and not self.accepted.issuperset(args):
-                extra = sorted(set(args) - self.accepted)[0]
-                raise TypeError(f"got an unexpected keyword argument {extra!r}")
-            if self.wants_context:
-                args[CONTEXT_PARAM] = ctx
-            return (), args
-        if self.wants_context:
-            args[CONTEXT_PARAM] = ctx
-        bound = self.signature.bind(**args)
-        return bound.args, bound.kwargs
+    def time_left(self) -> Optional[float]:
+        """Seconds left before the deadline now (never below 0), or None without one."""
+        if self.deadline_seconds is None:
+            return None
+        return max(self.deadline_seconds - (time.monotonic() - self.received_at), 0.0)
 
 
 class Adapter:
-    """Base class for adapters. Subclasses mark commands with `@command`."""
+    """Base class for adapters. Subclasses mark commands with `@command`.
+
+    Hooks (each may be `async def`; async ones run on the worker's event loop):
+    `on_start` once before the worker takes requests (make clients and pools here),
+    `on_stop` when it stops, `on_session_start` / `on_session_end` per session."""
+
+    # Command name -> attribute name, collected when the subclass is created.
+    _snakepit_attrs: ClassVar[Dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        members: Dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            members.update(vars(klass))
+        found: Dict[str, str] = {}
+        for attr, member in members.items():
+            cmd_name = getattr(member, _MARKER, None)
+            if not isinstance(cmd_name, str):
+                continue
+            if cmd_name in found:
+                raise CommandDefinitionError(
+                    f"{cls.__qualname__}: methods {found[cmd_name]!r} and {attr!r} are both "
+                    f"command {cmd_name!r}; give one another name (@command(name=...))"
+                )
+            found[cmd_name] = attr
+        cls._snakepit_attrs = found
 
     def __init__(self) -> None:
-        self._commands: Dict[str, Command] = {}
-        for attr in dir(type(self)):
-            member = getattr(type(self), attr, None)
-            cmd_name = getattr(member, "__snakepit_command__", None)
-            if cmd_name is None:
-                continue
-            self._commands[cmd_name] = Command.of(cmd_name, getattr(self, attr), member)
+        """Nothing to do: commands were collected with the class."""
+
+    @classmethod
+    def command_table(cls) -> Dict[str, Command]:
+        """This class's commands, compiled once (raises CommandDefinitionError)."""
+        table: Optional[Dict[str, Command]] = cls.__dict__.get("_snakepit_table")
+        if table is None:
+            table = {
+                name: Command.of(name, attr, getattr(cls, attr), Context)
+                for name, attr in cls._snakepit_attrs.items()
+            }
+            cls._snakepit_table = table  # type: ignore[attr-defined]
+        return table
 
     @property
     def name(self) -> str:
@@ -135,14 +149,32 @@ class Adapter:
         return f"{cls.__module__}:{cls.__qualname__}"
 
     def commands(self) -> Dict[str, Command]:
-        return self._commands
+        """The commands, bound to this instance."""
+        bound: Optional[Dict[str, Command]] = self.__dict__.get("_snakepit_bound")
+        if bound is None:
+            bound = {n: c.bind(getattr(self, c.attr)) for n, c in self.command_table().items()}
+            self.__dict__["_snakepit_bound"] = bound
+        return bound
 
     def lookup(self, name: str) -> Optional[Command]:
-        return self._commands.get(name)
+        return self.commands().get(name)
 
-    # Hooks an adapter may override.
-    def on_session_start(self, session: Session) -> None:
+    # Hooks an adapter may override (sync or async).
+    def on_start(self) -> Optional[Awaitable[None]]:
+        """Called once in the worker before it takes requests."""
+        return None
+
+    def on_stop(self) -> Optional[Awaitable[None]]:
+        """Called once when the worker stops (SIGTERM), after in-flight calls."""
+        return None
+
+    def on_session_start(self, session: Session) -> Optional[Awaitable[None]]:
         """Called when a session is created in this worker."""
+        return None
 
-    def on_session_end(self, session: Session) -> None:
+    def on_session_end(self, session: Session) -> Optional[Awaitable[None]]:
         """Called when a session is closed or expires."""
+        return None
+
+
+__all__ = ["Adapter", "Command", "CONTEXT_PARAM", "Context", "Session", "command"]

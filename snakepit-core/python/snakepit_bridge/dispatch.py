@@ -7,13 +7,18 @@ code escapes, and nothing is swallowed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import threading
 import time
+import types
 from typing import Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 from . import errors, logs, telemetry
+from .aio import LOOP, DeadlineExceeded
+from .commands import schema_json
+from .hints import ArgError, json_default
 from ._proto import (
     CommandInfo,
     DescribeResponse,
@@ -25,6 +30,8 @@ from ._proto import (
 )
 from .adapter import Adapter, Command, Context, Session
 
+log = logging.getLogger("snakepit_bridge")
+
 REQUEST_ID_KEY = "x-snakepit-request-id"
 CORRELATION_ID_KEY = "x-correlation-id"
 
@@ -32,9 +39,15 @@ CORRELATION_ID_KEY = "x-correlation-id"
 Prepared = Tuple[Command, tuple, dict]
 
 # allow_nan=False: NaN/Infinity are not JSON and the Rust side would reject them. One
-# encoder for all calls: json.dumps with options builds a new one each time.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+# encoder for all calls: json.dumps with options builds a new one each time. `default`
+# encodes dataclasses, pydantic models, enums and sets (what hinted results may be).
+_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=json_default
+)
 _NO_ARGS = (b"", b"{}")
+# What a command (async, or sync but wrapping async code) may hand back to be run on
+# the worker's loop: a set lookup per call, not isinstance checks.
+_ASYNC_RESULTS = frozenset({types.CoroutineType, types.AsyncGeneratorType})
 _now_ns = time.perf_counter_ns
 # logs.enter / logs.leave without their frames, for the unary path (which always
 # resets in the context it set, so leave's fallback is not needed there).
@@ -62,6 +75,8 @@ class Dispatcher:
         self._sessions: Dict[str, Session] = {}
         self._lock = threading.Lock()
         self._report_spans = telemetry.worker_spans_wanted()
+        # Compiled now, so a command whose hints cannot be used fails the start.
+        adapter.commands()
 
     # -- requests ---------------------------------------------------------------
 
@@ -120,6 +135,8 @@ class Dispatcher:
             )
         try:
             pos, kw = cmd.call_args(args, ctx)
+        except ArgError as exc:
+            return errors.plain(WorkerError.INVALID_ARGS, "InvalidArgs", f"{req.command}: {exc}")
         except TypeError as exc:
             return errors.plain(
                 WorkerError.INVALID_ARGS,
@@ -171,8 +188,14 @@ class Dispatcher:
         t0 = _now_ns()
         try:
             result = cmd.fn(*pos, **kw)
-            if cmd.streaming:
+            if cmd.is_async or type(result) in _ASYNC_RESULTS:
+                result = _run_async(result, deadline)
+            elif cmd.streaming:
                 result = list(result)  # a unary call of a generator gets all chunks
+        except DeadlineExceeded as exc:
+            return ExecuteResponse(
+                error=_deadline_error(req.command, exc, deadline), python_nanos=_now_ns() - t0
+            )
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything
             # skip_frames=1 drops this frame: the traceback starts at the user's code.
             return ExecuteResponse(
@@ -218,9 +241,15 @@ class Dispatcher:
         # the pool to take a chunk) are not.
         t0 = _now_ns()
         python_nanos = 0
+        stream_deadline = None if deadline is None else time.monotonic() + deadline
         try:
             produced = cmd.fn(*pos, **kw)
-            items = iter(produced) if cmd.streaming else iter([produced])
+            if type(produced) is types.AsyncGeneratorType:
+                items = LOOP.iterate(produced, stream_deadline)
+            elif type(produced) is types.CoroutineType:
+                items = iter([LOOP.run(produced, deadline)])
+            else:
+                items = iter(produced) if cmd.streaming else iter([produced])
             python_nanos = _now_ns() - t0
             while True:
                 t0 = _now_ns()
@@ -246,6 +275,15 @@ class Dispatcher:
                     # Every stream ends with exactly one final chunk, cancelled or not.
                     yield StreamChunk(final=True, python_nanos=python_nanos)
                     return
+        except DeadlineExceeded as exc:
+            python_nanos += _now_ns() - t0
+            telemetry.record_failure(span, exc, "DeadlineExceeded")
+            yield StreamChunk(
+                final=True,
+                error=_deadline_error(req.command, exc, deadline),
+                python_nanos=python_nanos,
+            )
+            return
         except BaseException as exc:  # noqa: BLE001
             python_nanos += _now_ns() - t0
             telemetry.record_failure(span, exc, errors.qualified_type(exc))
@@ -285,7 +323,7 @@ class Dispatcher:
                 return SessionAck(changed=False)
             session = Session(id=session_id, metadata=metadata)
             self._sessions[session_id] = session
-        self.adapter.on_session_start(session)
+        LOOP.call_hook(self.adapter.on_session_start, session)
         return SessionAck(changed=True)
 
     def close_session(self, session_id: str):
@@ -293,7 +331,7 @@ class Dispatcher:
             session = self._sessions.pop(session_id, None)
         if session is None:
             return SessionAck(changed=False)
-        self.adapter.on_session_end(session)
+        LOOP.call_hook(self.adapter.on_session_end, session)
         return SessionAck(changed=True)
 
     # -- introspection ----------------------------------------------------------
@@ -316,7 +354,40 @@ class Dispatcher:
         return DescribeResponse(
             adapter=self.adapter.name,
             commands=[
-                CommandInfo(name=c.name, streaming=c.streaming, params=c.params, doc=c.doc)
+                _command_info(c)
                 for c in sorted(self.adapter.commands().values(), key=lambda c: c.name)
             ],
         )
+
+
+def _command_info(cmd: Command):
+    """A command as `describe` reports it; a schema that cannot be built is left out
+    (and logged) rather than failing the describe."""
+    info = CommandInfo(
+        name=cmd.name, streaming=cmd.streaming, params=cmd.params, doc=cmd.doc, is_async=cmd.is_async
+    )
+    try:
+        info.args_schema_json = schema_json(cmd.args_schema())
+        info.returns_schema_json = schema_json(cmd.returns_schema())
+    except Exception:  # noqa: BLE001 - a description must not take the worker down
+        log.warning("cannot describe the schema of command %r", cmd.name, exc_info=True)
+    return info
+
+
+def _run_async(result, deadline: Optional[float]):
+    """A coroutine's result, or an async generator's items (a unary call of a
+    streaming command), from the worker's loop under the call's deadline."""
+    if type(result) is types.AsyncGeneratorType:
+        end = None if deadline is None else time.monotonic() + deadline
+        return list(LOOP.iterate(result, end))
+    return LOOP.run(result, deadline)
+
+
+def _deadline_error(command: str, exc: DeadlineExceeded, deadline: Optional[float]):
+    budget = f" of {deadline * 1000:.0f} ms" if deadline is not None else ""
+    return errors.plain_with_traceback(
+        WorkerError.DEADLINE_EXCEEDED,
+        "DeadlineExceeded",
+        f"{command}: {exc} (the deadline{budget}); the coroutine was cancelled inside Python",
+        exc.stack,
+    )

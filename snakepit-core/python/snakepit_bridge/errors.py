@@ -43,3 +43,8 @@ def from_exception(exc: BaseException, kind: int = WorkerError.EXCEPTION, skip_f
 def plain(kind: int, type_name: str, message: str):
     """An error that no Python exception stands behind (e.g. unknown command)."""
     return WorkerError(kind=kind, type=type_name, message=message, traceback="")
+
+
+def plain_with_traceback(kind: int, type_name: str, message: str, tb: str):
+    """An error the bridge raises itself, with where the user's code was."""
+    return WorkerError(kind=kind, type=type_name, message=message, traceback=tb)

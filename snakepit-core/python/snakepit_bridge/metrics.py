@@ -41,7 +41,7 @@ import math
 import re
 import sys
 import threading
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Type, TypeVar
 
 __all__ = ["counter", "histogram", "gauge", "Counter", "Histogram", "Gauge"]
 
@@ -76,7 +76,7 @@ def _check_name(name: str, what: str) -> None:
 
 class _Metric:
     kind = ""
-    _bound: type
+
     def __init__(self, name: str, description: str, unit: str) -> None:
         self.name = name
         self.description = description
@@ -84,10 +84,10 @@ class _Metric:
         self._lock = threading.Lock()
         # The label sets as callers wrote them (keyword order included) -> the series
         # key they count in: checked, sorted and capped once, then one dict lookup.
-        self._canon: Dict[tuple, LabelKey] = {(): ()}
-        self._admitted: set = {()}
+        self._canon: Dict[Tuple[Any, ...], LabelKey] = {(): ()}
+        self._admitted: Set[LabelKey] = {()}
 
-    def _series_key(self, labels: Dict[str, object], raw: Optional[tuple]) -> LabelKey:
+    def _series_key(self, labels: Dict[str, object], raw: Optional[Tuple[Any, ...]]) -> LabelKey:
         """The key of a label set not seen before (under the lock): its names checked,
         values made strings, counted against MAX_SERIES (beyond it: OVERFLOW)."""
         if len(labels) > MAX_LABELS:
@@ -112,9 +112,9 @@ class _Metric:
 
     def _key(self, labels: Dict[str, object]) -> LabelKey:
         """The series key of `labels`: one dict lookup once the label set is known."""
-        raw: Optional[tuple] = tuple(labels.items())
+        raw: Optional[Tuple[Any, ...]] = tuple(labels.items())
         try:
-            key = self._canon.get(raw)
+            key = self._canon.get(raw)  # type: ignore[arg-type]
         except TypeError:  # an unhashable label value: str() of it, the slow way
             raw, key = None, None
         if key is None:
@@ -122,12 +122,14 @@ class _Metric:
                 key = self._series_key(labels, raw)
         return key
 
-    def labels(self, **labels: object):
-        """The series `labels` names, resolved once, for a hot path with a fixed label
-        set: `TOKENS.labels(model="small").add(n)` skips the per-call label work."""
-        return self._bound(self, self._key(labels) if labels else ())
+    def _labels_key(self, labels: Dict[str, object]) -> LabelKey:
+        return self._key(labels) if labels else ()
 
-    def definition(self) -> dict:
+    def _take(self) -> List[List[Any]]:
+        """The rows changed since the last take (telemetry line rows)."""
+        raise NotImplementedError
+
+    def definition(self) -> Dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "help": self.description, "unit": self.unit}
 
 
@@ -176,10 +178,15 @@ class Counter(_Metric):
             f"counter {self.name!r}: cannot add {amount!r} (counters only go up, by finite amounts)"
         )
 
-    def _take(self):
+    def labels(self, **labels: object) -> "BoundCounter":
+        """The series `labels` names, resolved once, for a hot path with a fixed label
+        set: `TOKENS.labels(model="small").add(n)` skips the per-call label work."""
+        return BoundCounter(self, self._labels_key(labels))
+
+    def _take(self) -> List[List[Any]]:
         with self._lock:
             taken, self._pending = self._pending, {}
-        rows = []
+        rows: List[List[Any]] = []
         for k, v in taken.items():
             try:
                 v = float(v)
@@ -200,7 +207,7 @@ class Gauge(_Metric):
     def __init__(self, name: str, description: str = "", unit: str = "") -> None:
         super().__init__(name, description, unit)
         self._values: Dict[LabelKey, float] = {}
-        self._changed: set = set()
+        self._changed: Set[LabelKey] = set()
 
     def set(self, value: float, **labels: object) -> None:
         """Set the series `labels` name to `value`."""
@@ -218,7 +225,11 @@ class Gauge(_Metric):
         finally:
             self._lock.release()
 
-    def _take(self):
+    def labels(self, **labels: object) -> "BoundGauge":
+        """The series `labels` names, resolved once (see `Counter.labels`)."""
+        return BoundGauge(self, self._labels_key(labels))
+
+    def _take(self) -> List[List[Any]]:
         with self._lock:
             changed, self._changed = self._changed, set()
             return [[self.name, dict(k), self._values[k]] for k in changed]
@@ -246,7 +257,7 @@ class Histogram(_Metric):
             )
         self.buckets = bounds
         # Per series: [bucket counts..., sum, min, max]
-        self._pending: Dict[LabelKey, list] = {}
+        self._pending: Dict[LabelKey, List[Any]] = {}
 
     def record(self, value: float, **labels: object) -> None:
         """Record one observation of `value` in the series `labels` name."""
@@ -274,12 +285,16 @@ class Histogram(_Metric):
         finally:
             self._lock.release()
 
-    def definition(self) -> dict:
+    def labels(self, **labels: object) -> "BoundHistogram":
+        """The series `labels` names, resolved once (see `Counter.labels`)."""
+        return BoundHistogram(self, self._labels_key(labels))
+
+    def definition(self) -> Dict[str, Any]:
         d = super().definition()
         d["buckets"] = self.buckets
         return d
 
-    def _take(self):
+    def _take(self) -> List[List[Any]]:
         with self._lock:
             taken, self._pending = self._pending, {}
         n = len(self.buckets) + 1
@@ -329,15 +344,19 @@ class BoundHistogram:
         self._metric._record(self._key, value)
 
 
-def _get(cls, name: str, description: str, unit: str, **extra) -> _Metric:
+M = TypeVar("M", bound=_Metric)
+
+
+def _get(cls: Type[M], name: str, description: str, unit: str, **extra: Any) -> M:
     _check_name(name, "metric")
     with _registry_lock:
         existing = _registry.get(name)
         if existing is not None:
-            if type(existing) is not cls:
+            if not isinstance(existing, cls) or type(existing) is not cls:
                 raise ValueError(f"metric {name!r} is already a {existing.kind}, not a {cls.kind}")
-            if extra.get("buckets") is not None and list(map(float, extra["buckets"])) != existing.buckets:
-                raise ValueError(f"histogram {name!r} already has the buckets {existing.buckets!r}")
+            buckets = getattr(existing, "buckets", None)
+            if extra.get("buckets") is not None and list(map(float, extra["buckets"])) != buckets:
+                raise ValueError(f"histogram {name!r} already has the buckets {buckets!r}")
             return existing
         metric = cls(name, description, unit, **{k: v for k, v in extra.items() if v is not None})
         _registry[name] = metric
@@ -366,14 +385,14 @@ def histogram(
 ROWS_PER_LINE = 40
 
 
-def take_batches() -> List[dict]:
+def take_batches() -> List[Dict[str, Any]]:
     """What changed since the last call, as telemetry lines: per metric, its
     definition and at most ROWS_PER_LINE rows each. The definition travels with every
     line (the pool ignores one it knows), so a line lost or refused never leaves the
     metric unknown to the pool."""
     with _registry_lock:
         metrics: List[_Metric] = list(_registry.values())
-    lines = []
+    lines: List[Dict[str, Any]] = []
     for m in metrics:
         rows = m._take()
         key = {"counter": "c", "histogram": "h", "gauge": "g"}[m.kind]
@@ -382,7 +401,3 @@ def take_batches() -> List[dict]:
             lines.append({"t": "metrics", "defs": [definition], key: rows[i : i + ROWS_PER_LINE]})
     return lines
 
-
-Counter._bound = BoundCounter
-Gauge._bound = BoundGauge
-Histogram._bound = BoundHistogram

@@ -27,6 +27,7 @@ import traceback
 
 from . import channel, logs, metrics, telemetry
 from .adapter import Adapter
+from .aio import LOOP
 from .dispatch import Dispatcher
 
 READY_MARKER = "SNAKEPIT_READY"
@@ -141,6 +142,8 @@ def main(argv=None, preloaded=None) -> int:
             adapter = load_adapter(args.adapter)
         else:
             adapter = instantiate(preloaded, args.adapter)
+        # Compiles the commands' hints: an unusable one fails here, with its name.
+        dispatcher = Dispatcher(adapter)
     except BaseException:  # noqa: BLE001 - any import-time failure is the adapter's fault
         print(f"cannot load adapter {args.adapter!r}:", file=sys.stderr)
         traceback.print_exc()
@@ -148,7 +151,14 @@ def main(argv=None, preloaded=None) -> int:
         return EXIT_BAD_ADAPTER
 
     telemetry.setup(args.worker_id, args.pool, adapter.name)
-    dispatcher = Dispatcher(adapter)
+    try:
+        # Sync, or async on the worker's loop: clients made here serve every call.
+        LOOP.call_hook(adapter.on_start)
+    except BaseException:  # noqa: BLE001
+        print(f"adapter {args.adapter!r} failed in on_start:", file=sys.stderr)
+        traceback.print_exc()
+        sys.stderr.flush()
+        return EXIT_BAD_ADAPTER
     if args.pipe_fds:
         # Imported here: a pipe worker never pays for importing grpc.
         from .pipe_server import PipeServer
@@ -166,8 +176,15 @@ def main(argv=None, preloaded=None) -> int:
         if address is None:
             print("one of --socket, --address or --pipe-fds is required", file=sys.stderr)
             return EXIT_BIND_FAILED
-        from .server import build_server
-
+        try:
+            from .server import build_server
+        except ImportError as exc:
+            print(
+                f"the gRPC transport needs grpcio ({exc}): install snakepit-bridge[grpc], "
+                "or use the pipe transport",
+                file=sys.stderr,
+            )
+            return EXIT_BIND_FAILED
         try:
             server = build_server(dispatcher, address, args.max_message_bytes, args.threads)
         except (OSError, RuntimeError) as exc:
@@ -196,6 +213,10 @@ def main(argv=None, preloaded=None) -> int:
         server.stop(grace=args.stop_grace)
     else:
         server.stop(grace=args.stop_grace).wait()
+    try:
+        LOOP.call_hook(adapter.on_stop)
+    except BaseException:  # noqa: BLE001 - a failing hook must not keep the worker up
+        traceback.print_exc()
     telemetry.shutdown()
     if chan is not None:
         chan.close()

@@ -68,7 +68,7 @@ def test_unserializable_result_is_invalid_result():
     class A(Adapter):
         @command
         def bad(self):
-            return {1, 2}
+            return {"handle": object()}
 
         @command
         def nan(self):
@@ -139,3 +139,26 @@ def test_describe_lists_commands():
     assert names["stream"].streaming and not names["ping"].streaming
     assert list(names["sleep"].params) == ["ms"]
     assert desc.adapter == "snakepit_bridge.example:ExampleAdapter"
+    # The schemas travel as JSON; the context parameter is not in them.
+    score = json.loads(names["score"].args_schema_json)
+    assert score["properties"]["features"] == {"type": "array", "items": {"type": "number"}}
+    assert score["required"] == ["features"]
+    assert json.loads(names["score"].returns_schema_json)["type"] == "object"
+    assert json.loads(names["whoami"].args_schema_json)["properties"] == {}
+    assert "$defs" in json.loads(names["distance"].args_schema_json)
+    assert names["async_sleep"].is_async and not names["sleep"].is_async
+    assert names["async_stream"].is_async and names["async_stream"].streaming
+    # `-> None`: the result is JSON null.
+    assert names["hang"].returns_schema_json == json.dumps({"type": "null"}, separators=(",", ":"))
+
+
+def test_a_schema_that_cannot_be_built_leaves_the_describe_working(monkeypatch):
+    from snakepit_bridge.commands import Command
+
+    def broken(self):
+        raise RuntimeError("no schema")
+
+    monkeypatch.setattr(Command, "args_schema", broken)
+    desc = Dispatcher(ExampleAdapter()).describe()
+    assert {c.name for c in desc.commands} >= {"ping", "score"}
+    assert all(c.args_schema_json == "" for c in desc.commands)
