@@ -210,10 +210,17 @@ class ExampleAdapter(Adapter):
     @command
     async def async_sleep(self, ms: float = 0) -> Dict[str, float]:
         """Await `ms` milliseconds on the worker's event loop; past its deadline it is
-        cancelled inside Python and the worker keeps serving."""
+        cancelled inside Python and the worker keeps serving. `started_at` and
+        `finished_at` (this worker's monotonic clock, seconds) show calls overlapping."""
         started = time.monotonic()
         await asyncio.sleep(ms / 1000.0)
-        return {"slept_ms": ms, "elapsed_ms": (time.monotonic() - started) * 1000.0}
+        finished = time.monotonic()
+        return {
+            "slept_ms": ms,
+            "elapsed_ms": (finished - started) * 1000.0,
+            "started_at": started,
+            "finished_at": finished,
+        }
 
     @command
     async def async_stream(self, n: int = 3, delay_ms: float = 0) -> AsyncIterator[Dict[str, int]]:

@@ -273,6 +273,12 @@ def template_main(args: argparse.Namespace, keeper_pid: int) -> int:
             loaded = worker.instantiate(loaded, args.adapter)
         elif not isinstance(loaded, type):
             loaded = worker.instantiate(loaded, args.adapter)
+        # The commands' hints compiled once here (each worker inherits the table),
+        # and an unusable hint fails the template with its traceback.
+        adapter_class = loaded if isinstance(loaded, type) else type(loaded)
+        command_table = getattr(adapter_class, "command_table", None)
+        if command_table is not None:
+            command_table()
     except BaseException as exc:  # noqa: BLE001 - any import-time failure is the adapter's fault
         print(f"cannot load adapter {args.adapter!r}:", file=sys.stderr)
         traceback.print_exc()

@@ -114,3 +114,32 @@ def test_exits_when_parent_dies():
             time.sleep(0.05)
         os.kill(worker_pid, signal.SIGKILL)
         raise AssertionError("worker outlived its SIGKILLed parent by 2 s")
+
+
+def test_async_commands_over_grpc_run_side_by_side_and_are_cancelled_at_the_deadline(worker):
+    """The gRPC transport serves calls on several threads: async ones share the
+    worker's loop (4 handler threads: 4 calls of 300 ms overlap), and one past its
+    deadline is cancelled inside Python, answered in time, the worker unharmed."""
+    proc, _, client = worker
+    calls = [
+        client.execute.future(pb.ExecuteRequest(command="async_sleep", args_json=b'{"ms": 300}'), timeout=10)
+        for _ in range(4)
+    ]
+    got = [json.loads(c.result().result_json) for c in calls]
+    assert all(g["elapsed_ms"] >= 300 for g in got)
+    # All four were awaiting at once: each started before any finished.
+    assert max(g["started_at"] for g in got) < min(g["finished_at"] for g in got)
+    err = client.execute(
+        pb.ExecuteRequest(command="async_sleep", args_json=b'{"ms": 10000}'), timeout=0.5
+    ).error
+    assert err.kind == pb.WorkerError.DEADLINE_EXCEEDED, err
+    assert "in async_sleep" in err.traceback
+    assert json.loads(client.call("ping").result_json) == "pong"
+    assert proc.poll() is None
+
+
+def test_a_hint_mismatch_over_grpc_is_invalid_args(worker):
+    _, _, client = worker
+    err = client.execute(pb.ExecuteRequest(command="score", args_json=b'{"features": "oops"}')).error
+    assert err.kind == pb.WorkerError.INVALID_ARGS
+    assert err.message == "score: argument 'features' must be list[float], got str 'oops'"
