@@ -143,6 +143,8 @@ class Dispatcher:
                 "InvalidArgs",
                 f"{req.command}: {exc} (parameters: {', '.join(cmd.params) or 'none'})",
             )
+        except Exception as exc:  # noqa: BLE001 - a user type's validation raising anything else
+            return errors.from_exception(exc, kind=WorkerError.INVALID_ARGS)
         return cmd, pos, kw
 
     def execute(self, req, metadata: Mapping[str, str], deadline: Optional[float]):

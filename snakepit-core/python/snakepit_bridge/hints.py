@@ -234,8 +234,8 @@ class _Union(Check):
         self.options = options
         none_last = sorted(options, key=lambda o: isinstance(o, _NoneCheck))
         self.label = " | ".join(o.label for o in none_last)
-        # A type every option accepts as it is would be fast; any one option's fast
-        # type is enough only when no earlier option would convert it.
+        # A value of a type some option takes exactly passes unchanged (so a union
+        # never converts what one of its members accepts as it is).
         fast: set[type] = set()
         for o in options:
             fast |= o.fast
@@ -347,7 +347,12 @@ class _Fields(_Named):
                 known = ", ".join(self.fields) or "none"
                 raise ArgError(path, self.label, value, f"but has no field {key!r} (fields: {known})")
             out[key] = v if type(v) in check.fast or not check.checks else check.check(v, f"{path}.{key}")
-        return out if self.build is None else self.build(**out)
+        if self.build is None:
+            return out
+        try:
+            return self.build(**out)
+        except Exception as exc:  # e.g. a __post_init__ that validates
+            raise ArgError(path, self.label, value, f"but {self.label}(...) raised {type(exc).__name__}: {exc}") from None
 
     def own_schema(self, defs: Defs) -> Schema:
         props: Schema = {}

@@ -31,6 +31,15 @@ class Point:
 
 
 @dataclasses.dataclass
+class Positive:
+    value: int
+
+    def __post_init__(self) -> None:
+        if self.value <= 0:
+            raise ValueError("value must be positive")
+
+
+@dataclasses.dataclass
 class Segment:
     start: Point
     end: Point
@@ -71,6 +80,10 @@ class Hinted(Adapter):
     def dataclass(self, seg: Segment) -> Any:
         assert isinstance(seg, Segment) and isinstance(seg.start, Point)
         return {"dx": seg.end.x - seg.start.x, "label": seg.start.label}
+
+    @command
+    def positive(self, p: Positive) -> int:
+        return p.value
 
     @command
     def typeddict(self, opts: Options) -> Any:
@@ -182,6 +195,11 @@ def test_dataclasses_are_built_from_objects(d):
     invalid(d, "dataclass", {"seg": bad_field}, "'seg.start.y' must be float", "got str 'zero'")
     extra = {"start": {"x": 0, "y": 0, "z": 1}, "end": {"x": 0, "y": 0}}
     invalid(d, "dataclass", {"seg": extra}, "'seg.start' must be Point", "no field 'z'", "fields: x, y, label")
+
+
+def test_a_dataclass_that_refuses_its_fields_is_invalid_args(d):
+    assert ok(d, "positive", {"p": {"value": 2}}) == 2
+    invalid(d, "positive", {"p": {"value": -1}}, "'p' must be Positive", "raised ValueError: value must be positive")
 
 
 def test_typeddicts_stay_dicts(d):
