@@ -100,13 +100,10 @@ pub enum Error {
         timeout: Duration,
     },
 
-    #[error("'{command}' did not finish within {} ms on worker {worker_id}; {}", timeout.as_millis(), if *caller_stalled {
-        "the caller stopped reading its stream, so the stream was cancelled (the worker was kept)"
-    } else {
-        "the worker was replaced (raise timeout_ms if the command is legitimately slow)"
-    })]
+    #[error("'{command}' did not finish within {} ms on worker {worker_id}; {}", timeout.as_millis(), timeout_outcome(*caller_stalled, *cancelled_in_python))]
     /// The call overran its deadline; the worker was replaced (or, for a stalled
-    /// stream reader, the stream was cancelled).
+    /// stream reader, the stream was cancelled; or, for an async command, the
+    /// coroutine was cancelled inside Python and the worker kept).
     Timeout {
         /// The command.
         command: String,
@@ -117,10 +114,14 @@ pub enum Error {
         /// The deadline passed while the worker waited for the caller to read the next
         /// chunk of a stream, not while Python was working.
         caller_stalled: bool,
+        /// An async command was still running at its deadline and the worker cancelled
+        /// it inside Python (the coroutine got `CancelledError`): the worker was kept.
+        cancelled_in_python: bool,
         /// Where the worker's Python threads were when the deadline passed, as
         /// `faulthandler` dumps them (most recent call first), taken just before the
-        /// worker was killed. `None` for a stalled caller, or when the worker did not
-        /// answer within the bounded wait.
+        /// worker was killed; for a coroutine cancelled inside Python, the traceback of
+        /// where it was awaiting. `None` for a stalled caller, or when the worker did
+        /// not answer within the bounded wait.
         python_stack: Option<String>,
     },
 
@@ -248,6 +249,17 @@ pub enum StackDumpError {
         /// How long the pool waited.
         wait: Duration,
     },
+}
+
+/// What became of the call and its worker, for `Error::Timeout`'s message.
+fn timeout_outcome(caller_stalled: bool, cancelled_in_python: bool) -> &'static str {
+    if caller_stalled {
+        "the caller stopped reading its stream, so the stream was cancelled (the worker was kept)"
+    } else if cancelled_in_python {
+        "the coroutine was cancelled inside Python at its deadline (the worker was kept)"
+    } else {
+        "the worker was replaced (raise timeout_ms if the command is legitimately slow)"
+    }
 }
 
 fn tail_suffix(tail: &str) -> String {

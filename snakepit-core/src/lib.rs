@@ -24,6 +24,14 @@
 //! the worker and reads its RSS. Results come back as [`Response`] or a typed
 //! [`Error`]; streaming calls return a [`ResponseStream`].
 //!
+//! ## What an adapter offers
+//! The first worker to start describes its adapter's commands; [`Pool::command_specs`]
+//! returns them as [`CommandSpec`]s (name, streaming or async, docstring, parameters,
+//! and JSON Schemas of the arguments and result built from the type hints), `None`
+//! until a worker has described them. An async command still running at its deadline
+//! is cancelled inside Python and fails with [`Error::Timeout`] with
+//! `cancelled_in_python` set: the worker is kept.
+//!
 //! ## What happens around it
 //! Lifecycle and request events flow to the [`EventBus`] (typed, sampled, sanitized,
 //! never blocking). [`Pool::stats`] reads counters and a sliding window without ever
@@ -33,6 +41,7 @@
 
 #![warn(missing_docs)]
 
+pub mod catalog;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -68,6 +77,7 @@ pub const FEATURES: &[&str] = &[
 #[path = "generated/snakepit.v1.rs"]
 pub mod proto;
 
+pub use catalog::CommandSpec;
 pub use config::{
     ConfigError, ForkAfter, OnWorkerLoss, PoolConfig, PythonConfig, SessionConfig, StartMethod,
     TransportKind, WhenFull,

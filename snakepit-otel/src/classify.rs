@@ -118,18 +118,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stream_cut_off_for_a_stalled_caller_is_not_a_server_fault() {
+    fn timeouts_are_server_faults_unless_the_caller_stalled() {
         let timeout = |caller_stalled| Error::Timeout {
             command: "stream".into(),
             worker_id: "w".into(),
             timeout: std::time::Duration::from_secs(30),
             caller_stalled,
+            cancelled_in_python: false,
             python_stack: None,
         };
         assert!(timeout(false).classify().server_side);
         let stalled = timeout(true);
         assert!(!stalled.classify().server_side);
         assert_eq!(stalled.classify().error_type, "Timeout");
+        let cancelled = Error::Timeout {
+            command: "async_sleep".into(),
+            worker_id: "w".into(),
+            timeout: std::time::Duration::from_millis(300),
+            caller_stalled: false,
+            cancelled_in_python: true,
+            python_stack: Some("await asyncio.sleep(1)".into()),
+        };
+        let failure = cancelled.classify();
+        assert_eq!(failure.error_type, "Timeout", "a timeout like any other");
+        assert!(failure.server_side);
+        assert_eq!(failure.python_stack, Some("await asyncio.sleep(1)"));
     }
 
     #[test]

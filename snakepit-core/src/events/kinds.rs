@@ -307,12 +307,15 @@ define_events! {
             python_stack: Option<String>,
         }
     }
-    /// A request overran its timeout (its worker is replaced).
+    /// A request overran its timeout (its worker is replaced, unless `caller_stalled`
+    /// or `cancelled_in_python`).
     RequestTimeout = "snakepit.request.timeout" {
         measurements { timeout_ms: f64, queue_time_ms: f64 }
         metadata { request_id: String, command: String, pool_name: String, worker_id: String,
             // The deadline passed while the worker waited for the caller to read a stream.
             caller_stalled: bool,
+            // An async command: the worker cancelled the coroutine and was kept.
+            cancelled_in_python: bool,
          }
     }
     /// A session was created (bound to the worker that holds its state).

@@ -100,6 +100,10 @@ pub mod worker_error {
         InvalidArgs = 3,
         /// The result could not be encoded (e.g. not JSON-serializable).
         InvalidResult = 4,
+        /// An async command still running at its deadline was cancelled inside Python
+        /// (the coroutine got CancelledError); the worker is fine and keeps serving.
+        /// `traceback` holds where the coroutine was awaiting when it was cancelled.
+        DeadlineExceeded = 5,
     }
     impl Kind {
         /// String value of the enum field names used in the ProtoBuf definition.
@@ -113,6 +117,7 @@ pub mod worker_error {
                 Self::UnknownCommand => "UNKNOWN_COMMAND",
                 Self::InvalidArgs => "INVALID_ARGS",
                 Self::InvalidResult => "INVALID_RESULT",
+                Self::DeadlineExceeded => "DEADLINE_EXCEEDED",
             }
         }
         /// Creates an enum from field names used in the ProtoBuf definition.
@@ -123,6 +128,7 @@ pub mod worker_error {
                 "UNKNOWN_COMMAND" => Some(Self::UnknownCommand),
                 "INVALID_ARGS" => Some(Self::InvalidArgs),
                 "INVALID_RESULT" => Some(Self::InvalidResult),
+                "DEADLINE_EXCEEDED" => Some(Self::DeadlineExceeded),
                 _ => None,
             }
         }
@@ -164,6 +170,19 @@ pub struct CommandInfo {
     pub params: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(string, tag = "4")]
     pub doc: ::prost::alloc::string::String,
+    /// The arguments as a JSON Schema (2020-12) object schema, from the type hints and
+    /// defaults; self-contained (named types under its own "$defs", referenced as
+    /// "#/$defs/Name"). Empty from a worker that does not describe schemas.
+    #[prost(string, tag = "5")]
+    pub args_schema_json: ::prost::alloc::string::String,
+    /// The result's JSON Schema (each chunk's, for a streaming command); empty when the
+    /// return type is not hinted. Self-contained like `args_schema_json`.
+    #[prost(string, tag = "6")]
+    pub returns_schema_json: ::prost::alloc::string::String,
+    /// True for `async def` commands and async generators (run on the worker's event
+    /// loop, cancelled at their deadline).
+    #[prost(bool, tag = "7")]
+    pub is_async: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct DescribeResponse {

@@ -21,11 +21,31 @@ use crate::proto::{self, worker_error::Kind};
 use crate::request::{Chunk, Response, Served, WorkerSpan};
 use crate::session::Claim;
 use crate::stats::WorkerState;
-use crate::transport::{within, CallMeta, TransportError};
+use crate::transport::{CallMeta, TransportError};
 use crate::worker::Worker;
 
 /// After a broken call, how long to wait for the process to show it died.
 const CRASH_CONFIRM: Duration = Duration::from_secs(1);
+
+/// How long past its deadline the pool waits for an async command's worker to say it
+/// cancelled the coroutine (`DEADLINE_EXCEEDED`), before treating the worker as stuck
+/// and replacing it. The worker counts the deadline from when the request reached it,
+/// a little after the pool started counting, and cancels a small margin before it
+/// (`cancel_margin` in `aio.py`); a request that waited to be read longer than that
+/// margin (a loaded machine) would otherwise lose its worker for nothing. A coroutine
+/// that blocks its event loop past this is stuck indeed. (The gRPC transport enforces
+/// the deadline it sends itself, so there the worker's margin is all there is.)
+pub(crate) const CANCEL_GRACE: Duration = Duration::from_millis(250);
+
+/// The grace `job`'s answer has past its deadline: [`CANCEL_GRACE`] for an async
+/// command (as its worker described it), none for code Python cannot interrupt.
+fn cancel_grace(shared: &PoolShared, job: &Job) -> Duration {
+    if shared.is_async(&job.command) {
+        CANCEL_GRACE
+    } else {
+        Duration::ZERO
+    }
+}
 
 /// Run `job` on `worker`; `Some(exit)` when the worker must be replaced. A unary call
 /// may write the next queued job behind itself (`pipeline`). A monitor's verdict that
@@ -233,12 +253,22 @@ async fn unary(
     timeout: Option<Duration>,
     pipeline: Pipeline<'_>,
 ) -> (CallOutcome, Option<Exit>) {
+    let grace = cancel_grace(shared, job);
     let result = match worker.transport.pipelined() {
         Some(pipe) if pipeline.enabled || pipeline.sent.is_some() => {
             let done = worker.requests();
-            ahead::call(shared, done, pipe, request, meta, timeout, pipeline).await
+            let wait = timeout.map(|t| t + grace);
+            ahead::call(shared, done, pipe, request, meta, wait, pipeline).await
         }
-        _ => within(timeout, worker.transport.execute(request, meta)).await,
+        _ => {
+            with_grace(
+                timeout,
+                grace,
+                || false,
+                worker.transport.execute(request, meta),
+            )
+            .await
+        }
     };
     match result {
         Ok(resp) => match resp.outcome {
@@ -255,7 +285,7 @@ async fn unary(
                 (Ok(done), None)
             }
             Some(proto::execute_response::Outcome::Error(e)) => {
-                let mut err = worker_error(shared, &job.command, e, resp.python_nanos);
+                let mut err = worker_error(shared, worker, job, timeout, e, resp.python_nanos);
                 if let (Error::Python(p), Some(span)) = (&mut err, &resp.span) {
                     p.worker_span = WorkerSpan::from_proto(span, &worker.id);
                 }
@@ -300,6 +330,7 @@ async fn stream(
     tx: &mpsc::Sender<Chunk>,
 ) -> (Result<Option<Duration>, Error>, Option<Exit>) {
     let waiting_on_caller = AtomicBool::new(false);
+    let grace = cancel_grace(shared, job);
     let forward = async {
         let mut chunks = worker.transport.execute_stream(request, meta).await?;
         loop {
@@ -346,13 +377,17 @@ async fn stream(
             }
         }
     };
-    let result = within(timeout, forward).await;
+    // Past the deadline, a worker cancelling an async generator gets its grace; a
+    // caller that stopped reading gets none.
+    let stalled = || waiting_on_caller.load(Ordering::Relaxed);
+    let result = with_grace(timeout, grace, stalled, forward).await;
     match result {
         Ok(Ended::Done(python_time)) => (Ok(python_time), None),
         Ok(Ended::Left) => (Ok(None), None),
-        Ok(Ended::Failed(err, nanos)) => {
-            (Err(worker_error(shared, &job.command, err, nanos)), None)
-        }
+        Ok(Ended::Failed(err, nanos)) => (
+            Err(worker_error(shared, worker, job, timeout, err, nanos)),
+            None,
+        ),
         // The transport stream is dropped by now, which cancels the call: the worker
         // closes the generator and stays.
         Err(TransportError::TimedOut) if waiting_on_caller.load(Ordering::Relaxed) => (
@@ -361,6 +396,7 @@ async fn stream(
                 worker_id: worker.id.to_string(),
                 timeout: timeout.unwrap_or_default(),
                 caller_stalled: true,
+                cancelled_in_python: false,
                 python_stack: None,
             }),
             None,
@@ -372,16 +408,52 @@ async fn stream(
     }
 }
 
-/// A worker-reported failure as a typed error.
+/// `call` under `timeout`; past it, `grace` more for the worker's own answer (an async
+/// command cancelled inside Python), unless `cut_now()` says the wait is not the
+/// worker's doing. The call is never polled again once it finished, even with an error.
+async fn with_grace<T>(
+    timeout: Option<Duration>,
+    grace: Duration,
+    cut_now: impl Fn() -> bool,
+    call: impl std::future::Future<Output = Result<T, TransportError>>,
+) -> Result<T, TransportError> {
+    let Some(timeout) = timeout else {
+        return call.await;
+    };
+    tokio::pin!(call);
+    match tokio::time::timeout(timeout, &mut call).await {
+        Ok(result) => result,
+        Err(_) if grace.is_zero() || cut_now() => Err(TransportError::TimedOut),
+        Err(_) => tokio::time::timeout(grace, call)
+            .await
+            .unwrap_or(Err(TransportError::TimedOut)),
+    }
+}
+
+/// A worker-reported failure of `job` on `worker` (under `timeout`) as a typed error.
+/// None of them costs the worker: it answered.
 fn worker_error(
     shared: &PoolShared,
-    command: &str,
+    worker: &Worker,
+    job: &Job,
+    timeout: Option<Duration>,
     e: proto::WorkerError,
     python_nanos: u64,
 ) -> Error {
     match e.kind() {
+        // An async command past its deadline, cancelled inside Python: a timeout, but
+        // the worker is fine (no kill, no stacks to take: the traceback says where the
+        // coroutine was awaiting).
+        Kind::DeadlineExceeded => Error::Timeout {
+            command: job.command.clone(),
+            worker_id: worker.id.to_string(),
+            timeout: timeout.unwrap_or_default(),
+            caller_stalled: false,
+            cancelled_in_python: true,
+            python_stack: (!e.traceback.is_empty()).then_some(e.traceback),
+        },
         Kind::UnknownCommand => Error::UnknownCommand {
-            command: command.to_string(),
+            command: job.command.clone(),
             available: shared
                 .commands()
                 .map(|c| c.iter().cloned().collect())
@@ -415,6 +487,7 @@ async fn transport_failure(
                 worker_id,
                 timeout: timeout.unwrap_or_default(),
                 caller_stalled: false,
+                cancelled_in_python: false,
                 // Where it was stuck, asked before the worker is killed for it.
                 python_stack: worker.stacks.capture(STACK_WAIT).await,
             },
@@ -461,6 +534,12 @@ async fn transport_failure(
     }
 }
 
+#[cfg(test)]
+#[path = "deadline_tests.rs"]
+mod deadline_tests;
+#[cfg(test)]
+#[path = "fake_worker.rs"]
+mod fake;
 #[cfg(test)]
 #[path = "execute_tests.rs"]
 mod tests;

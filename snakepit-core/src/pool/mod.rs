@@ -39,6 +39,7 @@ pub use call::MAX_REQUEST_TIMEOUT;
 pub use service::{PoolFuture, StreamingPool};
 pub use stream::{ResponseStream, StreamEnd, StreamOutcome};
 
+use crate::catalog::CommandSpec;
 use crate::config::{PoolConfig, StartMethod, WhenFull};
 use crate::error::{Error, StackDumpError, StartError};
 use crate::events::{data, EventBus, EventKind};
@@ -210,6 +211,14 @@ impl Pool {
             .commands()
             .map(|c| c.iter().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// What the adapter's commands take and return (names, streaming or async, doc,
+    /// parameters, JSON Schemas from the type hints), sorted by name; `None` until a
+    /// worker has described them (at the first worker's start; a worker that could not
+    /// describe leaves it `None`, and the next one started tries again).
+    pub fn command_specs(&self) -> Option<&[CommandSpec]> {
+        self.shared.specs()
     }
 
     /// Whether the adapter declares `command`; `None` until a worker has described

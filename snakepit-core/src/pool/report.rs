@@ -31,7 +31,12 @@ pub(crate) fn finish(
     let corr = job.correlation_id.as_deref();
     if let Some(err) = error {
         shared.failures_total.fetch_add(1, Ordering::Relaxed);
-        if matches!(err, Error::Timeout { .. }) {
+        if let Error::Timeout {
+            caller_stalled,
+            cancelled_in_python,
+            ..
+        } = err
+        {
             shared
                 .events
                 .emit_with(EventKind::RequestTimeout, corr, || {
@@ -42,13 +47,8 @@ pub(crate) fn finish(
                         command: job.command.clone(),
                         pool_name: shared.name.to_string(),
                         worker_id: worker.id.to_string(),
-                        caller_stalled: matches!(
-                            err,
-                            Error::Timeout {
-                                caller_stalled: true,
-                                ..
-                            }
-                        ),
+                        caller_stalled: *caller_stalled,
+                        cancelled_in_python: *cancelled_in_python,
                     }
                     .into()
                 });
@@ -128,6 +128,7 @@ pub(crate) fn queue_timed_out(
                 pool_name: shared.name.to_string(),
                 worker_id: String::new(),
                 caller_stalled: false,
+                cancelled_in_python: false,
             }
             .into()
         });

@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use super::dispatch::Dispatcher;
 use super::job::Job;
+use crate::catalog::CommandSpec;
 use crate::config::PoolConfig;
 use crate::events::{data, EventBus, EventKind};
 use crate::observe::StackDumps;
@@ -42,6 +43,9 @@ pub(crate) struct PoolShared {
     pub window: Window,
     /// Command names the adapter offers, learnt from the first worker's describe.
     pub commands: OnceLock<BTreeSet<String>>,
+    /// What those commands take and return, sorted by name; learnt with `commands`
+    /// (set first, so whoever sees the names sees the specs).
+    pub specs: OnceLock<Vec<CommandSpec>>,
     /// Cancelled to stop slots between requests (shutdown).
     pub stop: CancellationToken,
     /// Cancelled to stop slots at once, abandoning running requests (shutdown past its
@@ -85,6 +89,7 @@ impl PoolShared {
             dispatch: Dispatcher::default(),
             workers: RwLock::new(HashMap::new()),
             commands: OnceLock::new(),
+            specs: OnceLock::new(),
             stop: abort.child_token(),
             abort,
             tasks: TaskTracker::new(),
@@ -124,6 +129,21 @@ impl PoolShared {
 
     pub fn commands(&self) -> Option<&BTreeSet<String>> {
         self.commands.get()
+    }
+
+    /// The described commands, sorted by name; `None` until a worker described them.
+    pub fn specs(&self) -> Option<&[CommandSpec]> {
+        self.specs.get().map(Vec::as_slice)
+    }
+
+    /// Whether `command` is described as async (cancelled inside Python at its
+    /// deadline); false when unknown.
+    pub fn is_async(&self, command: &str) -> bool {
+        self.specs().is_some_and(|specs| {
+            specs
+                .binary_search_by(|s| s.name.as_str().cmp(command))
+                .is_ok_and(|i| specs[i].is_async)
+        })
     }
 
     /// Admitted requests not yet finished.

@@ -188,14 +188,17 @@ fn report_start_failure(shared: &PoolShared, id: &str, err: &StartError, delay: 
     });
 }
 
-/// Learn the adapter's commands once, so unknown commands fail without a worker call.
+/// Learn the adapter's commands once, so unknown commands fail without a worker call,
+/// with what they take and return (the catalog).
 async fn learn_commands(shared: &PoolShared, worker: &Worker) {
     if shared.commands().is_some() {
         return;
     }
     match worker.transport.describe(Duration::from_secs(5)).await {
         Ok(desc) => {
-            let names = desc.commands.into_iter().map(|c| c.name).collect();
+            let specs = crate::catalog::from_describe(&shared.name, desc.commands);
+            let names = specs.iter().map(|c| c.name.clone()).collect();
+            let _ = shared.specs.set(specs);
             let _ = shared.commands.set(names);
         }
         Err(e) => {

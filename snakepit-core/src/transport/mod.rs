@@ -74,14 +74,6 @@ pub(crate) async fn by_deadline<T>(
     }
 }
 
-/// `by_deadline` for a call that starts now and may take `timeout`.
-pub(crate) async fn within<T>(
-    timeout: Option<Duration>,
-    call: impl Future<Output = Result<T, TransportError>>,
-) -> Result<T, TransportError> {
-    by_deadline(timeout.map(|t| tokio::time::Instant::now() + t), call).await
-}
-
 pub(crate) trait WorkerTransport: Send + Sync + 'static {
     /// The transport's pipelining face, if it has one (the pipe transport).
     fn pipelined(&self) -> Option<&dyn Pipelined> {
