@@ -97,7 +97,10 @@ async fn run() -> Result<(), BoxError> {
         (4, Duration::from_millis(750))
     };
     let python = tokio::task::spawn_blocking(|| {
-        snakepit_core::python_env::resolve_interpreter(&PythonConfig::default())
+        snakepit_core::python_env::resolve_interpreter_for(
+            &PythonConfig::default(),
+            TransportKind::Grpc,
+        )
     })
     .await??;
 

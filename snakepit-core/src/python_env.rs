@@ -3,7 +3,8 @@
 //! Order: `python.interpreter` from config, else `SNAKEPIT_PYTHON`, else (with the
 //! `bootstrap` feature; an error naming the two settings without it) a virtual
 //! environment bootstrapped on first use (`python3 -m venv` + `pip install` of
-//! `snakepit_bridge` with its OpenTelemetry extra), reused afterwards. The bridge comes
+//! `snakepit_bridge` with its OpenTelemetry extra, and its gRPC extra for pools on the
+//! gRPC transport), reused afterwards. The bridge comes
 //! from the source checkout this binary was built in, else from the copy compiled into
 //! the binary (extracted under `~/.cache/snakepit/`); `SNAKEPIT_BRIDGE_SOURCE` overrides. The
 //! bootstrap prints each step to stderr, holds a file lock so concurrent processes
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 #[cfg(feature = "bootstrap")]
 use std::process::Command;
 
-use crate::config::PythonConfig;
+use crate::config::{PythonConfig, TransportKind};
 use crate::error::StartError;
 
 /// The bridge package, compiled into the binary, so an installed `snakepit` (no source
@@ -40,12 +41,24 @@ const EMBEDDED_BRIDGE: &[(&str, &str)] = &[
         include_str!("../python/snakepit_bridge/adapter.py"),
     ),
     (
+        "snakepit_bridge/aio.py",
+        include_str!("../python/snakepit_bridge/aio.py"),
+    ),
+    (
+        "snakepit_bridge/commands.py",
+        include_str!("../python/snakepit_bridge/commands.py"),
+    ),
+    (
         "snakepit_bridge/channel.py",
         include_str!("../python/snakepit_bridge/channel.py"),
     ),
     (
         "snakepit_bridge/fork_server.py",
         include_str!("../python/snakepit_bridge/fork_server.py"),
+    ),
+    (
+        "snakepit_bridge/hints.py",
+        include_str!("../python/snakepit_bridge/hints.py"),
     ),
     (
         "snakepit_bridge/logs.py",
@@ -70,6 +83,10 @@ const EMBEDDED_BRIDGE: &[(&str, &str)] = &[
     (
         "snakepit_bridge/pipe_server.py",
         include_str!("../python/snakepit_bridge/pipe_server.py"),
+    ),
+    (
+        "snakepit_bridge/py.typed",
+        include_str!("../python/snakepit_bridge/py.typed"),
     ),
     (
         "snakepit_bridge/server.py",
@@ -177,21 +194,42 @@ pub fn default_venv_dir() -> PathBuf {
     cache_dir().join(format!("venv-{}", env!("CARGO_PKG_VERSION")))
 }
 
-/// The interpreter a pool's workers use, bootstrapping the default venv if needed.
-/// Blocking (it may run pip); call it from `spawn_blocking` in async code.
+/// The interpreter a pool's workers use, bootstrapping the default venv if needed (for
+/// the default, pipe, transport). Blocking (it may run pip); call it from
+/// `spawn_blocking` in async code.
 pub fn resolve_interpreter(cfg: &PythonConfig) -> Result<PathBuf, StartError> {
+    resolve_interpreter_for(cfg, TransportKind::Pipe)
+}
+
+/// [`resolve_interpreter`] for workers on `transport`: a bootstrapped venv gets the
+/// bridge's extras that transport needs ([`bootstrap_extras`]).
+pub fn resolve_interpreter_for(
+    cfg: &PythonConfig,
+    transport: TransportKind,
+) -> Result<PathBuf, StartError> {
     if let Some(p) = &cfg.interpreter {
         return check_interpreter(p, "python.interpreter");
     }
     if let Some(p) = std::env::var_os("SNAKEPIT_PYTHON") {
         return check_interpreter(Path::new(&p), "SNAKEPIT_PYTHON");
     }
-    bootstrap_default()
+    bootstrap_default(bootstrap_extras(transport))
+}
+
+/// The extras of `snakepit_bridge` a bootstrapped venv installs for workers on
+/// `transport`: `otel` always (the workers' OpenTelemetry SDK), and `grpc` (grpcio)
+/// only for the gRPC transport — pipe workers never import it. A venv's extras only
+/// grow: one bootstrapped for gRPC keeps grpcio when later pools use pipes.
+pub fn bootstrap_extras(transport: TransportKind) -> &'static [&'static str] {
+    match transport {
+        TransportKind::Pipe => &["otel"],
+        TransportKind::Grpc => &["otel", "grpc"],
+    }
 }
 
 /// No interpreter named: create (or reuse) the default venv with the bridge installed.
 #[cfg(feature = "bootstrap")]
-fn bootstrap_default() -> Result<PathBuf, StartError> {
+fn bootstrap_default(extras: &[&str]) -> Result<PathBuf, StartError> {
     // SNAKEPIT_BRIDGE_SOURCE: a directory with the bridge's pyproject.toml, or
     // "embedded" for the copy compiled into this binary.
     let src = match std::env::var("SNAKEPIT_BRIDGE_SOURCE").ok().as_deref() {
@@ -202,12 +240,12 @@ fn bootstrap_default() -> Result<PathBuf, StartError> {
             None => extract_embedded_bridge(&cache_dir())?,
         },
     };
-    ensure_venv(&default_venv_dir(), &src, &["otel"])
+    ensure_venv(&default_venv_dir(), &src, extras)
 }
 
 /// Without the `bootstrap` feature a library never runs pip on its own.
 #[cfg(not(feature = "bootstrap"))]
-fn bootstrap_default() -> Result<PathBuf, StartError> {
+fn bootstrap_default(_extras: &[&str]) -> Result<PathBuf, StartError> {
     Err(StartError::Environment(
         "no Python for the workers: set python.interpreter (or SNAKEPIT_PYTHON) to a Python \
          3.9+ with snakepit_bridge installed (`pip install` the directory \
@@ -443,5 +481,19 @@ mod tests {
         assert_eq!(round_trip, Some(both));
         let other = Stamp::wanted(Path::new("/elsewhere"), &["otel"]);
         assert!(!other.covers(&otel));
+    }
+
+    #[test]
+    fn grpc_workers_get_the_grpc_extra_and_pipe_workers_do_not() {
+        assert_eq!(bootstrap_extras(TransportKind::Pipe), ["otel"]);
+        assert_eq!(bootstrap_extras(TransportKind::Grpc), ["otel", "grpc"]);
+        let src = Path::new("/nonexistent/python");
+        let grpc = Stamp::wanted(src, bootstrap_extras(TransportKind::Grpc));
+        let pipe = Stamp::wanted(src, bootstrap_extras(TransportKind::Pipe));
+        assert!(
+            grpc.covers(&pipe),
+            "a venv made for gRPC serves pipe workers"
+        );
+        assert!(!pipe.covers(&grpc), "one made for pipes gets grpcio added");
     }
 }

@@ -225,7 +225,8 @@ async fn run() -> Result<(), BoxError> {
         slice = Duration::from_secs_f64(s);
     }
     let python = tokio::task::spawn_blocking(|| {
-        snakepit::python_env::resolve_interpreter(&PythonConfig::default())
+        // The gRPC extra too: pipe and gRPC pools share the environment.
+        snakepit::python_env::resolve_interpreter_for(&PythonConfig::default(), TransportKind::Grpc)
     })
     .await??;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/stdlib_pools.py");

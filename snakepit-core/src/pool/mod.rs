@@ -99,11 +99,12 @@ impl Pool {
     pub async fn start(config: PoolConfig, events: EventBus) -> Result<Pool, StartError> {
         config.validate()?;
         let started = Instant::now();
-        let python_cfg = config.python.clone();
-        let python =
-            tokio::task::spawn_blocking(move || python_env::resolve_interpreter(&python_cfg))
-                .await
-                .map_err(|e| StartError::Environment(format!("bootstrap task failed: {e}")))??;
+        let (python_cfg, transport) = (config.python.clone(), config.transport);
+        let python = tokio::task::spawn_blocking(move || {
+            python_env::resolve_interpreter_for(&python_cfg, transport)
+        })
+        .await
+        .map_err(|e| StartError::Environment(format!("bootstrap task failed: {e}")))??;
         let run_id = format!("{:08x}", fastrand::u32(..));
         let run_dir = socket_dir(&run_id);
         std::fs::create_dir_all(&run_dir).map_err(|e| {
