@@ -5,16 +5,28 @@
 //! | --- | --- | --- |
 //! | `POST /v1/execute` `{"command", "args"?, "session_id"?, "timeout_ms"?, "pool"?}` | 200 `{"result", "request_id", "worker_id", "duration_ms"}` | see below |
 //! | `POST /v1/execute/stream` (same body) | 200, NDJSON: `{"chunk": …}` lines, then `{"done": true, …}` or `{"error": …}` | |
+//! | `POST /v1/pools/{pool}/commands/{command}?session_id=&timeout_ms=`, body = the args object (empty: `{}`) | as `/v1/execute`, or as `/v1/execute/stream` for a streaming command | as those |
+//! | `GET /v1/commands` | 200 `{"pools": {name: {"commands": [{"name", "streaming", "async", "doc", "params", "args_schema", "returns_schema"}, …] or null}}}` (null: the pool's workers have not described their commands yet) | 503 |
+//! | `GET /openapi.json` | 200 an OpenAPI 3.1 document: the routes above, one operation per pool and command | 503 |
 //! | `POST /v1/sessions` `{"pool"?, "ttl_seconds"?, "metadata"?, "session_id"?}` | 201 `{"session_id", "pool", "ttl_seconds"}` | |
 //! | `DELETE /v1/sessions/{id}?pool=` | 204 | 404 |
 //!
 //! Errors are `{"error": {"type", "message", "python_type"?, "python_traceback"?,
 //! "python_stack"?, "request_id"}}` (`python_stack`: on a timeout or an unhealthy worker, where the worker's
-//! Python threads were when it was replaced): 400 malformed JSON, a field of the wrong type or missing, arguments
+//! Python threads were when it was replaced, or where a cancelled coroutine was awaiting): 400 malformed JSON, a field of the wrong type or missing, arguments
 //! that do not fit; 404 unknown command, pool or session; 413 body over
 //! `max_payload_bytes`; 422 the Python code raised; 429 queue full (`Retry-After`); 502
 //! worker crashed or stopped answering health checks; 503 shutting down or not ready; 504 timeout or queue timeout.
 //! `x-correlation-id` (configurable) is read and echoed.
+//!
+//! Modules: `errors.rs` (errors as responses), `catalog.rs` (`/v1/commands` and the
+//! per-command route), `openapi.rs` (the document) and `schemas.rs` (the commands'
+//! named types into `components/schemas`).
+
+mod catalog;
+mod errors;
+mod openapi;
+mod schemas;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -25,13 +37,15 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 use snakepit_core::{Args, Error, Pools, Request, ResponseStream, SessionOptions};
+
+use errors::{bad_request, body_error, not_accepting, pool_error};
 use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 
@@ -65,7 +79,7 @@ pub struct ApiState {
 
 impl ApiState {
     /// The backend if requests are being accepted.
-    fn live(&self) -> Option<&Backend> {
+    pub(crate) fn live(&self) -> Option<&Backend> {
         if self.accepting.load(Ordering::Acquire) {
             self.backend.get()
         } else {
@@ -100,105 +114,6 @@ struct PoolQuery {
     pool: Option<String>,
 }
 
-/// A JSON error response.
-fn error_response(
-    status: StatusCode,
-    kind: &str,
-    message: String,
-    extra: serde_json::Value,
-    request_id: Option<&str>,
-) -> Response {
-    let mut error = json!({"type": kind, "message": message, "request_id": request_id});
-    if let (Some(obj), serde_json::Value::Object(more)) = (error.as_object_mut(), extra) {
-        obj.extend(more);
-    }
-    let mut resp = (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        json!({"error": error}).to_string(),
-    )
-        .into_response();
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    resp
-}
-
-fn status_of(err: &Error) -> StatusCode {
-    match err {
-        Error::InvalidArgs { .. } => StatusCode::BAD_REQUEST,
-        Error::UnknownCommand { .. }
-        | Error::UnknownPool { .. }
-        | Error::SessionNotFound { .. } => StatusCode::NOT_FOUND,
-        Error::SessionLost { .. } => StatusCode::GONE,
-        Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        Error::Python(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        Error::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
-        Error::WorkerCrashed { .. } | Error::WorkerUnhealthy { .. } | Error::Transport { .. } => {
-            StatusCode::BAD_GATEWAY
-        }
-        Error::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        Error::Timeout { .. } | Error::QueueTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
-fn pool_error(err: &Error, request_id: &str) -> Response {
-    let extra = match (err, err.python_stack()) {
-        (Error::Python(py), _) => {
-            json!({"python_type": py.python_type, "python_traceback": py.traceback})
-        }
-        (Error::SessionLost { session_id, reason }, _) => {
-            json!({"session_id": session_id, "reason": reason})
-        }
-        // Whichever errors carry the stacks (Error::python_stack says which).
-        (_, Some(stack)) => json!({"python_stack": stack}),
-        _ => json!({}),
-    };
-    error_response(
-        status_of(err),
-        err.error_type(),
-        err.to_string(),
-        extra,
-        Some(request_id),
-    )
-}
-
-fn bad_request(message: String) -> Response {
-    error_response(
-        StatusCode::BAD_REQUEST,
-        "BadRequest",
-        message,
-        json!({}),
-        None,
-    )
-}
-
-fn body_error(rejection: BytesRejection) -> Response {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        error_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "PayloadTooLarge",
-            "request body exceeds server.max_payload_bytes".into(),
-            json!({}),
-            None,
-        )
-    } else {
-        bad_request(format!("cannot read the request body: {rejection}"))
-    }
-}
-
-fn not_accepting() -> Response {
-    error_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "NotReady",
-        "the server is starting or shutting down; retry shortly".into(),
-        json!({}),
-        None,
-    )
-}
-
 /// Turn a body into a pool request, the correlation id read (or made) for echoing.
 fn to_request(
     state: &ApiState,
@@ -210,27 +125,40 @@ fn to_request(
     if parsed.command.is_empty() {
         return Err(Box::new(bad_request("`command` must not be empty".into())));
     }
-    let max_timeout = snakepit_core::pool::MAX_REQUEST_TIMEOUT.as_millis() as u64;
-    if parsed.timeout_ms.is_some_and(|t| t == 0 || t > max_timeout) {
-        return Err(Box::new(bad_request(format!(
-            "`timeout_ms` must be an integer from 1 to {max_timeout}"
-        ))));
-    }
+    let timeout = check_timeout(parsed.timeout_ms)?;
     let args = match parsed.args {
         Some(raw) => Args::from_json_bytes(Bytes::copy_from_slice(raw.get().as_bytes())),
         None => Args::empty(),
     };
+    let mut req = Request::new(parsed.command, args);
+    req.session_id = parsed.session_id;
+    req.pool = parsed.pool;
+    req.timeout = timeout;
+    Ok(identify(state, headers, req))
+}
+
+/// `timeout_ms` as a deadline, refused (400) outside 1..=MAX_REQUEST_TIMEOUT.
+pub(crate) fn check_timeout(timeout_ms: Option<u64>) -> Result<Option<Duration>, Box<Response>> {
+    let max_timeout = snakepit_core::pool::MAX_REQUEST_TIMEOUT.as_millis() as u64;
+    if timeout_ms.is_some_and(|t| t == 0 || t > max_timeout) {
+        return Err(Box::new(bad_request(format!(
+            "`timeout_ms` must be an integer from 1 to {max_timeout}"
+        ))));
+    }
+    Ok(timeout_ms.map(Duration::from_millis))
+}
+
+/// Give `req` a new request id and the caller's correlation id (read from the
+/// configured header, else made), which comes back for echoing.
+pub(crate) fn identify(state: &ApiState, headers: &HeaderMap, req: Request) -> (Request, String) {
     let correlation = headers
         .get(&state.correlation_header)
         .and_then(|v| v.to_str().ok())
         .and_then(snakepit_otel::correlation::clean_correlation_id)
         .unwrap_or_else(snakepit_otel::correlation::new_correlation_id);
-    let mut req = Request::new(parsed.command, args).correlation_id(correlation.clone());
+    let mut req = req.correlation_id(correlation.clone());
     req.request_id = Some(uuid::Uuid::new_v4().to_string());
-    req.session_id = parsed.session_id;
-    req.pool = parsed.pool;
-    req.timeout = parsed.timeout_ms.map(Duration::from_millis);
-    Ok((req, correlation))
+    (req, correlation)
 }
 
 fn with_correlation(mut resp: Response, state: &ApiState, correlation: &str) -> Response {
@@ -253,10 +181,20 @@ async fn execute(
         Ok(b) => b,
         Err(r) => return body_error(r),
     };
-    let (req, correlation) = match to_request(&state, &headers, &body) {
-        Ok(r) => r,
-        Err(resp) => return *resp,
-    };
+    match to_request(&state, &headers, &body) {
+        Ok((req, correlation)) => unary(&state, backend, req, &correlation).await,
+        Err(resp) => *resp,
+    }
+}
+
+/// Run a unary request and answer it: 200 `{"request_id", "worker_id", "duration_ms",
+/// "session"?, "result"}`, or the error with its status; the correlation id echoed.
+pub(crate) async fn unary(
+    state: &ApiState,
+    backend: &Backend,
+    req: Request,
+    correlation: &str,
+) -> Response {
     let request_id = req.request_id.clone().unwrap_or_default();
     let resp = match backend.unary.clone().oneshot(req).await {
         Ok(r) => {
@@ -288,7 +226,7 @@ async fn execute(
         }
         Err(e) => pool_error(&e, &request_id),
     };
-    with_correlation(resp, &state, &correlation)
+    with_correlation(resp, state, correlation)
 }
 
 async fn execute_stream(
@@ -303,10 +241,20 @@ async fn execute_stream(
         Ok(b) => b,
         Err(r) => return body_error(r),
     };
-    let (req, correlation) = match to_request(&state, &headers, &body) {
-        Ok(r) => r,
-        Err(resp) => return *resp,
-    };
+    match to_request(&state, &headers, &body) {
+        Ok((req, correlation)) => stream(&state, backend, req, &correlation).await,
+        Err(resp) => *resp,
+    }
+}
+
+/// Run a streaming request and answer it: 200 NDJSON, or the error with its status
+/// (before the first chunk); the correlation id echoed.
+pub(crate) async fn stream(
+    state: &ApiState,
+    backend: &Backend,
+    req: Request,
+    correlation: &str,
+) -> Response {
     let request_id = req.request_id.clone().unwrap_or_default();
     let resp = match backend.stream.clone().oneshot(req).await {
         Ok(chunks) => {
@@ -320,7 +268,7 @@ async fn execute_stream(
         }
         Err(e) => pool_error(&e, &request_id),
     };
-    with_correlation(resp, &state, &correlation)
+    with_correlation(resp, state, correlation)
 }
 
 /// The NDJSON body of a stream: one `{"chunk": …}` line per chunk, then exactly one
@@ -424,6 +372,9 @@ pub fn router(state: ApiState, max_payload_bytes: usize) -> Router {
         .route("/v1/execute/stream", post(execute_stream))
         .route("/v1/sessions", post(create_session))
         .route("/v1/sessions/{id}", delete(close_session))
+        .route("/v1/commands", get(catalog::list))
+        .route("/v1/pools/{pool}/commands/{command}", post(catalog::call))
+        .route("/openapi.json", get(openapi::document))
         // The body limit applies to the JSON envelope; the pool checks args again.
         .layer(DefaultBodyLimit::max(
             max_payload_bytes.saturating_add(64 * 1024),
