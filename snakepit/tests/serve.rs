@@ -3,30 +3,18 @@
 //! scraping it with the shipped `prometheus.yml` and alert rules (a forced crash makes
 //! the crash alert pending or firing), and SIGTERM under load losing no accepted request.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use snakepit_e2e::*;
 
-struct Server {
-    child: Child,
-    port: u16,
-    _dir: TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod support;
+use support::Server;
 
 fn start_server(extra_toml: &str) -> Server {
-    let dir = TempDir::new("serve");
-    let port = free_port();
-    let config = dir.path().join("snakepit.toml");
-    let toml = format!(
-        r#"
+    Server::start("serve", |port, _| {
+        format!(
+            r#"
 [server]
 listen = "127.0.0.1:{port}"
 drain_timeout_ms = 10000
@@ -46,34 +34,9 @@ max_queue_size = 0
 format = "json"
 {extra_toml}
 "#,
-        transport = transport_toml(),
-    );
-    std::fs::write(&config, toml).expect("write config");
-    let log = std::fs::File::create(dir.path().join("serve.log")).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_snakepit"))
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start snakepit serve");
-    let mut server = Server {
-        child,
-        port,
-        _dir: dir,
-    };
-    let mut exited = None;
-    let ready = wait_until(Duration::from_secs(60), || {
-        exited = server.child.try_wait().ok().flatten();
-        // A refused connection is "not ready yet"; a dead server is caught by try_wait.
-        exited.is_some() || try_http_get(port, "/health/ready", &[]).is_ok_and(|r| r.status == 200)
-    });
-    assert!(
-        ready && exited.is_none(),
-        "snakepit serve never became ready (exit: {exited:?}; its stderr is above)"
-    );
-    server
+            transport = transport_toml(),
+        )
+    })
 }
 
 /// `POST path` with a JSON body.

@@ -5,7 +5,6 @@
 //! reach the JSON log line and the dashboard's recent errors; an operator can dump any
 //! worker's stacks live from `/health/workers/{id}/stacks`.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use snakepit_e2e::*;
@@ -29,18 +28,8 @@ class Stuck(ExampleAdapter):
         return bool(re.match(r"(a+)+$", "a" * 64 + "b"))  # STUCK-REGEX-LINE
 "#;
 
-struct Server {
-    child: Child,
-    port: u16,
-    dir: TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod support;
+use support::Server;
 
 fn line_of(marker: &str) -> usize {
     ADAPTER
@@ -56,12 +45,10 @@ fn start() -> Server {
 
 /// `snakepit serve` with `pool_extra` lines added to the pool's table.
 fn start_with(pool_extra: &str) -> Server {
-    let dir = TempDir::new("stuck");
-    std::fs::write(dir.path().join("stuck_adapter.py"), ADAPTER).unwrap();
-    let port = free_port();
-    let config = dir.path().join("snakepit.toml");
-    let toml = format!(
-        r#"
+    Server::start("stuck", |port, dir| {
+        std::fs::write(dir.join("stuck_adapter.py"), ADAPTER).expect("write the adapter");
+        format!(
+            r#"
 [server]
 listen = "127.0.0.1:{port}"
 
@@ -78,30 +65,10 @@ pythonpath = ["{dir}"]
 [telemetry.logs]
 format = "json"
 "#,
-        transport = transport_toml(),
-        dir = dir.path().display(),
-    );
-    std::fs::write(&config, toml).unwrap();
-    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_snakepit"))
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start snakepit serve");
-    let server = Server { child, port, dir };
-    assert!(
-        wait_until(Duration::from_secs(60), || try_http_get(
-            port,
-            "/health/ready",
-            &[]
+            transport = transport_toml(),
+            dir = dir.display(),
         )
-        .is_ok_and(|r| r.status == 200)),
-        "snakepit serve never became ready"
-    );
-    server
+    })
 }
 
 fn execute(port: u16, body: &str) -> HttpResponse {
@@ -109,7 +76,7 @@ fn execute(port: u16, body: &str) -> HttpResponse {
 }
 
 fn log_lines(server: &Server) -> Vec<Value> {
-    read_jsonl(&server.dir.path().join("serve.log"))
+    read_jsonl(&server.log_path())
 }
 
 /// The 504 for `command` carries a stack naming `function` at the marker's line.
