@@ -8,7 +8,8 @@
 //!   `snakepit-core`, re-exported at the root;
 //! - [`otel`]: tower layers, OpenTelemetry providers and exporters, JSON logs;
 //! - [`health`]: probes, `/metrics` and the dashboard as an axum router;
-//! - [`api`]: the HTTP execute API of `snakepit serve`, mountable in your own axum app;
+//! - [`api`]: the HTTP execute API of `snakepit serve` (with the command catalog,
+//!   per-command routes and `/openapi.json`), mountable in your own axum app;
 //! - [`config`]: `snakepit.toml` with `SNAKEPIT_*` overrides.
 //!
 //! [`Snakepit::builder`] wires them in the order they need — telemetry, events, health,
