@@ -133,10 +133,19 @@ async fn python_exceptions_keep_type_message_and_traceback() {
 
     // A generator that fails before its first chunk fails the call itself.
     let err = pool
+        .execute_stream(Request::new("stream", json!({"n": 3, "fail_after": 0})))
+        .await
+        .unwrap_err();
+    assert_eq!(err.python().unwrap().python_type, "ValueError");
+    // Arguments that do not fit its hints never reach it (`n: int`).
+    let err = pool
         .execute_stream(Request::new("stream", json!({"n": "three"})))
         .await
         .unwrap_err();
-    assert_eq!(err.python().unwrap().python_type, "TypeError");
+    assert!(
+        matches!(&err, Error::InvalidArgs { message } if message.contains("'n'")),
+        "{err:?}"
+    );
     ping_ok(&pool).await;
     assert_eq!(
         pool.stats().ready_workers,
