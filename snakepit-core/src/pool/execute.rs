@@ -1,5 +1,6 @@
-//! Running one job on one worker: the call, its deadline, mapping what came back to a
-//! typed result, and the request events and counters around it.
+//! Running one job on one worker: the call under its deadline (`deadline.rs`), what
+//! came back as a typed result (failures: `failure.rs`), and the request events and
+//! counters around it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,43 +10,21 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use super::ahead::{self, Pipeline};
+use super::deadline::{cancel_grace, with_grace};
 use super::exit::{Control, Exit};
+use super::failure::{python_time, transport_failure, worker_error};
 use super::job::{Job, Placement, Reply, StreamFinish, StreamReply};
 use super::report::{finish, ms};
 use super::sessions;
 use super::shared::PoolShared;
-use crate::error::{Error, PythonError};
+use crate::error::Error;
 use crate::events::{data, EventKind};
-use crate::observe::stacks::STACK_WAIT;
-use crate::proto::{self, worker_error::Kind};
+use crate::proto;
 use crate::request::{Chunk, Response, Served, WorkerSpan};
 use crate::session::Claim;
 use crate::stats::WorkerState;
 use crate::transport::{CallMeta, TransportError};
 use crate::worker::Worker;
-
-/// After a broken call, how long to wait for the process to show it died.
-const CRASH_CONFIRM: Duration = Duration::from_secs(1);
-
-/// How long past its deadline the pool waits for an async command's worker to say it
-/// cancelled the coroutine (`DEADLINE_EXCEEDED`), before treating the worker as stuck
-/// and replacing it. The worker counts the deadline from when the request reached it,
-/// a little after the pool started counting, and cancels a small margin before it
-/// (`cancel_margin` in `aio.py`); a request that waited to be read longer than that
-/// margin (a loaded machine) would otherwise lose its worker for nothing. A coroutine
-/// that blocks its event loop past this is stuck indeed. (The gRPC transport enforces
-/// the deadline it sends itself, so there the worker's margin is all there is.)
-pub(crate) const CANCEL_GRACE: Duration = Duration::from_millis(250);
-
-/// The grace `job`'s answer has past its deadline: [`CANCEL_GRACE`] for an async
-/// command (as its worker described it), none for code Python cannot interrupt.
-fn cancel_grace(shared: &PoolShared, job: &Job) -> Duration {
-    if shared.is_async(&job.command) {
-        CANCEL_GRACE
-    } else {
-        Duration::ZERO
-    }
-}
 
 /// Run `job` on `worker`; `Some(exit)` when the worker must be replaced. A unary call
 /// may write the next queued job behind itself (`pipeline`). A monitor's verdict that
@@ -213,11 +192,6 @@ struct Produced {
     result: bytes::Bytes,
     worker_span: Option<WorkerSpan>,
     python_time: Option<Duration>,
-}
-
-/// The worker's report of its Python time (0: it did not say).
-fn python_time(nanos: u64) -> Option<Duration> {
-    (nanos > 0).then(|| Duration::from_nanos(nanos))
 }
 
 /// The worker call itself, under the request deadline.
@@ -408,132 +382,8 @@ async fn stream(
     }
 }
 
-/// `call` under `timeout`; past it, `grace` more for the worker's own answer (an async
-/// command cancelled inside Python), unless `cut_now()` says the wait is not the
-/// worker's doing. The call is never polled again once it finished, even with an error.
-async fn with_grace<T>(
-    timeout: Option<Duration>,
-    grace: Duration,
-    cut_now: impl Fn() -> bool,
-    call: impl std::future::Future<Output = Result<T, TransportError>>,
-) -> Result<T, TransportError> {
-    let Some(timeout) = timeout else {
-        return call.await;
-    };
-    tokio::pin!(call);
-    match tokio::time::timeout(timeout, &mut call).await {
-        Ok(result) => result,
-        Err(_) if grace.is_zero() || cut_now() => Err(TransportError::TimedOut),
-        Err(_) => tokio::time::timeout(grace, call)
-            .await
-            .unwrap_or(Err(TransportError::TimedOut)),
-    }
-}
-
-/// A worker-reported failure of `job` on `worker` (under `timeout`) as a typed error.
-/// None of them costs the worker: it answered.
-fn worker_error(
-    shared: &PoolShared,
-    worker: &Worker,
-    job: &Job,
-    timeout: Option<Duration>,
-    e: proto::WorkerError,
-    python_nanos: u64,
-) -> Error {
-    match e.kind() {
-        // An async command past its deadline, cancelled inside Python: a timeout, but
-        // the worker is fine (no kill, no stacks to take: the traceback says where the
-        // coroutine was awaiting).
-        Kind::DeadlineExceeded => Error::Timeout {
-            command: job.command.clone(),
-            worker_id: worker.id.to_string(),
-            timeout: timeout.unwrap_or_default(),
-            caller_stalled: false,
-            cancelled_in_python: true,
-            python_stack: (!e.traceback.is_empty()).then_some(e.traceback),
-        },
-        Kind::UnknownCommand => Error::UnknownCommand {
-            command: job.command.clone(),
-            available: shared
-                .commands()
-                .map(|c| c.iter().cloned().collect())
-                .unwrap_or_default(),
-        },
-        Kind::InvalidArgs => Error::InvalidArgs { message: e.message },
-        Kind::Exception | Kind::InvalidResult | Kind::Unspecified => {
-            Error::Python(Box::new(PythonError {
-                python_type: e.r#type,
-                message: e.message,
-                traceback: e.traceback,
-                worker_span: None,
-                python_time: python_time(python_nanos),
-            }))
-        }
-    }
-}
-
-/// A failed call: a timeout, a crash, or a broken or refused transport.
-async fn transport_failure(
-    worker: &Worker,
-    command: &str,
-    timeout: Option<Duration>,
-    e: TransportError,
-) -> (Error, Option<Exit>) {
-    let worker_id = worker.id.to_string();
-    match e {
-        TransportError::TimedOut => (
-            Error::Timeout {
-                command: command.to_string(),
-                worker_id,
-                timeout: timeout.unwrap_or_default(),
-                caller_stalled: false,
-                cancelled_in_python: false,
-                // Where it was stuck, asked before the worker is killed for it.
-                python_stack: worker.stacks.capture(STACK_WAIT).await,
-            },
-            // Python cannot be interrupted safely: the worker is replaced.
-            Some(Exit::Recycle {
-                reason: "request_timeout",
-            }),
-        ),
-        TransportError::Disconnected(message) => {
-            match worker.process.wait_exit(CRASH_CONFIRM).await {
-                Some(exit) => (
-                    Error::WorkerCrashed {
-                        command: command.to_string(),
-                        worker_id,
-                        exit,
-                        stderr_tail: worker.process.stderr_tail().await,
-                    },
-                    Some(Exit::Crashed { exit }),
-                ),
-                None => (
-                    Error::Transport {
-                        worker_id,
-                        message: message.clone(),
-                    },
-                    Some(Exit::Broken { message }),
-                ),
-            }
-        }
-        TransportError::TooLarge(message) => (
-            Error::Transport {
-                worker_id,
-                message: format!("the worker's response exceeds max_response_bytes ({message})"),
-            },
-            None,
-        ),
-        TransportError::Protocol(message) => (
-            Error::Transport {
-                worker_id,
-                message: format!("{message}; the worker is replaced"),
-            },
-            Some(Exit::Broken { message }),
-        ),
-        TransportError::Other(message) => (Error::Transport { worker_id, message }, None),
-    }
-}
-
+#[cfg(test)]
+use super::deadline::CANCEL_GRACE;
 #[cfg(test)]
 #[path = "deadline_tests.rs"]
 mod deadline_tests;

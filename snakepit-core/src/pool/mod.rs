@@ -12,11 +12,13 @@
 
 mod ahead;
 mod call;
+mod deadline;
 mod dispatch;
 mod drain;
 mod driver;
 mod execute;
 mod exit;
+mod failure;
 mod job;
 mod leave;
 mod monitor;
