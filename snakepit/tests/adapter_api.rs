@@ -78,6 +78,7 @@ fn the_api_is_described_checked_and_served_per_command() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(doc["openapi"], "3.1.0");
+    generated_client_calls(&s, &file);
     let score = &doc["paths"]["/v1/pools/default/commands/score"]["post"];
     assert_eq!(score["operationId"], "default__score");
     let features =
@@ -282,5 +283,54 @@ fn async_commands_serve_concurrent_calls_and_a_deadline_cancels_inside_python() 
                     .as_str()
                     .is_some_and(|p| p.contains("async_sleep")))),
         "no Timeout log line with the stack"
+    );
+}
+
+/// A client generator consumes the document: `openapi-python-client` (from PyPI)
+/// generates a typed Python client from it, and that client calls the running server
+/// with its own models (score's arguments with the `mode` enum, distance's `Point`s).
+fn generated_client_calls(s: &Server, doc: &std::path::Path) {
+    let out_dir = s.dir.path().join("client");
+    let generator = python().with_file_name("openapi-python-client");
+    let out = Command::new(&generator)
+        .args(["generate", "--overwrite", "--path"])
+        .arg(doc)
+        .arg("--output-path")
+        .arg(&out_dir)
+        .output()
+        .expect("run openapi-python-client");
+    assert!(
+        out.status.success() && out_dir.join("snakepit_client").is_dir(),
+        "openapi-python-client could not generate a client:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let program = format!(
+        r#"
+import sys
+sys.path.insert(0, {dir:?})
+from snakepit_client import Client
+from snakepit_client.api.default import default_distance, default_score
+from snakepit_client import models as m
+c = Client(base_url="http://127.0.0.1:{port}")
+r = default_score.sync(client=c, body=m.DefaultScoreScoreArguments(
+    features=[1.0, 2.0], mode=m.DefaultScoreScoreArgumentsMode.MEAN))
+print(r.result.additional_properties["score"])
+r = default_distance.sync(client=c, body=m.DefaultDistanceDistanceArguments(
+    a=m.Point(x=0.0, y=0.0), b=m.Point(x=3.0, y=4.0)))
+print(r.result)
+"#,
+        dir = out_dir.display().to_string(),
+        port = s.port,
+    );
+    let out = Command::new(python())
+        .args(["-c", &program])
+        .output()
+        .expect("run the generated client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.lines().collect::<Vec<_>>() == ["1.5", "5.0"],
+        "the generated client's calls:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

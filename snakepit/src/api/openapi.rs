@@ -205,12 +205,20 @@ fn command_operation(
         .clone()
         .map(|s| without_dialect(components.hoist(s)))
         .unwrap_or_else(|| json!({}));
-    let summary = spec
+    // The docstring's first paragraph (its lines joined: a sentence may wrap).
+    let first_paragraph = spec
         .doc
         .lines()
         .map(str::trim)
-        .find(|l| !l.is_empty())
-        .map_or_else(|| format!("{pool}: {}", spec.name), str::to_string);
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let summary = if first_paragraph.is_empty() {
+        format!("{pool}: {}", spec.name)
+    } else {
+        first_paragraph
+    };
     let ok = if spec.streaming {
         json!({"description": "One JSON object per line: a `chunk` line per item the generator yields, \
                 then exactly one terminal line, `done` or `error` (if it raised part way).",

@@ -147,3 +147,25 @@ fn the_generic_routes_and_the_error_model_are_there() {
         .as_object()
         .is_some_and(|p| p.keys().any(|k| k.contains("/cold/"))));
 }
+
+#[test]
+fn the_summary_is_the_docstrings_first_paragraph_even_when_it_wraps() {
+    let mut wrapped = spec("score", false, None, None);
+    wrapped.doc = "\nWeighted sum of `features`; the\nweights default to 1.\n\nMore.".into();
+    let mut bare = spec("bare", false, None, None);
+    bare.doc = String::new();
+    let specs = [wrapped, bare];
+    let d = build(
+        [("default", Some(specs.as_slice()))].into_iter(),
+        "x-correlation-id",
+    );
+    let paths = &d["paths"];
+    assert_eq!(
+        paths["/v1/pools/default/commands/score"]["post"]["summary"],
+        "Weighted sum of `features`; the weights default to 1."
+    );
+    assert_eq!(
+        paths["/v1/pools/default/commands/bare"]["post"]["summary"],
+        "default: bare"
+    );
+}
