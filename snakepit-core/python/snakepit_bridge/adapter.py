@@ -26,6 +26,7 @@ first time the worker asks for the commands (at start-up), once per class.
 """
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import (
@@ -118,12 +119,20 @@ class Adapter:
         found: Dict[str, str] = {}
         for attr, member in members.items():
             cmd_name = getattr(member, _MARKER, None)
+            if cmd_name is None and isinstance(member, (staticmethod, classmethod)):
+                # `@staticmethod` over `@command`: the mark is on the function inside.
+                cmd_name = getattr(member.__func__, _MARKER, None)
             if not isinstance(cmd_name, str):
                 continue
             if cmd_name in found:
                 raise CommandDefinitionError(
                     f"{cls.__qualname__}: methods {found[cmd_name]!r} and {attr!r} are both "
                     f"command {cmd_name!r}; give one another name (@command(name=...))"
+                )
+            if attr in _RESERVED:
+                raise CommandDefinitionError(
+                    f"{cls.__qualname__}.{attr}: {attr!r} is a method of Adapter itself; give the "
+                    f"method another name and keep the command's with @command(name={cmd_name!r})"
                 )
             found[cmd_name] = attr
         cls._snakepit_attrs = found
@@ -137,7 +146,15 @@ class Adapter:
         table: Optional[Dict[str, Command]] = cls.__dict__.get("_snakepit_table")
         if table is None:
             table = {
-                name: Command.of(name, attr, getattr(cls, attr), Context)
+                name: Command.of(
+                    name,
+                    attr,
+                    getattr(cls, attr),
+                    Context,
+                    has_self=not isinstance(
+                        inspect.getattr_static(cls, attr), (staticmethod, classmethod)
+                    ),
+                )
                 for name, attr in cls._snakepit_attrs.items()
             }
             cls._snakepit_table = table  # type: ignore[attr-defined]
@@ -176,5 +193,10 @@ class Adapter:
         """Called when a session is closed or expires."""
         return None
 
+
+# Adapter's own attributes: a command method may not replace them.
+_RESERVED = frozenset(
+    {"name", "commands", "command_table", "lookup", "on_start", "on_stop", "on_session_start", "on_session_end"}
+)
 
 __all__ = ["Adapter", "Command", "CONTEXT_PARAM", "Context", "Session", "command"]

@@ -57,6 +57,13 @@ class _Call:
 
     async def main(self) -> Any:
         self.task = asyncio.current_task()
+        if self.deadline_hit:
+            # Cancelled before its first step (no budget left when it was handed
+            # over, or the loop was busy until after the deadline): never started.
+            close = getattr(self.coro, "close", None)
+            if close is not None:
+                close()
+            raise DeadlineExceeded("cancelled at its deadline before it started", "")
         try:
             result = await self.coro
         except asyncio.CancelledError as exc:
@@ -154,11 +161,18 @@ class EventLoop:
                     return
         finally:
             aclose = getattr(agen, "aclose", None)
-            if aclose is not None:
+            if aclose is not None and self._on_loop_thread():
+                # Finalised on the loop itself (a garbage collection there): waiting
+                # for the loop from the loop would never end; schedule the close.
+                asyncio.ensure_future(aclose())
+            elif aclose is not None:
                 try:
                     self.run(aclose())
                 except (RuntimeError, StopAsyncIteration):  # already running or finished
                     pass
+
+    def _on_loop_thread(self) -> bool:
+        return self._thread is not None and threading.current_thread() is self._thread
 
     def call_hook(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Call an adapter hook that may be sync or async."""

@@ -13,6 +13,7 @@ import collections.abc as abc
 import dataclasses
 import inspect
 import json
+import logging
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
@@ -23,6 +24,7 @@ from .hints import ArgError, Check, Defs, compile_hint, json_default_value, publ
 CONTEXT_PARAM = "ctx"
 _KEYWORD_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 _MISSING = object()
+log = logging.getLogger("snakepit_bridge")
 # Return hints of generator commands whose first argument is what each chunk is.
 _STREAM_ORIGINS = {
     abc.Iterator,
@@ -75,23 +77,27 @@ class Command:
         return self.context_param is not None
 
     @classmethod
-    def of(cls, name: str, attr: str, member: Callable[..., Any], context_type: type) -> "Command":
-        """Compile `member` (the function in the adapter class); `context_type` is the
-        `Context` class, recognised by annotation. Raises CommandDefinitionError."""
+    def of(
+        cls, name: str, attr: str, member: Callable[..., Any], context_type: type, has_self: bool = True
+    ) -> "Command":
+        """Compile `member` (the method as the adapter class has it; `has_self` False for
+        a staticmethod or classmethod, whose first parameter is not the instance);
+        `context_type` is the `Context` class, recognised by annotation. Raises
+        CommandDefinitionError."""
         try:
             sig = inspect.signature(member)
         except (TypeError, ValueError) as exc:
             raise CommandDefinitionError(f"command {name!r}: no usable signature: {exc}") from exc
-        try:
-            hints = typing.get_type_hints(member)
-        except Exception as exc:  # NameError for a name not defined, and worse
-            raise CommandDefinitionError(
-                f"command {name!r}: cannot resolve its type hints ({type(exc).__name__}: {exc}); "
-                "define the types before the adapter class or import them at module level"
-            ) from exc
+        if not has_self:
+            # The class-level table calls it bound like a method: give it a `self`.
+            sig = sig.replace(
+                parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)]
+                + list(sig.parameters.values())
+            )
+        hints = _resolved_hints(name, member)
         params = list(sig.parameters.values())[1:]  # drop `self`
         context_param = next(
-            (p.name for p in params if hints.get(p.name) is context_type),
+            (p.name for p in params if _is_context(hints.get(p.name), context_type)),
             CONTEXT_PARAM if CONTEXT_PARAM in sig.parameters else None,
         )
         params = [p for p in params if p.name != context_param]
@@ -172,12 +178,10 @@ class Command:
     def _bind_general(self, args: Dict[str, Any], ctx: Any) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
         if self.context_param is not None:
             args[self.context_param] = ctx
-        # `self` is bound already once `bind` ran; the class table's plain function
-        # is never called.
+        # `self` is bound already once `bind` ran (the class table's plain function
+        # is never called): bind without the first parameter.
         sig = self.signature
-        params = list(sig.parameters.values())
-        if params and params[0].name == "self":
-            sig = sig.replace(parameters=params[1:])
+        sig = sig.replace(parameters=list(sig.parameters.values())[1:])
         bound = sig.bind(**args)
         for pc in self.checks:
             if pc.name in bound.arguments:
@@ -248,6 +252,48 @@ class Command:
             "args_schema": self.args_schema(),
             "returns_schema": self.returns_schema(),
         }
+
+
+def _resolved_hints(name: str, member: Callable[..., Any]) -> Dict[str, Any]:
+    """The member's type hints resolved; one that cannot be (a name imported only
+    under TYPE_CHECKING, a forward reference never defined) is left out, so its
+    parameter is not checked, and a warning names it."""
+    try:
+        return typing.get_type_hints(member)
+    except Exception:  # NameError for a name not defined, and worse
+        pass
+    fn = inspect.unwrap(member)
+    module_globals = getattr(fn, "__globals__", {})
+    hints: Dict[str, Any] = {}
+    for param, annotation in getattr(fn, "__annotations__", {}).items():
+        try:
+            hints[param] = typing.get_type_hints(_Annotated(annotation), module_globals)["x"]
+        except Exception as exc:  # noqa: BLE001
+            log.warning(
+                "command %r: the type hint of %r (%r) cannot be resolved (%s: %s); "
+                "that argument is not checked",
+                name, param, annotation, type(exc).__name__, exc,
+            )
+    return hints
+
+
+class _Annotated:
+    """One annotation, for `typing.get_type_hints` to resolve alone."""
+
+    def __init__(self, annotation: Any) -> None:
+        self.__annotations__ = {"x": annotation}
+
+
+def _is_context(hint: Any, context_type: type) -> bool:
+    """`Context`, also as `Optional[Context]` or `Annotated[Context, ...]`."""
+    if hint is context_type:
+        return True
+    origin = typing.get_origin(hint)
+    if origin is typing.Annotated:
+        return _is_context(typing.get_args(hint)[0], context_type)
+    if origin is typing.Union or type(hint).__name__ == "UnionType":
+        return any(a is context_type for a in typing.get_args(hint))
+    return False
 
 
 def schema_json(schema: Optional[Dict[str, Any]]) -> str:

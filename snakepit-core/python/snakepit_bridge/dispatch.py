@@ -75,8 +75,9 @@ class Dispatcher:
         self._sessions: Dict[str, Session] = {}
         self._lock = threading.Lock()
         self._report_spans = telemetry.worker_spans_wanted()
-        # Compiled now, so a command whose hints cannot be used fails the start.
-        adapter.commands()
+        # Compiled now, so a command whose hints cannot be used fails the start; the
+        # lookup per call is then one dict access.
+        self._lookup = adapter.commands().get
 
     # -- requests ---------------------------------------------------------------
 
@@ -93,7 +94,7 @@ class Dispatcher:
         self, req, metadata: Mapping[str, str], deadline: Optional[float]
     ) -> Union[Prepared, "WorkerError"]:
         """Decode, look up and bind a request; a WorkerError if any step fails."""
-        cmd = self.adapter.lookup(req.command)
+        cmd = self._lookup(req.command)
         if cmd is None:
             known = ", ".join(sorted(self.adapter.commands())) or "none"
             return errors.plain(
@@ -123,9 +124,12 @@ class Dispatcher:
                     "InvalidArgs",
                     f"arguments must be a JSON object of keyword arguments, got {type(args).__name__}",
                 )
-        session = self._session_for(req.session_id)
+        try:
+            session = self._session_for(req.session_id)
+        except Exception as exc:  # noqa: BLE001 - on_session_start is user code
+            return errors.from_exception(exc)
         ctx = None
-        if cmd.wants_context:
+        if cmd.context_param is not None:
             ctx = Context(
                 request_id=metadata.get(REQUEST_ID_KEY, ""),
                 correlation_id=metadata.get(CORRELATION_ID_KEY, ""),
@@ -325,7 +329,7 @@ class Dispatcher:
                 return SessionAck(changed=False)
             session = Session(id=session_id, metadata=metadata)
             self._sessions[session_id] = session
-        LOOP.call_hook(self.adapter.on_session_start, session)
+        self._hook(self.adapter.on_session_start, session)
         return SessionAck(changed=True)
 
     def close_session(self, session_id: str):
@@ -333,8 +337,17 @@ class Dispatcher:
             session = self._sessions.pop(session_id, None)
         if session is None:
             return SessionAck(changed=False)
-        LOOP.call_hook(self.adapter.on_session_end, session)
+        self._hook(self.adapter.on_session_end, session)
         return SessionAck(changed=True)
+
+    @staticmethod
+    def _hook(fn, session: Session) -> None:
+        """A session hook (user code, sync or async): a failure is logged with its
+        traceback and the session goes on, rather than the thread serving it dying."""
+        try:
+            LOOP.call_hook(fn, session)
+        except Exception:  # noqa: BLE001
+            log.exception("%s(%r) raised", getattr(fn, "__name__", "session hook"), session.id)
 
     # -- introspection ----------------------------------------------------------
 

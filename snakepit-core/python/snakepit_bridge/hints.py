@@ -59,6 +59,7 @@ class ArgError(TypeError):
         self.path = path
         self.expected = expected
         self.got = got
+        self.detail = detail
         what = detail or f"got {describe_value(got)}"
         super().__init__(f"argument {path!r} must be {expected}, {what}")
 
@@ -111,10 +112,16 @@ class _Scalar(Check):
     def check(self, value: Any, path: str) -> Any:
         if type(value) is self.tp:
             return value
-        # JSON has one number type: an integral value passes for a float (as the
-        # float the hint asks for); bool never passes for a number.
+        # JSON has one number type: an integer passes for a float (as the float the
+        # hint asks for) and an integral float for an int (as JSON Schema's
+        # "integer" does); bool never passes for a number.
         if self.tp is float and type(value) is int:
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise ArgError(path, self.label, value, "but it is too large for a float") from None
+        if self.tp is int and type(value) is float and value.is_integer():
+            return int(value)
         raise ArgError(path, self.label, value)
 
     def schema(self, defs: Defs) -> Schema:
@@ -169,10 +176,8 @@ class _Sequence(Check):
         return value
 
     def schema(self, defs: Defs) -> Schema:
-        out: Schema = {"type": "array", "items": self.item.schema(defs)}
-        if self.into in (set, frozenset):
-            out["uniqueItems"] = True
-        return out
+        # No uniqueItems for a set: duplicates are accepted (and merged).
+        return {"type": "array", "items": self.item.schema(defs)}
 
 
 class _FixedTuple(Check):
@@ -246,11 +251,20 @@ class _Union(Check):
         for o in self.options:
             if type(value) in o.fast:
                 return value
+        errors = []
         for o in self.options:
             try:
                 return o.check(value, path)
-            except ArgError:
-                continue
+            except ArgError as exc:
+                errors.append((o, exc))
+        # `Optional[X]` given something X almost takes: say what X found wrong.
+        real = [exc for o, exc in errors if not isinstance(o, _NoneCheck)]
+        if value is not None and len(real) == 1:
+            inner = real[0]
+            if inner.path != path:
+                raise inner
+            if inner.detail:
+                raise ArgError(path, self.label, value, inner.detail)
         raise ArgError(path, self.label, value)
 
     def schema(self, defs: Defs) -> Schema:
@@ -260,17 +274,19 @@ class _Union(Check):
 class _Literal(Check):
     def __init__(self, values: Tuple[Any, ...]) -> None:
         self.values = values
-        # (type, value): Literal[1] does not accept True, Literal[True] not 1.
-        self.allowed = {(type(v), v) for v in values}
-        self.label = f"one of {', '.join(repr(v) for v in values)}"
+        # (type, value) -> what the command gets: Literal[1] does not accept True nor
+        # Literal[True] 1; an enum member arrives as its JSON value.
+        self.allowed = {
+            ((type(v.value), v.value) if isinstance(v, enum.Enum) else (type(v), v)): v for v in values
+        }
+        shown = [v.value if isinstance(v, enum.Enum) else v for v in values]
+        self.label = f"one of {', '.join(repr(v) for v in shown)}"
 
     def check(self, value: Any, path: str) -> Any:
         try:
-            if (type(value), value) in self.allowed:
-                return value
-        except TypeError:  # unhashable (a list or dict)
-            pass
-        raise ArgError(path, self.label, value)
+            return self.allowed[(type(value), value)]
+        except (KeyError, TypeError):  # not allowed, or unhashable (a list or dict)
+            raise ArgError(path, self.label, value) from None
 
     def schema(self, defs: Defs) -> Schema:
         values = [v.value if isinstance(v, enum.Enum) else v for v in self.values]
@@ -468,8 +484,10 @@ def compile_hint(hint: Any, memo: Optional[Dict[Any, Check]] = None) -> Check:
         return _Literal(args)
     if hint in _SEQUENCES or origin in _SEQUENCES:
         into = _SEQUENCES[origin or hint]
+        if into is tuple and (hint == Tuple[()] or hint == tuple[()]):  # the empty tuple
+            return _FixedTuple([])
         if into is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
-            if args == ((),):  # tuple[()]
+            if args == ((),):  # tuple[()] before Python 3.11
                 return _FixedTuple([])
             return _FixedTuple([compile_hint(a, memo) for a in args])
         item = compile_hint(args[0], memo) if args else _Anything()
@@ -503,10 +521,18 @@ def compile_hint(hint: Any, memo: Optional[Dict[Any, Check]] = None) -> Check:
         return check
     if _is_typeddict(hint):
         check = memo[hint] = _Fields(hint, build=None)
-        hints = typing.get_type_hints(hint)
+        hints = typing.get_type_hints(hint, include_extras=True)
+        required = set(getattr(hint, "__required_keys__", ()))
         for name, tp in hints.items():
-            check.fields[name] = compile_hint(_strip_required(tp), memo)
-        check.required = frozenset(getattr(hint, "__required_keys__", ()))
+            # Required[X]/NotRequired[X] decide, whatever __required_keys__ says: with
+            # `from __future__ import annotations` the class saw only strings.
+            marker = _required_marker(tp)
+            if marker is True:
+                required.add(name)
+            elif marker is False:
+                required.discard(name)
+            check.fields[name] = compile_hint(_strip_extras(tp), memo)
+        check.required = frozenset(required)
         return check
     if _is_pydantic_model(hint):
         memo[hint] = _Pydantic(hint)
@@ -514,13 +540,29 @@ def compile_hint(hint: Any, memo: Optional[Dict[Any, Check]] = None) -> Check:
     return _Anything(f"{hint.__module__}.{hint.__qualname__}")
 
 
-def _strip_required(tp: Any) -> Any:
-    """`Required[X]`/`NotRequired[X]` (TypedDict keys) are X here."""
-    origin = typing.get_origin(tp)
-    names = {getattr(typing, n, None) for n in ("Required", "NotRequired")} - {None}
-    if origin in names:
-        return typing.get_args(tp)[0]
-    return tp
+def _required_marker(tp: Any) -> Optional[bool]:
+    """True for `Required[X]`, False for `NotRequired[X]` (under `Annotated` too)."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+            continue
+        for name, flag in (("Required", True), ("NotRequired", False)):
+            if origin is not None and origin is getattr(typing, name, object()):
+                return flag
+            if origin is not None and getattr(origin, "_name", None) == name:  # typing_extensions
+                return flag
+        return None
+
+
+def _strip_extras(tp: Any) -> Any:
+    """`Required[X]`/`NotRequired[X]` (TypedDict keys) and `Annotated[X, ...]` are X."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated or _required_marker(tp) is not None:
+            tp = typing.get_args(tp)[0]
+            continue
+        return tp
 
 
 def _json_value(value: Any) -> bool:

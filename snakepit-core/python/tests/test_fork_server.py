@@ -44,6 +44,10 @@ class Keeper:
             [sys.executable, "-u", "-m", "snakepit_bridge.fork_server", "--adapter", ADAPTER,
              "--fork-fd", str(theirs.fileno()), *extra],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(theirs.fileno(),),
+            # Unbuffered: `report` selects on the pipe, and a buffered readline could
+            # take the next report into its buffer, where select never sees it (the
+            # ready line and the template's report often come in one read).
+            bufsize=0,
         )
         theirs.close()
         self.sock.settimeout(30)
