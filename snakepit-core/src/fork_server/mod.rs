@@ -361,14 +361,21 @@ impl ForkServer {
         let deadline = tokio::time::Instant::now() + self.startup_timeout;
         loop {
             let message = tokio::select! {
+                biased;
                 m = keeper.socket.recv() => m,
-                last = template_gone(&mut exits, seen) => {
-                    let how = last.map(|e| e.to_string()).unwrap_or_else(|| "the keeper died".into());
-                    return Err(self.error(
-                        format!("the template exited before it was ready ({how})"),
-                        keeper.process.stderr_tail().await,
-                    ));
-                }
+                last = template_gone(&mut exits, seen) => match keeper.socket.try_recv() {
+                    // A template that refuses to serve sends why, then exits: the exit
+                    // report can come in before the reactor saw the message, which is
+                    // in the socket all the same and says more.
+                    Ok(Some(message)) => Ok(message),
+                    _ => {
+                        let how = last.map(|e| e.to_string()).unwrap_or_else(|| "the keeper died".into());
+                        return Err(self.error(
+                            format!("the template exited before it was ready ({how})"),
+                            keeper.process.stderr_tail().await,
+                        ));
+                    }
+                },
                 _ = tokio::time::sleep_until(deadline) => {
                     self.kill_template();
                     return Err(self.error(

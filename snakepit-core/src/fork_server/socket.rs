@@ -66,22 +66,7 @@ impl ForkSocket {
         let mut buf = vec![0u8; MAX_REPLY];
         loop {
             let mut guard = self.fd.readable().await?;
-            let got = guard.try_io(|inner| {
-                // SAFETY: recv writes at most buf.len() bytes into buf.
-                let n = unsafe {
-                    libc::recv(
-                        inner.as_raw_fd(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        libc::MSG_DONTWAIT,
-                    )
-                };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
+            let got = guard.try_io(|inner| recv_into(inner.as_raw_fd(), &mut buf));
             match got {
                 Ok(Ok(n)) => {
                     buf.truncate(n);
@@ -91,6 +76,31 @@ impl ForkSocket {
                 Err(_would_block) => continue,
             }
         }
+    }
+
+    /// A message already in the socket, read now whatever the reactor has seen of
+    /// it; `None` when there is none.
+    pub fn try_recv(&self) -> io::Result<Option<Vec<u8>>> {
+        let mut buf = vec![0u8; MAX_REPLY];
+        match recv_into(self.fd.as_raw_fd(), &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                Ok(Some(buf))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// One non-blocking `recv` into `buf`: the bytes read.
+fn recv_into(sock: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: recv writes at most buf.len() bytes into buf.
+    let n = unsafe { libc::recv(sock, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 
